@@ -1,0 +1,53 @@
+"""ipc_server: messaging between processes, wire-compatible with Node's net-ipc.
+
+One server, many clients, over Unix domain sockets, Windows named pipes or
+TCP/TLS: request/response both ways, one-way messages, publish/subscribe,
+ping. See the README for a tour and ``docs/`` for the guide.
+"""
+
+from __future__ import annotations
+
+from .client import IPCClient, IPCClientStatus
+from .errors import (
+    AddressInUseError,
+    ConnectionClosedError,
+    ConnectionDestroyedError,
+    IPCError,
+    ProtocolError,
+    RemoteError,
+    RequestTimeoutError,
+)
+from .events import STOP
+from .protocol import IPCMessageType
+from .server import IPCConnection, IPCServer
+
+IPCEvents = (
+    "ready",
+    "error",
+    "connect",
+    "disconnect",
+    "close",
+    "status",
+    "message",
+    "request",
+)
+"""Names of the built-in events (topics are emitted under their own names)."""
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "STOP",
+    "AddressInUseError",
+    "ConnectionClosedError",
+    "ConnectionDestroyedError",
+    "IPCClient",
+    "IPCClientStatus",
+    "IPCConnection",
+    "IPCError",
+    "IPCEvents",
+    "IPCMessageType",
+    "IPCServer",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeoutError",
+)

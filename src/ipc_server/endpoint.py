@@ -1,0 +1,565 @@
+"""What both ends share: one ``asyncio.Protocol`` that owns one stream.
+
+:class:`Endpoint` holds the request table (nonce -> future + timer), ping,
+send, graceful close and destroy, write coalescing and backpressure. The
+server's :class:`~ipc_server.server.IPCConnection` and the client's private
+protocol subclass it and add the preamble and the CONNECTION exchange.
+
+Data flow: ``data_received`` -> :class:`~ipc_server.protocol.FrameDecoder`
+-> :class:`~ipc_server.codecs.PacketCodec` -> :meth:`Endpoint._dispatch`
+(the response table, or the owner's events). Writes made while a chunk is
+being dispatched, or several in one loop iteration, leave in one
+``transport.write``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Generator, Iterator
+from typing import Any, NamedTuple
+
+from .codecs import PacketCodec, json_dumps
+from .errors import (
+    ConnectionClosedError,
+    ConnectionDestroyedError,
+    IPCError,
+    MessageTooLargeError,
+    ProtocolError,
+    RemoteError,
+    RequestTimeoutError,
+)
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, IPCMessageType, frame
+
+__all__ = ["FEATURES", "Endpoint", "Responder"]
+
+logger = logging.getLogger("ipc_server")
+
+CONNECTION = IPCMessageType.CONNECTION.value
+MESSAGE = IPCMessageType.MESSAGE.value
+REQUEST = IPCMessageType.REQUEST.value
+RESPONSE = IPCMessageType.RESPONSE.value
+PING = IPCMessageType.PING.value
+PONG = IPCMessageType.PONG.value
+END = IPCMessageType.END.value
+
+FEATURES: tuple[str, ...] = ("errors",)
+"""Extensions this library announces in the CONNECTION packet (SPEC section 6, last line).
+
+``errors``: a failed request handler answers with a RESPONSE carrying
+``"e": {"type": ..., "message": ...}``, read as :class:`RemoteError`.
+"""
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_CLOSE_TIMEOUT = 10.0
+DEFAULT_MAX_QUEUED = 64 * 1024 * 1024
+"""Default bound on bytes queued for a peer that does not read (see ``max_queued``)."""
+
+
+def deadline_of(timeout: float | None) -> float | None:
+    """Validate a timeout in seconds; ``0`` or ``None`` mean forever (returns None)."""
+    if timeout is None or timeout == 0:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, not {timeout!r}")
+    return float(timeout)
+
+
+class _Done:
+    """An awaitable that is already complete (what ``respond`` returns without backpressure)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+_DONE = _Done()
+
+
+class _Pending(NamedTuple):
+    future: asyncio.Future[Any]
+    timer: asyncio.TimerHandle | None
+    started: float  # loop time for pings, 0.0 for requests
+    timeout: float
+
+
+class Responder:
+    """The ``respond`` callable handed to ``request`` listeners.
+
+    Call it once with the answer; ``await respond(value)`` waits only when the
+    connection is over its write high-water mark. It can also be called
+    without ``await`` from a plain function listener.
+
+    Attributes:
+        done: Whether an answer was sent.
+    """
+
+    __slots__ = ("_endpoint", "_nonce", "done")
+
+    def __init__(self, endpoint: Endpoint, nonce: Any) -> None:
+        self._endpoint = endpoint
+        self._nonce = nonce
+        self.done = False
+
+    def __call__(self, data: Any = None) -> Awaitable[None]:
+        if self.done:
+            raise RuntimeError("this request was already answered")
+        endpoint = self._endpoint
+        packet = endpoint._codec.encode(RESPONSE, data, self._nonce)  # TypeError -> caller
+        self.done = True
+        if endpoint._transport is None or endpoint._aborted:
+            return _DONE  # the requester is gone; nothing to answer
+        endpoint._write(packet)
+        if endpoint._write_paused:
+            return endpoint._drain()
+        return _DONE
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer with an error (a handler raised)."""
+        if self.done:
+            return
+        self.done = True
+        endpoint = self._endpoint
+        if endpoint._transport is None or endpoint._aborted:
+            return
+        error = {"type": type(exc).__name__, "message": str(exc)}
+        if endpoint.remote_errors:
+            body = endpoint._codec.encode_body(
+                {"t": RESPONSE, "d": None, "n": self._nonce, "e": error}
+            )
+            endpoint._write(frame(body))
+        else:
+            # A peer without the "errors" extension gets a value it can read.
+            endpoint._write(endpoint._codec.encode(RESPONSE, {"error": error}, self._nonce))
+
+    def finish(self) -> None:
+        """End of the listener chain: answer ``None`` if nobody answered (never a hang)."""
+        if not self.done:
+            self(None)
+
+
+class Endpoint(asyncio.Protocol):
+    """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
+
+    Subclass hooks: :meth:`_on_preamble` (bytes before packets),
+    :meth:`_on_connection_packet`, :meth:`_on_message`, :meth:`_on_request`,
+    :meth:`_on_lost`, :meth:`_report`.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        nonces: Iterator[int] | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._decoder = FrameDecoder(max_message_size)
+        self._codec = PacketCodec(max_message_size)
+        self._nonces = nonces if nonces is not None else itertools.count(1)
+        self._pending: dict[Any, _Pending] = {}
+        self._wbuf: list[bytes] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._dispatching = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._max_queued = max_queued
+        self._handshaken = False
+        self._closing = False
+        self._aborted = False
+        self._destroyed = False
+        self._close_reason: Any = None
+        self._peer_end: dict[str, Any] | None = None
+        self._lost_exc: BaseException | None = None
+        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.remote_errors = False
+        """Whether the peer announced the ``errors`` extension."""
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if not self._handshaken:
+            rest = self._on_preamble(data)
+            if rest is None:
+                return
+            data = rest
+        try:
+            bodies = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self._fatal(exc)
+            return
+        if not bodies:
+            return
+        self._dispatching = True
+        try:
+            decode = self._codec.decode
+            for body in bodies:
+                if self._aborted:
+                    break
+                try:
+                    t, d, n, packet = decode(body)
+                except MessageTooLargeError as exc:
+                    self._fatal(exc)
+                    break
+                except ProtocolError as exc:
+                    if self._codec.compress or not self._handshaken:
+                        self._fatal(exc)  # the stream cannot be trusted any more
+                        break
+                    self._report(exc)  # drop this packet, keep the connection
+                    continue
+                self._dispatch(t, d, n, packet)
+        finally:
+            self._dispatching = False
+            if self._wbuf and self._flush_handle is None:
+                self._flush()
+
+    def eof_received(self) -> bool:
+        # The peer finished writing (net-ipc ends with END then FIN). Returning
+        # False lets the transport flush what we still queued, then close.
+        self._flush()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._aborted = True
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._wbuf.clear()
+        end = self._peer_end
+        if end is not None:
+            reason: Any = end.get("m")
+        elif self._close_reason is not None:
+            reason = self._close_reason
+        elif exc is not None:
+            reason = exc
+        else:
+            reason = "connection lost"
+        allow = bool(end.get("a")) if end is not None else False
+        if self._destroyed:
+            error: ConnectionClosedError = ConnectionDestroyedError(reason)
+        else:
+            error = ConnectionClosedError(reason, allow_reconnect=allow)
+        self._lost_exc = error
+        pending = self._pending
+        self._pending = {}
+        for entry in pending.values():
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if not entry.future.done():
+                entry.future.set_exception(error)
+        self._wake_writers(error)
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._on_lost(reason, exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        transport = self._transport
+        if transport is not None and transport.get_write_buffer_size() > self._max_queued:
+            self._overflow(transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_writers(None)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _dispatch(self, t: int, d: Any, n: Any, packet: dict[str, Any]) -> None:
+        if not self._handshaken:
+            self._on_connection_packet(t, d, n)
+            return
+        if t == REQUEST:
+            self._on_request(d, Responder(self, n))
+        elif t == RESPONSE:
+            entry = self._pending.pop(n, None)
+            if entry is None:
+                return  # late answer to a timed-out or cancelled request: drop it
+            if entry.timer is not None:
+                entry.timer.cancel()
+            future = entry.future
+            if future.done():
+                return
+            error = packet.get("e")
+            if error is not None and type(error) is dict:
+                future.set_exception(
+                    RemoteError(str(error.get("type")), str(error.get("message", "")))
+                )
+            else:
+                future.set_result(d)
+        elif t == MESSAGE:
+            self._on_message(d)
+        elif t == PING:
+            self._write(self._codec.encode(PONG, d, n))
+        elif t == PONG:
+            entry = self._pending.pop(n, None)
+            if entry is None:
+                return
+            if entry.timer is not None:
+                entry.timer.cancel()
+            if not entry.future.done():
+                entry.future.set_result(self._loop.time() - entry.started)
+        elif t == END:
+            self._peer_end = d if type(d) is dict else {"m": d, "a": False}
+        elif t == CONNECTION:
+            self._report(ProtocolError("unexpected CONNECTION packet after the handshake"))
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, data: bytes) -> None:
+        """Queue framed bytes; they leave this loop iteration, coalesced."""
+        if self._dispatching or self._flush_handle is not None:
+            self._wbuf.append(data)
+            return
+        transport = self._transport
+        if transport is None:
+            return
+        # Nothing queued: write now (lowest latency), and let further writes
+        # of this loop iteration gather behind it.
+        transport.write(data)
+        self._flush_handle = self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        buf = self._wbuf
+        if not buf:
+            return
+        transport = self._transport
+        if transport is None:
+            buf.clear()
+            return
+        if len(buf) == 1:
+            transport.write(buf[0])
+        else:
+            transport.write(b"".join(buf))
+        buf.clear()
+
+    def _drain(self) -> asyncio.Future[None]:
+        """A future done when the transport is below its high-water mark again."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        if self._lost_exc is not None:
+            waiter.set_exception(self._lost_exc)
+        elif not self._write_paused:
+            waiter.set_result(None)
+        else:
+            self._drain_waiters.append(waiter)
+        return waiter
+
+    def _wake_writers(self, exc: BaseException | None) -> None:
+        waiters = self._drain_waiters
+        self._drain_waiters = []
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    def _overflow(self, size: int) -> None:
+        reason = f"peer is not reading: {size} bytes queued, over max_queued={self._max_queued}"
+        self._report(IPCError(reason))
+        self.destroy(reason)
+
+    # ------------------------------------------------------------------ public operations
+
+    def _current_transport(self) -> asyncio.Transport | None:
+        # A call, not an attribute read: the transport may be gone after an await.
+        return self._transport
+
+    def _check_open(self) -> None:
+        if self._lost_exc is not None:
+            raise self._lost_exc
+        if self._closing or self._transport is None:
+            raise ConnectionClosedError(
+                "connection is closing" if self._closing else "not connected"
+            )
+
+    async def send(self, data: Any) -> None:
+        """Send a one-way message (the peer's ``message`` event).
+
+        Waits only when the connection is over its write high-water mark.
+        """
+        self._check_open()
+        self._write(self._codec.encode(MESSAGE, data))
+        if self._write_paused:
+            await self._drain()
+
+    def _start_request(
+        self, t: int, data: Any, timeout: float | None
+    ) -> tuple[Any, asyncio.Future[Any]]:
+        self._check_open()
+        seconds = deadline_of(timeout)
+        nonce = format(next(self._nonces), "x")
+        packet = self._codec.encode(t, data, nonce)
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+        timer = None if seconds is None else loop.call_later(seconds, self._expire, nonce)
+        self._pending[nonce] = _Pending(
+            future, timer, loop.time() if t == PING else 0.0, seconds or 0.0
+        )
+        self._write(packet)
+        return nonce, future
+
+    def _expire(self, nonce: Any) -> None:
+        entry = self._pending.pop(nonce, None)
+        if entry is not None and not entry.future.done():
+            what = "ping" if entry.started else "request"
+            entry.future.set_exception(RequestTimeoutError(entry.timeout, what))
+
+    def _forget(self, nonce: Any) -> None:
+        entry = self._pending.pop(nonce, None)
+        if entry is not None and entry.timer is not None:
+            entry.timer.cancel()
+
+    async def request(self, data: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Send a request and return the peer's answer.
+
+        Raises:
+            RequestTimeoutError: No answer within ``timeout`` seconds (0/None: wait forever).
+            ConnectionClosedError: The connection closed before the answer came.
+            RemoteError: The peer's handler raised (peers with the ``errors`` extension).
+        """
+        nonce, future = self._start_request(REQUEST, data, timeout)
+        if self._write_paused:
+            await self._drain()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._forget(nonce)
+            raise
+
+    async def ping(self, data: Any = None, timeout: float | None = DEFAULT_TIMEOUT) -> float:
+        """Round trip of a PING (the peer echoes ``data``); returns seconds."""
+        nonce, future = self._start_request(PING, data, timeout)
+        try:
+            result: float = await future
+        except asyncio.CancelledError:
+            self._forget(nonce)
+            raise
+        return result
+
+    async def close(
+        self,
+        reason: Any = None,
+        allow_reconnect: bool = False,
+        *,
+        timeout: float | None = DEFAULT_CLOSE_TIMEOUT,
+    ) -> bool:
+        """Close gracefully: answers to pending requests first, then END, then the socket.
+
+        Waits at most ``timeout`` seconds for pending requests and for the peer
+        to hang up, then aborts. Returns False if already closing or closed.
+        """
+        if self._closing or self._transport is None:
+            if self._transport is not None:
+                await asyncio.shield(self._lost)
+            return False
+        self._closing = True
+        self._close_reason = reason
+        seconds = deadline_of(timeout)
+        loop = self._loop
+        deadline = None if seconds is None else loop.time() + seconds
+        waits: list[Any] = [e.future for e in self._pending.values()]
+        waits.extend(self._tasks)
+        if waits:
+            await asyncio.wait(waits, timeout=seconds)
+        transport = self._current_transport()
+        if transport is None:
+            return True
+        self._flush()
+        if self._handshaken:
+            transport.write(self._codec.encode(END, {"m": reason, "a": bool(allow_reconnect)}))
+        else:
+            transport.write(
+                frame(json_dumps({"t": END, "d": {"m": reason, "a": bool(allow_reconnect)}}))
+            )
+        if transport.can_write_eof():
+            # Half-close: the peer reads all we sent, then hangs up (as net-ipc does).
+            transport.write_eof()
+        else:
+            transport.close()
+        remaining = None if deadline is None else max(0.0, deadline - loop.time())
+        try:
+            await asyncio.wait_for(asyncio.shield(self._lost), remaining)
+        except (asyncio.TimeoutError, TimeoutError):
+            self._abort()
+        return True
+
+    def destroy(self, reason: Any = None) -> bool:
+        """Close at once: queued writes dropped, pending requests fail with ConnectionDestroyedError."""
+        if self._transport is None or self._destroyed:
+            return False
+        self._destroyed = True
+        if self._close_reason is None:
+            self._close_reason = reason
+        self._abort()
+        return True
+
+    def _abort(self) -> None:
+        transport = self._transport
+        self._aborted = True
+        self._wbuf.clear()
+        if transport is not None:
+            transport.abort()
+
+    def pause(self) -> None:
+        """Stop reading from this connection (the peer's writes back up)."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume(self) -> None:
+        """Start reading again after :meth:`pause`."""
+        if self._transport is not None:
+            self._transport.resume_reading()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone."""
+        return self._lost.done()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is gone."""
+        await asyncio.shield(self._lost)
+
+    # ------------------------------------------------------------------ failures
+
+    def _fatal(self, exc: BaseException) -> None:
+        """The stream is broken: report it and drop this connection."""
+        self._report(exc)
+        if self._close_reason is None:
+            self._close_reason = exc
+        self._abort()
+
+    # ------------------------------------------------------------------ hooks for subclasses
+
+    def _on_preamble(self, data: bytes) -> bytes | None:
+        """Bytes before the CONNECTION exchange; return the packet bytes after the preamble."""
+        return data
+
+    def _on_connection_packet(self, t: int, d: Any, n: Any) -> None:
+        raise NotImplementedError
+
+    def _on_message(self, data: Any) -> None:
+        raise NotImplementedError
+
+    def _on_request(self, data: Any, respond: Responder) -> None:
+        raise NotImplementedError
+
+    def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
+        """The connection is gone (after pending requests were failed)."""
+
+    def _report(self, exc: BaseException) -> None:
+        """Report a problem on the owner's ``error`` event."""
+        logger.warning("ipc_server: %s", exc)

@@ -1,0 +1,256 @@
+"""The event emitter: ordered listeners, plain or coroutine functions (SPEC section 5).
+
+Listeners of one event run in the order they were added. A coroutine
+listener is awaited before the next listener runs (the seed's ``emitAsync``).
+The chain is started *eagerly*: it runs synchronously inside ``emit()`` until
+a listener really suspends, and only then continues in a task. So a handler
+that answers at once (``await respond(x)``) costs no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, TypeVar, overload
+
+__all__ = ["STOP", "EventEmitter", "Stop", "run_eagerly"]
+
+logger = logging.getLogger("ipc_server")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Stop(enum.Enum):
+    """Type of :data:`STOP`."""
+
+    STOP = "STOP"
+
+    def __repr__(self) -> str:
+        return "STOP"
+
+
+STOP = Stop.STOP
+"""Return this from a listener to stop the rest of the chain (the seed's ``this.stopped = true``)."""
+
+
+class _Continue:
+    """Drives the rest of a coroutine that already ran up to its first suspension.
+
+    Awaiting it yields the future the coroutine is blocked on to the running
+    task, then keeps stepping the coroutine, forwarding whatever the task
+    throws in (cancellation) — the same thing ``asyncio``'s eager tasks do.
+    """
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        coro = self.coro
+        pending = self.first
+        self.first = None
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:  # forward cancellation and the like
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(None)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _resume(cont: _Continue) -> Any:
+    return await cont
+
+
+def run_eagerly(
+    coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]] | None = None
+) -> asyncio.Task[Any] | None:
+    """Run ``coro`` now, up to its first real suspension; finish it in a task.
+
+    Returns ``None`` when it finished without suspending (exceptions it
+    raised propagate), else the task finishing it. The task is added to
+    ``tasks`` (and removed when done) so that it is not garbage-collected.
+    """
+    try:
+        first = coro.send(None)
+    except StopIteration:
+        return None
+    task = asyncio.get_running_loop().create_task(_resume(_Continue(coro, first)))
+    if tasks is not None:
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    return task
+
+
+class EventEmitter:
+    """Ordered listeners per event name; plain functions or coroutine functions."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, list[tuple[Callable[..., Any], bool]]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @overload
+    def on(self, event: str) -> Callable[[F], F]: ...
+    @overload
+    def on(self, event: str, handler: F) -> F: ...
+    def on(self, event: str, handler: F | None = None) -> F | Callable[[F], F]:
+        """Add ``handler`` for ``event``; without a handler, return a decorator."""
+        return self._add(event, handler, once=False)
+
+    @overload
+    def once(self, event: str) -> Callable[[F], F]: ...
+    @overload
+    def once(self, event: str, handler: F) -> F: ...
+    def once(self, event: str, handler: F | None = None) -> F | Callable[[F], F]:
+        """Like :meth:`on`, but the handler is removed after its first call."""
+        return self._add(event, handler, once=True)
+
+    def _add(self, event: str, handler: F | None, *, once: bool) -> F | Callable[[F], F]:
+        if not isinstance(event, str):
+            raise TypeError(f"event name must be a str, not {type(event).__name__}")
+        if handler is None:
+
+            def decorator(fn: F) -> F:
+                self._add(event, fn, once=once)
+                return fn
+
+            return decorator
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self._listeners.setdefault(event, []).append((handler, once))
+        return handler
+
+    def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
+        """Remove ``handler`` from ``event`` (every handler of it if None)."""
+        if handler is None:
+            self._listeners.pop(event, None)
+            return
+        listeners = self._listeners.get(event)
+        if not listeners:
+            return
+        for i, (fn, _) in enumerate(listeners):
+            if fn == handler:
+                del listeners[i]
+                break
+        if not listeners:
+            del self._listeners[event]
+
+    def listener_count(self, event: str) -> int:
+        """How many listeners ``event`` has."""
+        return len(self._listeners.get(event, ()))
+
+    def _take(self, event: str) -> list[Callable[..., Any]] | None:
+        listeners = self._listeners.get(event)
+        if not listeners:
+            return None
+        fns = [fn for fn, _ in listeners]
+        if any(once for _, once in listeners):
+            kept = [item for item in listeners if not item[1]]
+            if kept:
+                self._listeners[event] = kept
+            else:
+                del self._listeners[event]
+        return fns
+
+    def emit(self, event: str, *args: Any) -> bool:
+        """Call the listeners of ``event`` with ``args``; True if there were any.
+
+        Exceptions from listeners are reported on the ``error`` event (see
+        :meth:`_listener_failed`), never raised here.
+        """
+        fns = self._take(event)
+        if fns is None:
+            return False
+        self._run_chain(event, fns, args)
+        return True
+
+    def _run_chain(
+        self,
+        event: str,
+        fns: list[Callable[..., Any]],
+        args: tuple[Any, ...],
+        *,
+        stopped: Callable[[], bool] | None = None,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_done: Callable[[], None] | None = None,
+    ) -> None:
+        """Run ``fns`` in order; stop on ``STOP`` or when ``stopped()`` is true.
+
+        ``on_error`` (default: report on ``error``) gets each listener's
+        exception; ``on_done`` runs once the chain is over, however it ended.
+        """
+        for index, fn in enumerate(fns):
+            try:
+                result = fn(*args)
+            except Exception as exc:
+                self._chain_error(event, exc, on_error, args)
+                result = None
+            else:
+                if hasattr(result, "__await__"):
+                    rest = fns[index + 1 :]
+                    coro = self._finish_chain(event, result, rest, args, stopped, on_error, on_done)
+                    run_eagerly(coro, self._tasks)
+                    return
+            if result is STOP or (stopped is not None and stopped()):
+                break
+        if on_done is not None:
+            on_done()
+
+    async def _finish_chain(
+        self,
+        event: str,
+        first: Awaitable[Any],
+        rest: list[Callable[..., Any]],
+        args: tuple[Any, ...],
+        stopped: Callable[[], bool] | None,
+        on_error: Callable[[BaseException], None] | None,
+        on_done: Callable[[], None] | None,
+    ) -> None:
+        try:
+            try:
+                result = await first
+            except Exception as exc:
+                self._chain_error(event, exc, on_error, args)
+                result = None
+            if result is STOP or (stopped is not None and stopped()):
+                return
+            for fn in rest:
+                try:
+                    result = fn(*args)
+                    if hasattr(result, "__await__"):
+                        result = await result
+                except Exception as exc:
+                    self._chain_error(event, exc, on_error, args)
+                    result = None
+                if result is STOP or (stopped is not None and stopped()):
+                    return
+        finally:
+            if on_done is not None:
+                on_done()
+
+    def _chain_error(
+        self,
+        event: str,
+        exc: BaseException,
+        on_error: Callable[[BaseException], None] | None,
+        args: tuple[Any, ...],
+    ) -> None:
+        if on_error is not None:
+            on_error(exc)
+        else:
+            self._listener_failed(event, exc, args)
+
+    def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
+        """A listener of ``event`` (called with ``args``) raised: report it on ``error``, or log it."""
+        if event == "error" or not self.emit("error", exc):
+            logger.error("unhandled exception in %r listener", event, exc_info=exc)

@@ -1,0 +1,281 @@
+"""The sans-I/O core of the wire protocol (SPEC section 6).
+
+Nothing here awaits, reads a clock or touches a socket: it turns bytes into
+packet bodies and preamble verdicts, and packets into bytes. ``endpoint.py``
+drives it from ``data_received``; the blocking client drives it from a socket.
+
+Framing: every packet is a length tag followed by the body. The tag is the
+body length in base-128 digits, most significant first; every byte but the
+last has the high bit clear, the last has it set (5 is ``0x85``, 300 is
+``0x02 0xAC``).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .errors import MessageTooLargeError, ProtocolError
+
+__all__ = [
+    "ACCEPTED_UPGRADE_TOKENS",
+    "BINARY_PREAMBLE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_PREAMBLE_SIZE",
+    "ClientPreamble",
+    "FrameDecoder",
+    "IPCMessageType",
+    "ServerPreamble",
+    "encode_tag",
+    "frame",
+    "upgrade_request",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+"""Default limit for one packet body (and for its inflated size), in bytes."""
+
+BINARY_PREAMBLE = b"IPC"
+"""The three bytes a client sends first when it does not use the HTTP upgrade."""
+
+ACCEPTED_UPGRADE_TOKENS = ("net-ipc", "isdk-ipc")
+"""``Upgrade:`` tokens the server accepts; it answers with the same token."""
+
+MAX_PREAMBLE_SIZE = 8192
+"""The longest HTTP upgrade request or response we buffer before giving up."""
+
+_MAX_TAG_BYTES = 8  # 7 * 8 = 56 bits: far above any sane limit
+
+
+class IPCMessageType(enum.IntEnum):
+    """Packet types, the ``t`` field of every packet."""
+
+    CONNECTION = 0
+    MESSAGE = 1
+    REQUEST = 2
+    RESPONSE = 3
+    PING = 4
+    PONG = 5
+    END = 6
+
+
+def encode_tag(length: int) -> bytes:
+    """The length tag for a body of ``length`` bytes."""
+    if length < 0x80:
+        return bytes((length | 0x80,))
+    digits = [(length & 0x7F) | 0x80]
+    length >>= 7
+    while length:
+        digits.append(length & 0x7F)
+        length >>= 7
+    digits.reverse()
+    return bytes(digits)
+
+
+_SMALL_TAGS = [encode_tag(n) for n in range(0x4000)]
+
+
+def frame(body: bytes) -> bytes:
+    """``body`` with its length tag in front: one packet, ready to write."""
+    n = len(body)
+    if n < 0x4000:
+        return _SMALL_TAGS[n] + body
+    return encode_tag(n) + body
+
+
+class FrameDecoder:
+    """Splits a byte stream into packet bodies.
+
+    Contract for the driver: call :meth:`feed` with every chunk as it arrives;
+    it returns the list of complete bodies (possibly empty) in order. A
+    partial packet stays buffered until the rest arrives. If a tag announces
+    a body over ``max_size``, :meth:`feed` raises :class:`MessageTooLargeError`
+    before a byte of it is buffered, and the decoder is then unusable (the
+    stream cannot be resynchronised): close the connection.
+
+    Bodies are returned as ``bytes`` (a whole chunk holding exactly whole
+    packets is sliced without first being copied into the buffer).
+    """
+
+    __slots__ = ("_buf", "max_size")
+
+    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a packet not yet complete."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+        """Add ``data`` to the stream and return every body now complete."""
+        buf = self._buf
+        source: bytes | bytearray
+        if buf:
+            buf += data
+            source = buf
+        else:
+            source = data if isinstance(data, bytes) else bytes(data)
+        out: list[bytes | bytearray] = []
+        size = len(source)
+        pos = 0
+        max_size = self.max_size
+        while pos < size:
+            length = 0
+            i = pos
+            while True:
+                if i >= size:
+                    # Incomplete tag: keep it and wait for the rest.
+                    self._keep(source, pos)
+                    return out
+                byte = source[i]
+                i += 1
+                if byte & 0x80:
+                    length = (length << 7) | (byte & 0x7F)
+                    break
+                length = (length << 7) | byte
+                # The final length is at least this times 128: refuse early.
+                if (length << 7) > max_size or i - pos >= _MAX_TAG_BYTES:
+                    raise MessageTooLargeError(length << 7, max_size)
+            if length > max_size:
+                raise MessageTooLargeError(length, max_size)
+            end = i + length
+            if end > size:
+                self._keep(source, pos)
+                return out
+            out.append(source[i:end])
+            pos = end
+        if buf:
+            buf.clear()
+        return out
+
+    def _keep(self, source: bytes | bytearray, pos: int) -> None:
+        buf = self._buf
+        if source is buf:
+            if pos:
+                del buf[:pos]
+        else:
+            buf += source[pos:]
+
+
+@dataclass(frozen=True)
+class PreambleResult:
+    """What the server makes of a client's first bytes.
+
+    Attributes:
+        accepted: Whether the client may go on to the CONNECTION exchange.
+        consumed: How many bytes the preamble took; the rest are packets.
+        reply: Bytes to send back before anything else (the HTTP 101 or 404
+            answer); empty for the binary preamble and for garbage.
+        token: The upgrade token when the HTTP upgrade was used.
+        error: Why the preamble was refused, when it was.
+    """
+
+    accepted: bool
+    consumed: int
+    reply: bytes = b""
+    token: str | None = None
+    error: str | None = None
+
+
+def _parse_headers(head: bytes) -> tuple[str, dict[str, str]]:
+    text = head.decode("latin-1")
+    lines = text.split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return lines[0], headers
+
+
+def upgrade_request(host: str, token: str) -> bytes:
+    """The HTTP upgrade request a client sends instead of ``IPC`` (``handshake=True``)."""
+    return (
+        f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {token}\r\n\r\n"
+    ).encode("latin-1")
+
+
+def upgrade_response(token: str) -> bytes:
+    """The server's answer to an accepted upgrade request."""
+    return (
+        f"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {token}\r\n\r\n"
+    ).encode("latin-1")
+
+
+NOT_FOUND_RESPONSE = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+class ServerPreamble:
+    """Recognises the client's preamble on the server side.
+
+    Contract: call :meth:`feed` with each chunk until it returns a
+    :class:`PreambleResult` (``None`` means: need more bytes). After that,
+    bytes from ``consumed`` on in the data seen so far (:attr:`data`) are
+    packet data for the :class:`FrameDecoder`.
+    """
+
+    __slots__ = ("data", "tokens")
+
+    def __init__(self, tokens: tuple[str, ...] = ACCEPTED_UPGRADE_TOKENS) -> None:
+        self.tokens = tokens
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> PreambleResult | None:
+        """Add ``chunk``; return the verdict once there is one."""
+        data = self.data
+        data += chunk
+        if len(data) < 3:
+            if not (BINARY_PREAMBLE.startswith(data) or b"GET".startswith(data)):
+                return PreambleResult(False, 0, error=f"bad preamble {bytes(data)!r}")
+            return None
+        head = bytes(data[:3])
+        if head == BINARY_PREAMBLE:
+            return PreambleResult(True, 3)
+        if head != b"GET":
+            return PreambleResult(False, 0, error=f"bad preamble {bytes(data[:16])!r}")
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_PREAMBLE_SIZE:
+                return PreambleResult(False, 0, error="HTTP upgrade request too long")
+            return None
+        consumed = end + 4
+        _, headers = _parse_headers(bytes(data[:end]))
+        token = headers.get("upgrade", "")
+        connection = headers.get("connection", "").lower()
+        if "upgrade" in connection and token in self.tokens:
+            return PreambleResult(True, consumed, upgrade_response(token), token)
+        return PreambleResult(
+            False,
+            consumed,
+            NOT_FOUND_RESPONSE,
+            error=f"HTTP request without an accepted upgrade ({token or 'none'})",
+        )
+
+
+class ClientPreamble:
+    """Reads the server's answer to an HTTP upgrade request on the client side.
+
+    Contract: :meth:`feed` each chunk until it returns ``(consumed, None)``
+    (accepted: bytes of :attr:`data` from ``consumed`` on are packets) or
+    raises :class:`ProtocolError` (refused); ``None`` means: need more.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def feed(self, chunk: bytes) -> int | None:
+        """Add ``chunk``; return the preamble length once it is complete."""
+        data = self.data
+        data += chunk
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            if len(data) > MAX_PREAMBLE_SIZE:
+                raise ProtocolError("HTTP upgrade response too long")
+            return None
+        status, _ = _parse_headers(bytes(data[:end]))
+        if not status.startswith("HTTP/1.1 101"):
+            raise ProtocolError(f"server refused the upgrade: {status}")
+        return end + 4
