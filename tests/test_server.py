@@ -1,0 +1,443 @@
+"""IPCServer over real Unix and TCP sockets (SPEC section 3 and 5)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import stat
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import trustme
+
+from ipc_server import (
+    STOP,
+    AddressInUseError,
+    IPCClient,
+    IPCConnection,
+    IPCServer,
+    ProtocolError,
+    RemoteError,
+)
+from ipc_server.errors import HandshakeError
+
+from helpers import eventually, short_socket_path
+
+
+@pytest.fixture
+def path() -> Any:
+    with short_socket_path() as p:
+        yield p
+
+
+@pytest.fixture
+async def server(path: str) -> AsyncIterator[IPCServer]:
+    srv = IPCServer(path=path)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.close()
+
+
+async def connected(path: str, payload: Any = None, **options: Any) -> IPCClient:
+    client = IPCClient(path=path, **options)
+    await client.connect(payload)
+    return client
+
+
+async def test_start_emits_ready_and_creates_private_socket(path: str) -> None:
+    """start() emits ready(address) and the socket file is created 0o600."""
+    srv = IPCServer(path=path)
+    seen: list[str] = []
+    srv.on("ready", seen.append)
+    assert await srv.start() is srv
+    try:
+        assert seen == [path]
+        assert srv.is_ready
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        await srv.close()
+    assert not os.path.exists(path)
+    assert not srv.is_ready
+
+
+async def test_connect_payload_and_connection_order(server: IPCServer, path: str) -> None:
+    """connect(connection, payload) carries the client's payload; connections keep connect order."""
+    seen: list[tuple[IPCConnection, Any]] = []
+    server.on("connect", lambda c, p: seen.append((c, p)))
+    a = await connected(path, {"token": "a"})
+    b = await connected(path, ["b"])
+    await eventually(lambda: len(seen) == 2)
+    assert [p for _, p in seen] == [{"token": "a"}, ["b"]]
+    assert server.connections == [c for c, _ in seen]
+    assert [c.id for c in server.connections] == [a.id, b.id]
+    conn = server.connections[0]
+    assert conn.peer is not None and conn.peer.pid == os.getpid()
+    assert conn.connected_at is not None and conn.server is server
+    await a.close()
+    await b.close()
+
+
+async def test_disconnect_reason_and_registry(server: IPCServer, path: str) -> None:
+    """A client's close reason reaches disconnect, and the connection leaves the registry."""
+    reasons: list[Any] = []
+    server.on("disconnect", lambda c, r: reasons.append(r))
+    client = await connected(path)
+    await client.close("bye now")
+    await eventually(lambda: reasons == ["bye now"])
+    assert server.connections == []
+
+
+async def test_message_event(server: IPCServer, path: str) -> None:
+    """send() arrives as message(message, connection), in order, falsy values included."""
+    got: list[Any] = []
+    server.on("message", lambda m, c: got.append(m))
+    client = await connected(path)
+    for item in ("a", 0, "", None, False, {"k": [1, 2]}):
+        await client.send(item)
+    await eventually(lambda: len(got) == 6)
+    assert got == ["a", 0, "", None, False, {"k": [1, 2]}]
+    await client.close()
+
+
+async def test_request_chain_order_and_stop(server: IPCServer, path: str) -> None:
+    """Listeners run in order; the chain ends at the first respond or at STOP."""
+    calls: list[str] = []
+
+    def first(request: Any, respond: Any, conn: IPCConnection) -> Any:
+        calls.append("first")
+        if request == "stop":
+            return STOP
+        return None
+
+    async def second(request: Any, respond: Any, conn: IPCConnection) -> None:
+        calls.append("second")
+        await respond(f"second:{request}")
+
+    def third(request: Any, respond: Any, conn: IPCConnection) -> None:
+        calls.append("third")
+
+    server.on("request", first)
+    server.on("request", second)
+    server.on("request", third)
+    client = await connected(path)
+    assert await client.request("x") == "second:x"
+    assert calls == ["first", "second"]
+    calls.clear()
+    assert await client.request("stop") is None
+    assert calls == ["first"]
+    await client.close()
+
+
+async def test_request_without_listeners_answers_none(server: IPCServer, path: str) -> None:
+    """With no request listener, or none that responds, the requester gets None, never a hang."""
+    client = await connected(path)
+    assert await client.request("anyone?", timeout=5) is None
+    server.on("request", lambda r, respond, c: None)
+    assert await client.request("still nobody", timeout=5) is None
+    await client.close()
+
+
+async def test_async_listener_that_suspends(server: IPCServer, path: str) -> None:
+    """An async listener may await before responding; later listeners wait for it."""
+    order: list[str] = []
+
+    async def slow(request: Any, respond: Any, conn: IPCConnection) -> None:
+        await asyncio.sleep(0.01)
+        order.append("slow")
+
+    async def answer(request: Any, respond: Any, conn: IPCConnection) -> None:
+        order.append("answer")
+        await respond(request * 2)
+
+    server.on("request", slow)
+    server.on("request", answer)
+    client = await connected(path)
+    results = await asyncio.gather(*(client.request(i) for i in range(20)))
+    assert results == [i * 2 for i in range(20)]
+    assert order[:2] == ["slow", "answer"]
+    await client.close()
+
+
+async def test_handler_exception_is_remote_error(server: IPCServer, path: str) -> None:
+    """A raising handler gives the requester RemoteError and the server an error event; the connection lives."""
+    errors: list[tuple[BaseException, Any]] = []
+    server.on("error", lambda e, c: errors.append((e, c)))
+
+    @server.on("request")
+    def boom(request: Any, respond: Any, conn: IPCConnection) -> None:
+        if request == "boom":
+            raise KeyError("missing")
+        respond("fine")
+
+    client = await connected(path)
+    with pytest.raises(RemoteError) as info:
+        await client.request("boom")
+    assert info.value.type == "KeyError"
+    assert "missing" in info.value.message
+    assert isinstance(errors[0][0], KeyError) and errors[0][1] is server.connections[0]
+    assert await client.request("ok") == "fine"
+    await client.close()
+
+
+async def test_survey_ping_broadcast(server: IPCServer, path: str) -> None:
+    """survey/ping reach every client with per-client results; broadcast reaches everyone."""
+    clients = [await connected(path) for _ in range(3)]
+    got: list[Any] = []
+    for i, client in enumerate(clients):
+        client.on("request", lambda r, respond, i=i: respond([i, r]))
+        client.on("message", got.append)
+    results = await server.survey("q", timeout=5)
+    assert [reply for _, reply in results] == [[0, "q"], [1, "q"], [2, "q"]]
+    latencies = await server.ping("data", timeout=5)
+    assert len(latencies) == 3 and all(isinstance(s, float) and s >= 0 for _, s in latencies)
+    assert await server.broadcast({"all": True}) == 3
+    await eventually(lambda: len(got) == 3)
+    assert got == [{"all": True}] * 3
+    for client in clients:
+        await client.close()
+
+
+async def test_publish_reaches_subscribers_only(server: IPCServer, path: str) -> None:
+    """publish goes to subscribers of the topic only, falsy messages included; unsubscribe stops it."""
+    sub, other = await connected(path), await connected(path)
+    got: list[Any] = []
+    noise: list[Any] = []
+    sub.on("news", got.append)
+    other.on("news", noise.append)
+    other.on("message", noise.append)
+    assert await sub.subscribe("news") is True
+    for message in (0, "", None, False, "x"):
+        await server.publish("news", message)
+    assert await other.publish("news", "from other") is True
+    await eventually(lambda: len(got) == 6)
+    assert got == [0, "", None, False, "x", "from other"]
+    assert noise == []
+    assert await sub.unsubscribe("news") is True
+    assert await sub.unsubscribe("news") is False
+    assert await server.publish("news", "gone") == 0
+    await sub.close()
+    await other.close()
+
+
+async def test_topic_registry_forgets_closed_connection(server: IPCServer, path: str) -> None:
+    """When a subscriber leaves, the topic registry forgets it."""
+    client = await connected(path)
+    assert await client.subscribe(["a", "b"]) is True
+    assert set(server.topics) == {"a", "b"}
+    client.destroy()
+    await eventually(lambda: server.topics == {})
+
+
+async def test_address_in_use_and_stale_socket(path: str) -> None:
+    """A live server's socket is never taken; a stale socket file is replaced."""
+    first = IPCServer(path=path)
+    await first.start()
+    try:
+        with pytest.raises(AddressInUseError):
+            await IPCServer(path=path).start()
+        client = await connected(path)  # the first server still works
+        assert await client.ping() >= 0
+        await client.close()
+    finally:
+        await first.close()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # leaves the file, nobody listening
+    second = IPCServer(path=path)
+    await second.start()
+    client = await connected(path)
+    assert await client.request(1) is None
+    await client.close()
+    await second.close()
+
+
+async def test_regular_file_is_not_removed(path: str) -> None:
+    """A regular file at the path is refused, never deleted."""
+    with open(path, "w") as f:
+        f.write("keep me")
+    with pytest.raises(AddressInUseError):
+        await IPCServer(path=path).start()
+    with open(path) as f:
+        assert f.read() == "keep me"
+
+
+async def test_close_for_good_and_allow_reconnect(path: str) -> None:
+    """After close() clients close for good; after close(allow_reconnect=True) they come back by themselves."""
+    srv = IPCServer(path=path)
+    await srv.start()
+    client = await connected(path, "p")
+    closed: list[Any] = []
+    client.on("close", closed.append)
+    got: list[Any] = []
+    client.on("t", got.append)
+    await client.subscribe("t")
+    old_id = client.id
+    await srv.close(allow_reconnect=True)
+    srv2 = IPCServer(path=path)
+    await srv2.start()
+    await eventually(lambda: client.is_ready and srv2.topics.get("t"), timeout=10)
+    assert client.id == old_id and srv2.connections[0].id == old_id
+    await srv2.publish("t", "again")
+    await eventually(lambda: got == ["again"])
+    await srv2.close()
+    await eventually(lambda: closed == ["server closed"])
+    assert not client.is_ready
+
+
+async def test_handshake_timeout_drops_silent_peer(path: str) -> None:
+    """A peer that never finishes the CONNECTION exchange is dropped after handshake_timeout."""
+    srv = IPCServer(path=path, handshake_timeout=0.2)
+    errors: list[BaseException] = []
+    srv.on("error", lambda e, c: errors.append(e))
+    await srv.start()
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"IP")
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    assert isinstance(errors[0], HandshakeError)
+    writer.close()
+    client = await connected(path)  # others still served
+    assert await client.ping() >= 0
+    await client.close()
+    await srv.close()
+
+
+async def test_bad_preamble_and_early_packet(server: IPCServer, path: str) -> None:
+    """Garbage preambles and packets before CONNECTION close only that connection, reported on error."""
+    errors: list[BaseException] = []
+    server.on("error", lambda e, c: errors.append(e))
+    good = await connected(path)
+    for raw in (b"XYZ hello", b"IPC\x8a" + b'{"t":1,"d":1}'[:10]):
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(raw)
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    await eventually(lambda: len(errors) == 2)
+    assert all(isinstance(e, ProtocolError) for e in errors)
+    assert await good.request("still here") is None
+    await good.close()
+
+
+async def test_http_upgrade_tokens(server: IPCServer, path: str) -> None:
+    """The HTTP upgrade works with both accepted tokens; a plain GET gets 404."""
+    for token in ("isdk-ipc", "net-ipc"):
+        client = await connected(path, handshake=True, upgrade_token=token)
+        assert await client.ping() >= 0
+        await client.close()
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 404 Not Found")
+    writer.close()
+
+
+@pytest.mark.parametrize(("codec", "compress"), [("json", False), ("msgpack", False), ("json", True), ("msgpack", True)])
+async def test_codecs_round_trip(server: IPCServer, path: str, codec: Any, compress: bool) -> None:
+    """Every codec/compression combination agreed in the handshake carries requests and bytes."""
+
+    @server.on("request")
+    def echo(request: Any, respond: Any, conn: IPCConnection) -> None:
+        respond(request)
+
+    client = await connected(path, codec=codec, compress=compress)
+    assert client.info["messagepack"] == (codec == "msgpack")
+    assert client.info["compress"] == compress
+    payload = {"text": "héllo" * 100, "n": [1, 2.5, None, True]}
+    for _ in range(50):
+        assert await client.request(payload) == payload
+    if codec == "msgpack":
+        assert await client.request(b"\x00\xffbytes") == b"\x00\xffbytes"
+    await client.close()
+
+
+async def test_json_server_declines_msgpack(path: str) -> None:
+    """codec='json' on the server declines a client's msgpack; both go on in JSON."""
+    srv = IPCServer(path=path, codec="json", compress=False)
+    await srv.start()
+    client = await connected(path, codec="msgpack", compress=True)
+    assert client.info["messagepack"] is False and client.info["compress"] is False
+    assert await client.request([1]) is None
+    await client.close()
+    await srv.close()
+
+
+async def test_id_factory(path: str) -> None:
+    """id_factory names new connections."""
+    names = iter(["one", "two"])
+    srv = IPCServer(path=path, id_factory=lambda: next(names))
+    await srv.start()
+    a, b = await connected(path), await connected(path)
+    assert (a.id, b.id) == ("one", "two")
+    await a.close()
+    await b.close()
+    await srv.close()
+
+
+async def test_max_connections(path: str) -> None:
+    """Clients over max_connections are refused with a reason; the admitted ones keep working."""
+    srv = IPCServer(path=path, max_connections=2)
+    await srv.start()
+    a, b = await connected(path), await connected(path)
+    with pytest.raises(HandshakeError, match="max_connections=2"):
+        await connected(path)
+    assert await a.ping() >= 0
+    await a.close()
+    await eventually(lambda: len(srv.connections) == 1)
+    c = await connected(path)
+    await b.close()
+    await c.close()
+    await srv.close()
+
+
+async def test_pause_and_resume(server: IPCServer, path: str) -> None:
+    """pause() stops reading from clients until resume()."""
+    got: list[Any] = []
+    server.on("message", lambda m, c: got.append(m))
+    client = await connected(path)
+    await eventually(lambda: len(server.connections) == 1)
+    server.pause()
+    await client.send("held")
+    await asyncio.sleep(0.05)  # give a paused server the chance to (wrongly) read
+    assert got == []
+    server.resume()
+    await eventually(lambda: got == ["held"])
+    await client.close()
+
+
+async def test_tcp_port_zero() -> None:
+    """TCP on 127.0.0.1 with port=0 picks a free port, reported by server.port."""
+    srv = IPCServer(host="127.0.0.1", port=0)
+    await srv.start()
+    assert srv.port
+    client = IPCClient(host="127.0.0.1", port=srv.port)
+    await client.connect()
+    assert await client.ping() >= 0
+    assert srv.connections[0].peer is None
+    await client.close()
+    await srv.close()
+
+
+async def test_tls() -> None:
+    """TLS with a certificate made at test time; a client with the wrong CA is refused."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    srv = IPCServer(host="127.0.0.1", port=0, ssl=server_ctx)
+    srv.on("error", lambda e, c: None)
+    await srv.start()
+    client = IPCClient(host="127.0.0.1", port=srv.port, ssl=client_ctx)
+    await client.connect("secure")
+    assert await client.request("x") is None
+    await client.close()
+    wrong = ssl.create_default_context()
+    trustme.CA().configure_trust(wrong)
+    with pytest.raises(ssl.SSLError):
+        await IPCClient(host="127.0.0.1", port=srv.port, ssl=wrong).connect()
+    await srv.close()
