@@ -290,6 +290,7 @@ class IPCClient(EventEmitter):
         self._reconnect_task: asyncio.Task[None] | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
         self._close_reason: Any = None
+        self._finished = True  # close was emitted (or there was nothing to close)
 
     def __repr__(self) -> str:
         return f"<IPCClient {self.address} id={self.id!r} status={self.status.name}>"
@@ -331,6 +332,7 @@ class IPCClient(EventEmitter):
             raise RuntimeError(f"connect() needs an idle client; status is {self.status.name}")
         self._payload = payload
         self._closed = False
+        self._finished = False
         self._close_reason = None
         try:
             await self._open()
@@ -435,7 +437,8 @@ class IPCClient(EventEmitter):
 
     def _finish(self, reason: Any) -> None:
         """Closed for good: fail waiters, end subscriptions, emit ``close(reason)``."""
-        first = not (self._closed and self.status is IPCClientStatus.IDLE)
+        first = not self._finished
+        self._finished = True
         self._closed = True
         self._close_reason = reason
         error = ConnectionClosedError(reason)
