@@ -19,6 +19,7 @@ from .endpoint import (
     DEFAULT_TIMEOUT,
     END,
     FEATURES,
+    REQUEST,
     Endpoint,
     Responder,
     deadline_of,
@@ -493,7 +494,15 @@ class IPCClient(EventEmitter):
         proto = self._proto
         if proto is None or self.status is not IPCClientStatus.READY:
             proto = await self._endpoint(timeout)
-        return await proto.request(data, timeout)
+        # Inlined Endpoint.request (one coroutine frame less per request).
+        nonce, future = proto._start_request(REQUEST, data, timeout)
+        if proto._write_paused:
+            await proto._drain()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            proto._forget(nonce)
+            raise
 
     async def ping(self, data: Any = None, timeout: float | None = -1.0) -> float:
         """Round trip to the server in seconds (the server echoes ``data``)."""

@@ -18,7 +18,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Generator, Iterator
-from typing import Any, NamedTuple
+from typing import Any, cast
 
 from .codecs import PacketCodec, json_dumps
 from .errors import (
@@ -51,6 +51,9 @@ FEATURES: tuple[str, ...] = ("errors",)
 ``"e": {"type": ..., "message": ...}``, read as :class:`RemoteError`.
 """
 
+FLUSH_SIZE = 256 * 1024
+"""Queued bytes that are written at once rather than at the end of the loop iteration."""
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 10.0
 DEFAULT_MAX_QUEUED = 64 * 1024 * 1024
@@ -81,11 +84,11 @@ class _Done:
 _DONE = _Done()
 
 
-class _Pending(NamedTuple):
-    future: asyncio.Future[Any]
-    timer: asyncio.TimerHandle | None
-    started: float  # loop time for pings, 0.0 for requests
-    timeout: float
+# A pending request or ping, as a plain tuple (the hot path makes one per request):
+# (future, deadline or None, started (loop time, pings only; else 0.0), timeout, own timer or None).
+# Requests whose deadlines arrive in order share one sweep timer; only a
+# request with a shorter timeout than the one before it gets its own timer.
+_Pending = tuple[asyncio.Future[Any], "float | None", float, float, "asyncio.TimerHandle | None"]
 
 
 class Responder:
@@ -164,7 +167,10 @@ class Endpoint(asyncio.Protocol):
         self._codec = PacketCodec(max_message_size)
         self._nonces = nonces if nonces is not None else itertools.count(1)
         self._pending: dict[Any, _Pending] = {}
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._last_deadline = 0.0
         self._wbuf: list[bytes] = []
+        self._wbuf_size = 0
         self._flush_handle: asyncio.Handle | None = None
         self._dispatching = False
         self._write_paused = False
@@ -185,8 +191,8 @@ class Endpoint(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport; they have its methods.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._handshaken:
@@ -221,7 +227,7 @@ class Endpoint(asyncio.Protocol):
                 self._dispatch(t, d, n, packet)
         finally:
             self._dispatching = False
-            if self._wbuf and self._flush_handle is None:
+            if self._wbuf:
                 self._flush()
 
     def eof_received(self) -> bool:
@@ -254,11 +260,14 @@ class Endpoint(asyncio.Protocol):
         self._lost_exc = error
         pending = self._pending
         self._pending = {}
-        for entry in pending.values():
-            if entry.timer is not None:
-                entry.timer.cancel()
-            if not entry.future.done():
-                entry.future.set_exception(error)
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        for future, _, _, _, timer in pending.values():
+            if timer is not None:
+                timer.cancel()
+            if not future.done():
+                future.set_exception(error)
         self._wake_writers(error)
         if not self._lost.done():
             self._lost.set_result(None)
@@ -286,9 +295,9 @@ class Endpoint(asyncio.Protocol):
             entry = self._pending.pop(n, None)
             if entry is None:
                 return  # late answer to a timed-out or cancelled request: drop it
-            if entry.timer is not None:
-                entry.timer.cancel()
-            future = entry.future
+            if entry[4] is not None:
+                entry[4].cancel()
+            future = entry[0]
             if future.done():
                 return
             error = packet.get("e")
@@ -306,10 +315,10 @@ class Endpoint(asyncio.Protocol):
             entry = self._pending.pop(n, None)
             if entry is None:
                 return
-            if entry.timer is not None:
-                entry.timer.cancel()
-            if not entry.future.done():
-                entry.future.set_result(self._loop.time() - entry.started)
+            if entry[4] is not None:
+                entry[4].cancel()
+            if not entry[0].done():
+                entry[0].set_result(self._loop.time() - entry[2])
         elif t == END:
             self._peer_end = d if type(d) is dict else {"m": d, "a": False}
         elif t == CONNECTION:
@@ -321,6 +330,11 @@ class Endpoint(asyncio.Protocol):
         """Queue framed bytes; they leave this loop iteration, coalesced."""
         if self._dispatching or self._flush_handle is not None:
             self._wbuf.append(data)
+            self._wbuf_size += len(data)
+            if self._wbuf_size >= FLUSH_SIZE:
+                # A producer that never yields must still reach the transport,
+                # so that pause_writing (and with it send()'s wait) can happen.
+                self._flush()
             return
         transport = self._transport
         if transport is None:
@@ -328,13 +342,17 @@ class Endpoint(asyncio.Protocol):
         # Nothing queued: write now (lowest latency), and let further writes
         # of this loop iteration gather behind it.
         transport.write(data)
-        self._flush_handle = self._loop.call_soon(self._flush)
+        self._flush_handle = self._loop.call_soon(self._flush_scheduled)
+
+    def _flush_scheduled(self) -> None:
+        self._flush_handle = None
+        self._flush()
 
     def _flush(self) -> None:
-        self._flush_handle = None
         buf = self._wbuf
         if not buf:
             return
+        self._wbuf_size = 0
         transport = self._transport
         if transport is None:
             buf.clear()
@@ -405,23 +423,52 @@ class Endpoint(asyncio.Protocol):
         packet = self._codec.encode(t, data, nonce)
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
-        timer = None if seconds is None else loop.call_later(seconds, self._expire, nonce)
-        self._pending[nonce] = _Pending(
-            future, timer, loop.time() if t == PING else 0.0, seconds or 0.0
-        )
+        now = loop.time()
+        started = now if t == PING else 0.0
+        if seconds is None:
+            self._pending[nonce] = (future, None, started, 0.0, None)
+        else:
+            deadline = now + seconds
+            if deadline >= self._last_deadline:
+                self._last_deadline = deadline
+                self._pending[nonce] = (future, deadline, started, seconds, None)
+                if self._sweep_handle is None:
+                    self._sweep_handle = loop.call_at(deadline, self._sweep)
+            else:
+                timer = loop.call_at(deadline, self._expire, nonce)
+                self._pending[nonce] = (future, deadline, started, seconds, timer)
         self._write(packet)
         return nonce, future
 
+    def _sweep(self) -> None:
+        """Expire overdue requests, oldest first, and re-arm for the next deadline."""
+        self._sweep_handle = None
+        now = self._loop.time()
+        overdue = []
+        for nonce, (_, deadline, _, _, timer) in self._pending.items():
+            if deadline is None or timer is not None:
+                continue  # no timeout, or a timer of its own
+            if deadline > now:
+                self._sweep_handle = self._loop.call_at(deadline, self._sweep)
+                break
+            overdue.append(nonce)
+        for nonce in overdue:
+            self._expire(nonce)
+
     def _expire(self, nonce: Any) -> None:
         entry = self._pending.pop(nonce, None)
-        if entry is not None and not entry.future.done():
-            what = "ping" if entry.started else "request"
-            entry.future.set_exception(RequestTimeoutError(entry.timeout, what))
+        if entry is None:
+            return
+        future, _, started, seconds, timer = entry
+        if timer is not None:
+            timer.cancel()
+        if not future.done():
+            future.set_exception(RequestTimeoutError(seconds, "ping" if started else "request"))
 
     def _forget(self, nonce: Any) -> None:
         entry = self._pending.pop(nonce, None)
-        if entry is not None and entry.timer is not None:
-            entry.timer.cancel()
+        if entry is not None and entry[4] is not None:
+            entry[4].cancel()
 
     async def request(self, data: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
         """Send a request and return the peer's answer.
@@ -471,7 +518,7 @@ class Endpoint(asyncio.Protocol):
         seconds = deadline_of(timeout)
         loop = self._loop
         deadline = None if seconds is None else loop.time() + seconds
-        waits: list[Any] = [e.future for e in self._pending.values()]
+        waits: list[Any] = [entry[0] for entry in self._pending.values()]
         waits.extend(self._tasks)
         if waits:
             await asyncio.wait(waits, timeout=seconds)

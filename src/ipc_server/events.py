@@ -13,6 +13,7 @@ import asyncio
 import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any, TypeVar, overload
 
 __all__ = ["STOP", "EventEmitter", "Stop", "run_eagerly"]
@@ -96,7 +97,11 @@ class EventEmitter:
     """Ordered listeners per event name; plain functions or coroutine functions."""
 
     def __init__(self) -> None:
+        # Copy-on-write: a list here is never changed in place, so emit() can
+        # iterate it while listeners add or remove listeners.
         self._listeners: dict[str, list[tuple[Callable[..., Any], bool]]] = {}
+        self._fns: dict[str, list[Callable[..., Any]]] = {}
+        self._has_once: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @overload
@@ -127,39 +132,43 @@ class EventEmitter:
             return decorator
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-        self._listeners.setdefault(event, []).append((handler, once))
+        self._set(event, [*self._listeners.get(event, ()), (handler, once)])
         return handler
+
+    def _set(self, event: str, listeners: list[tuple[Callable[..., Any], bool]]) -> None:
+        if listeners:
+            self._listeners[event] = listeners
+            self._fns[event] = [fn for fn, _ in listeners]
+            if any(once for _, once in listeners):
+                self._has_once.add(event)
+            else:
+                self._has_once.discard(event)
+        else:
+            self._listeners.pop(event, None)
+            self._fns.pop(event, None)
+            self._has_once.discard(event)
 
     def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
         """Remove ``handler`` from ``event`` (every handler of it if None)."""
         if handler is None:
-            self._listeners.pop(event, None)
+            self._set(event, [])
             return
-        listeners = self._listeners.get(event)
-        if not listeners:
-            return
+        listeners = list(self._listeners.get(event, ()))
         for i, (fn, _) in enumerate(listeners):
             if fn == handler:
                 del listeners[i]
+                self._set(event, listeners)
                 break
-        if not listeners:
-            del self._listeners[event]
 
     def listener_count(self, event: str) -> int:
         """How many listeners ``event`` has."""
-        return len(self._listeners.get(event, ()))
+        return len(self._fns.get(event, ()))
 
     def _take(self, event: str) -> list[Callable[..., Any]] | None:
-        listeners = self._listeners.get(event)
-        if not listeners:
-            return None
-        fns = [fn for fn, _ in listeners]
-        if any(once for _, once in listeners):
-            kept = [item for item in listeners if not item[1]]
-            if kept:
-                self._listeners[event] = kept
-            else:
-                del self._listeners[event]
+        """The listeners to call for one emit (``once`` ones are removed now)."""
+        fns = self._fns.get(event)
+        if fns is not None and event in self._has_once:
+            self._set(event, [item for item in self._listeners[event] if not item[1]])
         return fns
 
     def emit(self, event: str, *args: Any) -> bool:
@@ -192,15 +201,27 @@ class EventEmitter:
         for index, fn in enumerate(fns):
             try:
                 result = fn(*args)
-            except Exception as exc:
-                self._chain_error(event, exc, on_error, args)
-                result = None
-            else:
-                if hasattr(result, "__await__"):
+                if type(result) is CoroutineType:
+                    # Step the listener's coroutine here; most finish at once
+                    # (``await respond(x)``) and need no task at all.
+                    try:
+                        suspended = result.send(None)
+                    except StopIteration as stop:
+                        result = stop.value
+                    else:
+                        rest = fns[index + 1 :]
+                        first = _Continue(result, suspended)
+                        coro = self._finish_chain(event, first, rest, args, stopped, on_error, on_done)
+                        run_eagerly(coro, self._tasks)
+                        return
+                elif hasattr(result, "__await__"):
                     rest = fns[index + 1 :]
                     coro = self._finish_chain(event, result, rest, args, stopped, on_error, on_done)
                     run_eagerly(coro, self._tasks)
                     return
+            except Exception as exc:
+                self._chain_error(event, exc, on_error, args)
+                result = None
             if result is STOP or (stopped is not None and stopped()):
                 break
         if on_done is not None:
