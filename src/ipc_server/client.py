@@ -146,20 +146,8 @@ class _ClientProtocol(Endpoint):
         fns = client._take("request")
         if fns is None:
             respond(None)
-            return
-
-        def failed(exc: BaseException) -> None:
-            client._report(exc)
-            respond.fail(exc)
-
-        client._run_chain(
-            "request",
-            fns,
-            (data, respond),
-            stopped=lambda: respond.done,
-            on_error=failed,
-            on_done=respond.finish,
-        )
+        else:
+            client._run_chain("request", fns, (data, respond), respond)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if not self.ready.done():

@@ -17,14 +17,12 @@ import msgpack
 import orjson
 
 from .errors import MessageTooLargeError, ProtocolError
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, frame
+from .protocol import _SMALL_TAGS, DEFAULT_MAX_MESSAGE_SIZE, encode_tag
 
 __all__ = ["CODECS", "CodecName", "PacketCodec", "json_dumps", "msgpack_packer"]
 
 CodecName = Literal["json", "msgpack"]
 CODECS: tuple[CodecName, ...] = ("json", "msgpack")
-
-_JSON_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
 def _json_default(obj: Any) -> Any:
@@ -39,8 +37,14 @@ def _json_default(obj: Any) -> Any:
 
 
 def json_dumps(obj: Any) -> bytes:
-    """Encode ``obj`` as JSON bytes (bytes become Node's Buffer JSON shape)."""
-    return orjson.dumps(obj, default=_json_default, option=_JSON_OPTIONS)
+    """Encode ``obj`` as JSON bytes (bytes become Node's Buffer JSON shape).
+
+    Non-str dict keys are written as strings, as JavaScript would.
+    """
+    try:
+        return orjson.dumps(obj)  # the fast path: plain JSON types only
+    except TypeError:
+        return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
 
 
 def _msgpack_default(obj: Any) -> Any:
@@ -79,13 +83,23 @@ class PacketCodec:
         max_size: Limit for a body after inflating, in bytes.
     """
 
-    __slots__ = ("_deflate", "_inflate", "_loads", "_pack", "compress", "max_size", "messagepack")
+    __slots__ = (
+        "_deflate",
+        "_inflate",
+        "_loads",
+        "_pack",
+        "_pack_slow",
+        "compress",
+        "max_size",
+        "messagepack",
+    )
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.max_size = max_size
         self.messagepack = False
         self.compress = False
-        self._pack = json_dumps
+        self._pack: Any = orjson.dumps
+        self._pack_slow: Any = json_dumps
         self._loads: Any = orjson.loads
         self._deflate: Any = None
         self._inflate: Any = None
@@ -95,10 +109,11 @@ class PacketCodec:
         self.messagepack = messagepack
         self.compress = compress
         if messagepack:
-            self._pack = msgpack_packer().pack
+            self._pack = self._pack_slow = msgpack_packer().pack
             self._loads = _msgpack_loads
         else:
-            self._pack = json_dumps
+            self._pack = orjson.dumps
+            self._pack_slow = json_dumps
             self._loads = orjson.loads
         if compress:
             self._deflate = zlib.compressobj(wbits=-15)
@@ -115,7 +130,10 @@ class PacketCodec:
 
     def encode_body(self, packet: dict[str, Any]) -> bytes:
         """Encode one packet dict to its body (without the tag)."""
-        body: bytes = self._pack(packet)
+        try:
+            body: bytes = self._pack(packet)
+        except TypeError:
+            body = self._pack_slow(packet)
         if self._deflate is not None:
             body = self._deflate.compress(body) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
         return body
@@ -127,7 +145,14 @@ class PacketCodec:
             TypeError: ``d`` holds something the codec cannot encode.
         """
         packet = {"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}
-        return frame(self.encode_body(packet))
+        try:
+            body: bytes = self._pack(packet)
+        except TypeError:
+            body = self._pack_slow(packet)
+        if self._deflate is not None:
+            body = self._deflate.compress(body) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        size = len(body)
+        return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
 
     def decode(self, body: bytes | bytearray) -> tuple[int, Any, Any, dict[str, Any]]:
         """Decode one body to ``(t, d, n, packet)``.

@@ -171,6 +171,7 @@ class Endpoint(asyncio.Protocol):
         self._last_deadline = 0.0
         self._wbuf: list[bytes] = []
         self._wbuf_size = 0
+        self._burst = False  # a write went out since data last came in: gather the next ones
         self._flush_handle: asyncio.Handle | None = None
         self._dispatching = False
         self._write_paused = False
@@ -195,6 +196,7 @@ class Endpoint(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        self._burst = False
         if not self._handshaken:
             rest = self._on_preamble(data)
             if rest is None:
@@ -224,7 +226,12 @@ class Endpoint(asyncio.Protocol):
                         break
                     self._report(exc)  # drop this packet, keep the connection
                     continue
-                self._dispatch(t, d, n, packet)
+                try:
+                    self._dispatch(t, d, n, packet)
+                except Exception as exc:
+                    # A packet we cannot act on (say, a PING whose data is too deep
+                    # to echo) is reported; it must not kill the connection.
+                    self._report(exc)
         finally:
             self._dispatching = False
             if self._wbuf:
@@ -289,8 +296,17 @@ class Endpoint(asyncio.Protocol):
         if not self._handshaken:
             self._on_connection_packet(t, d, n)
             return
+        if REQUEST <= t <= PONG and type(n) is not str:
+            # Nonces are strings (SPEC 6.3): anything else can be neither paired nor echoed.
+            self._report(ProtocolError(f"packet of type {t} with a nonce that is not a string"))
+            return
         if t == REQUEST:
-            self._on_request(d, Responder(self, n))
+            respond = Responder(self, n)
+            try:
+                self._on_request(d, respond)
+            except Exception as exc:  # e.g. a published message too deep to encode
+                self._report(exc)
+                respond.fail(exc)  # the requester gets an error, never a hang
         elif t == RESPONSE:
             entry = self._pending.pop(n, None)
             if entry is None:
@@ -327,22 +343,30 @@ class Endpoint(asyncio.Protocol):
     # ------------------------------------------------------------------ writing
 
     def _write(self, data: bytes) -> None:
-        """Queue framed bytes; they leave this loop iteration, coalesced."""
-        if self._dispatching or self._flush_handle is not None:
+        """Send framed bytes, coalescing bursts into few ``transport.write`` calls.
+
+        The first write after the peer was last heard from goes out at once
+        (lowest latency for request/response); further writes gather and
+        leave together at the end of the loop iteration, or as soon as
+        ``FLUSH_SIZE`` bytes are waiting.
+        """
+        if self._dispatching or self._burst:
             self._wbuf.append(data)
             self._wbuf_size += len(data)
             if self._wbuf_size >= FLUSH_SIZE:
                 # A producer that never yields must still reach the transport,
                 # so that pause_writing (and with it send()'s wait) can happen.
                 self._flush()
+            elif self._flush_handle is None and not self._dispatching:
+                self._flush_handle = self._loop.call_soon(self._flush_scheduled)
             return
         transport = self._transport
-        if transport is None:
+        if transport is None or self._aborted:
             return
-        # Nothing queued: write now (lowest latency), and let further writes
-        # of this loop iteration gather behind it.
         transport.write(data)
-        self._flush_handle = self._loop.call_soon(self._flush_scheduled)
+        self._burst = True
+        if self._write_paused:
+            self._check_queued(transport)
 
     def _flush_scheduled(self) -> None:
         self._flush_handle = None
@@ -357,11 +381,16 @@ class Endpoint(asyncio.Protocol):
         if transport is None:
             buf.clear()
             return
+        if self._aborted:
+            buf.clear()
+            return
         if len(buf) == 1:
             transport.write(buf[0])
         else:
             transport.write(b"".join(buf))
         buf.clear()
+        if self._write_paused:
+            self._check_queued(transport)
 
     def _drain(self) -> asyncio.Future[None]:
         """A future done when the transport is below its high-water mark again."""
@@ -384,6 +413,13 @@ class Endpoint(asyncio.Protocol):
                 waiter.set_result(None)
             else:
                 waiter.set_exception(exc)
+
+    def _check_queued(self, transport: asyncio.WriteTransport) -> None:
+        # pause_writing fires once, when the high-water mark is crossed; a peer
+        # that never reads is caught by checking again on every later write.
+        size = transport.get_write_buffer_size()
+        if size > self._max_queued:
+            self._overflow(size)
 
     def _overflow(self, size: int) -> None:
         reason = f"peer is not reading: {size} bytes queued, over max_queued={self._max_queued}"
@@ -409,7 +445,8 @@ class Endpoint(asyncio.Protocol):
 
         Waits only when the connection is over its write high-water mark.
         """
-        self._check_open()
+        if self._transport is None or self._closing:
+            self._check_open()
         self._write(self._codec.encode(MESSAGE, data))
         if self._write_paused:
             await self._drain()
@@ -417,8 +454,9 @@ class Endpoint(asyncio.Protocol):
     def _start_request(
         self, t: int, data: Any, timeout: float | None
     ) -> tuple[Any, asyncio.Future[Any]]:
-        self._check_open()
-        seconds = deadline_of(timeout)
+        if self._transport is None or self._closing:
+            self._check_open()
+        seconds = timeout if type(timeout) is float and timeout > 0 else deadline_of(timeout)
         nonce = format(next(self._nonces), "x")
         packet = self._codec.encode(t, data, nonce)
         loop = self._loop
@@ -587,6 +625,17 @@ class Endpoint(asyncio.Protocol):
         self._report(exc)
         if self._close_reason is None:
             self._close_reason = exc
+        transport = self._transport
+        # Tell a peer that speaks our framing why (best effort: END, then abort).
+        if transport is not None and not self._aborted and getattr(self, "_preamble", None) is None:
+            d = {"m": str(exc), "a": False}
+            try:
+                if self._handshaken:
+                    transport.write(self._codec.encode(END, d))
+                else:
+                    transport.write(frame(json_dumps({"t": END, "d": d})))
+            except Exception:  # pragma: no cover - the reason is always encodable
+                pass
         self._abort()
 
     # ------------------------------------------------------------------ hooks for subclasses

@@ -14,7 +14,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeVar, overload
 
 __all__ = ["STOP", "EventEmitter", "Stop", "run_eagerly"]
 
@@ -91,6 +91,16 @@ def run_eagerly(
         tasks.add(task)
         task.add_done_callback(tasks.discard)
     return task
+
+
+class Answer(Protocol):
+    """What a ``request`` chain answers through (the ``respond`` callable)."""
+
+    done: bool
+
+    def fail(self, exc: BaseException) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class EventEmitter:
@@ -188,15 +198,14 @@ class EventEmitter:
         event: str,
         fns: list[Callable[..., Any]],
         args: tuple[Any, ...],
-        *,
-        stopped: Callable[[], bool] | None = None,
-        on_error: Callable[[BaseException], None] | None = None,
-        on_done: Callable[[], None] | None = None,
+        responder: Answer | None = None,
     ) -> None:
-        """Run ``fns`` in order; stop on ``STOP`` or when ``stopped()`` is true.
+        """Run ``fns`` in order until one returns ``STOP``.
 
-        ``on_error`` (default: report on ``error``) gets each listener's
-        exception; ``on_done`` runs once the chain is over, however it ended.
+        With a ``responder`` (a ``request`` chain) the chain also stops once
+        it answered; a listener's exception is also sent to the requester
+        (``responder.fail``); and ``responder.finish()`` runs when the chain
+        is over, however it ended, so that the requester always gets an answer.
         """
         for index, fn in enumerate(fns):
             try:
@@ -209,23 +218,21 @@ class EventEmitter:
                     except StopIteration as stop:
                         result = stop.value
                     else:
-                        rest = fns[index + 1 :]
                         first = _Continue(result, suspended)
-                        coro = self._finish_chain(event, first, rest, args, stopped, on_error, on_done)
+                        coro = self._finish_chain(event, first, fns[index + 1 :], args, responder)
                         run_eagerly(coro, self._tasks)
                         return
                 elif hasattr(result, "__await__"):
-                    rest = fns[index + 1 :]
-                    coro = self._finish_chain(event, result, rest, args, stopped, on_error, on_done)
+                    coro = self._finish_chain(event, result, fns[index + 1 :], args, responder)
                     run_eagerly(coro, self._tasks)
                     return
             except Exception as exc:
-                self._chain_error(event, exc, on_error, args)
+                self._chain_error(event, exc, args, responder)
                 result = None
-            if result is STOP or (stopped is not None and stopped()):
+            if result is STOP or (responder is not None and responder.done):
                 break
-        if on_done is not None:
-            on_done()
+        if responder is not None:
+            responder.finish()
 
     async def _finish_chain(
         self,
@@ -233,17 +240,15 @@ class EventEmitter:
         first: Awaitable[Any],
         rest: list[Callable[..., Any]],
         args: tuple[Any, ...],
-        stopped: Callable[[], bool] | None,
-        on_error: Callable[[BaseException], None] | None,
-        on_done: Callable[[], None] | None,
+        responder: Answer | None,
     ) -> None:
         try:
             try:
                 result = await first
             except Exception as exc:
-                self._chain_error(event, exc, on_error, args)
+                self._chain_error(event, exc, args, responder)
                 result = None
-            if result is STOP or (stopped is not None and stopped()):
+            if result is STOP or (responder is not None and responder.done):
                 return
             for fn in rest:
                 try:
@@ -251,25 +256,20 @@ class EventEmitter:
                     if hasattr(result, "__await__"):
                         result = await result
                 except Exception as exc:
-                    self._chain_error(event, exc, on_error, args)
+                    self._chain_error(event, exc, args, responder)
                     result = None
-                if result is STOP or (stopped is not None and stopped()):
+                if result is STOP or (responder is not None and responder.done):
                     return
         finally:
-            if on_done is not None:
-                on_done()
+            if responder is not None:
+                responder.finish()
 
     def _chain_error(
-        self,
-        event: str,
-        exc: BaseException,
-        on_error: Callable[[BaseException], None] | None,
-        args: tuple[Any, ...],
+        self, event: str, exc: BaseException, args: tuple[Any, ...], responder: Answer | None
     ) -> None:
-        if on_error is not None:
-            on_error(exc)
-        else:
-            self._listener_failed(event, exc, args)
+        self._listener_failed(event, exc, args)
+        if responder is not None:
+            responder.fail(exc)
 
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
         """A listener of ``event`` (called with ``args``) raised: report it on ``error``, or log it."""

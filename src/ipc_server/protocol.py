@@ -110,6 +110,16 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Add ``data`` to the stream and return every body now complete."""
         buf = self._buf
+        if not buf and data.__class__ is bytes and data:
+            # Fast path: a chunk that is exactly one small packet (request/response traffic).
+            first = data[0]
+            if first & 0x80:
+                if len(data) == (first & 0x7F) + 1 and (first & 0x7F) <= self.max_size:
+                    return [data[1:]]
+            elif len(data) > 1 and data[1] & 0x80:
+                length = (first << 7) | (data[1] & 0x7F)
+                if len(data) == length + 2 and length <= self.max_size:
+                    return [data[2:]]
         source: bytes | bytearray
         if buf:
             buf += data
@@ -134,8 +144,10 @@ class FrameDecoder:
                     length = (length << 7) | (byte & 0x7F)
                     break
                 length = (length << 7) | byte
+                if i - pos >= _MAX_TAG_BYTES:
+                    raise ProtocolError(f"length tag longer than {_MAX_TAG_BYTES} bytes")
                 # The final length is at least this times 128: refuse early.
-                if (length << 7) > max_size or i - pos >= _MAX_TAG_BYTES:
+                if (length << 7) > max_size:
                     raise MessageTooLargeError(length << 7, max_size)
             if length > max_size:
                 raise MessageTooLargeError(length, max_size)
@@ -235,9 +247,11 @@ class ServerPreamble:
         if head != b"GET":
             return PreambleResult(False, 0, error=f"bad preamble {bytes(data[:16])!r}")
         end = data.find(b"\r\n\r\n")
+        # The same verdict however the bytes were chunked: a request whose
+        # head cannot end within MAX_PREAMBLE_SIZE bytes is refused.
+        if (end < 0 and len(data) >= MAX_PREAMBLE_SIZE) or end + 4 > MAX_PREAMBLE_SIZE:
+            return PreambleResult(False, 0, error="HTTP upgrade request too long")
         if end < 0:
-            if len(data) > MAX_PREAMBLE_SIZE:
-                return PreambleResult(False, 0, error="HTTP upgrade request too long")
             return None
         consumed = end + 4
         _, headers = _parse_headers(bytes(data[:end]))
@@ -256,8 +270,8 @@ class ServerPreamble:
 class ClientPreamble:
     """Reads the server's answer to an HTTP upgrade request on the client side.
 
-    Contract: :meth:`feed` each chunk until it returns ``(consumed, None)``
-    (accepted: bytes of :attr:`data` from ``consumed`` on are packets) or
+    Contract: :meth:`feed` each chunk until it returns ``consumed`` (an int:
+    accepted, bytes of :attr:`data` from ``consumed`` on are packets) or
     raises :class:`ProtocolError` (refused); ``None`` means: need more.
     """
 
@@ -271,11 +285,11 @@ class ClientPreamble:
         data = self.data
         data += chunk
         end = data.find(b"\r\n\r\n")
+        if (end < 0 and len(data) >= MAX_PREAMBLE_SIZE) or end + 4 > MAX_PREAMBLE_SIZE:
+            raise ProtocolError("HTTP upgrade response too long")
         if end < 0:
-            if len(data) > MAX_PREAMBLE_SIZE:
-                raise ProtocolError("HTTP upgrade response too long")
             return None
         status, _ = _parse_headers(bytes(data[:end]))
-        if not status.startswith("HTTP/1.1 101"):
+        if status.split(" ", 2)[:2] != ["HTTP/1.1", "101"]:
             raise ProtocolError(f"server refused the upgrade: {status}")
         return end + 4

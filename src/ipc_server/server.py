@@ -86,7 +86,9 @@ class IPCConnection(Endpoint):
             server.max_connections is not None
             and len(server._connections) + len(server._handshaking) > server.max_connections
         ):
-            self._refuse(f"server full: max_connections={server.max_connections}")
+            reason = f"server full: max_connections={server.max_connections}"
+            server._report_error(HandshakeError(f"client refused: {reason}"), self)
+            self._refuse(reason)
             return
         seconds = deadline_of(server.handshake_timeout)
         if seconds is not None:
@@ -218,25 +220,16 @@ class IPCConnection(Endpoint):
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server
-        if type(data) is dict and server._pubsub(self, data, respond):
+        if type(data) is dict and ("pub" in data or "sub" in data or "unsub" in data):
+            server._pubsub(self, data, respond)
             return
-        fns = server._take("request")
+        fns = server._fns.get("request")
         if fns is None:
             respond(None)
             return
-
-        def failed(exc: BaseException) -> None:
-            server._report_error(exc, self)
-            respond.fail(exc)
-
-        server._run_chain(
-            "request",
-            fns,
-            (data, respond, self),
-            stopped=lambda: respond.done,
-            on_error=failed,
-            on_done=respond.finish,
-        )
+        if "request" in server._has_once:
+            server._take("request")
+        server._run_chain("request", fns, (data, respond, self), respond)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if self._hs_timer is not None:
@@ -430,7 +423,7 @@ class IPCServer(EventEmitter):
 
     # ------------------------------------------------------------------ pub/sub (SPEC 6.7)
 
-    def _pubsub(self, conn: IPCConnection, data: dict[str, Any], respond: Responder) -> bool:
+    def _pubsub(self, conn: IPCConnection, data: dict[str, Any], respond: Responder) -> None:
         if "pub" in data:
             topic = data["pub"]
             if isinstance(topic, str):
@@ -438,18 +431,16 @@ class IPCServer(EventEmitter):
                 respond({"result": True})
             else:
                 respond({"result": False})
-            return True
-        if "sub" in data:
+        elif "sub" in data:
             topics = _topic_list(data["sub"])
             if topics is None:
                 respond({"result": False})
-                return True
+                return
             for topic in topics:
                 self._topics.setdefault(topic, {})[conn] = None
                 conn.topics.add(topic)
             respond({"result": True})
-            return True
-        if "unsub" in data:
+        else:
             topics = _topic_list(data["unsub"])
             result = False
             for topic in topics or ():
@@ -460,8 +451,6 @@ class IPCServer(EventEmitter):
                         del self._topics[topic]
                 conn.topics.discard(topic)
             respond({"result": result})
-            return True
-        return False
 
     def _forget_topics(self, conn: IPCConnection) -> None:
         for topic in conn.topics:
