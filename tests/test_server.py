@@ -441,3 +441,22 @@ async def test_tls() -> None:
     with pytest.raises(ssl.SSLError):
         await IPCClient(host="127.0.0.1", port=srv.port, ssl=wrong).connect()
     await srv.close()
+
+
+async def test_close_waits_for_handlers_in_progress(path: str) -> None:
+    """server.close() lets request handlers already running answer before END goes out."""
+    srv = IPCServer(path=path)
+    started = asyncio.Event()
+
+    @srv.on("request")
+    async def slow(request: Any, respond: Any, conn: IPCConnection) -> None:
+        started.set()
+        await asyncio.sleep(0.1)
+        await respond("late but answered")
+
+    await srv.start()
+    client = await connected(path)
+    pending = asyncio.ensure_future(client.request("x", timeout=5))
+    await asyncio.wait_for(started.wait(), 5)
+    await srv.close()
+    assert await pending == "late but answered"

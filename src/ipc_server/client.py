@@ -147,7 +147,7 @@ class _ClientProtocol(Endpoint):
         if fns is None:
             respond(None)
         else:
-            client._run_chain("request", fns, (data, respond), respond)
+            client._run_chain("request", fns, (data, respond), respond, self._tasks)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if not self.ready.done():

@@ -187,9 +187,11 @@ class EventEmitter:
         Exceptions from listeners are reported on the ``error`` event (see
         :meth:`_listener_failed`), never raised here.
         """
-        fns = self._take(event)
+        fns = self._fns.get(event)
         if fns is None:
             return False
+        if event in self._has_once:
+            self._take(event)
         self._run_chain(event, fns, args)
         return True
 
@@ -199,8 +201,12 @@ class EventEmitter:
         fns: list[Callable[..., Any]],
         args: tuple[Any, ...],
         responder: Answer | None = None,
+        tasks: set[asyncio.Task[Any]] | None = None,
     ) -> None:
         """Run ``fns`` in order until one returns ``STOP``.
+
+        A chain that suspends finishes in a task kept in ``tasks`` (default:
+        the emitter's own set), so that its owner can wait for it.
 
         With a ``responder`` (a ``request`` chain) the chain also stops once
         it answered; a listener's exception is also sent to the requester
@@ -210,6 +216,10 @@ class EventEmitter:
         for index, fn in enumerate(fns):
             try:
                 result = fn(*args)
+                if result is None:  # the common case: a plain function that returned
+                    if responder is not None and responder.done:
+                        break
+                    continue
                 if type(result) is CoroutineType:
                     # Step the listener's coroutine here; most finish at once
                     # (``await respond(x)``) and need no task at all.
@@ -220,11 +230,11 @@ class EventEmitter:
                     else:
                         first = _Continue(result, suspended)
                         coro = self._finish_chain(event, first, fns[index + 1 :], args, responder)
-                        run_eagerly(coro, self._tasks)
+                        run_eagerly(coro, self._tasks if tasks is None else tasks)
                         return
                 elif hasattr(result, "__await__"):
                     coro = self._finish_chain(event, result, fns[index + 1 :], args, responder)
-                    run_eagerly(coro, self._tasks)
+                    run_eagerly(coro, self._tasks if tasks is None else tasks)
                     return
             except Exception as exc:
                 self._chain_error(event, exc, args, responder)

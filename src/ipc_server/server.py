@@ -229,7 +229,7 @@ class IPCConnection(Endpoint):
             return
         if "request" in server._has_once:
             server._take("request")
-        server._run_chain("request", fns, (data, respond, self), respond)
+        server._run_chain("request", fns, (data, respond, self), respond, self._tasks)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if self._hs_timer is not None:
