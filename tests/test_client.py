@@ -63,7 +63,7 @@ async def test_connect_to_nothing_fails_fast() -> None:
     """connect() to a path where nobody listens raises an OSError at once."""
     with short_socket_path() as path:
         client = IPCClient(path=path)
-        with pytest.raises(OSError):
+        with pytest.raises(FileNotFoundError):
             await client.connect()
         assert client.status is IPCClientStatus.IDLE
 

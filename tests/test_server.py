@@ -8,11 +8,13 @@ import socket
 import ssl
 import stat
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 
+from helpers import eventually, short_socket_path
 from ipc_server import (
     STOP,
     AddressInUseError,
@@ -23,8 +25,6 @@ from ipc_server import (
     RemoteError,
 )
 from ipc_server.errors import HandshakeError
-
-from helpers import eventually, short_socket_path
 
 
 @pytest.fixture
@@ -61,7 +61,7 @@ async def test_start_emits_ready_and_creates_private_socket(path: str) -> None:
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     finally:
         await srv.close()
-    assert not os.path.exists(path)
+    assert not Path(path).exists()  # noqa: ASYNC240 - a stat, not I/O worth a thread
     assert not srv.is_ready
 
 
@@ -76,8 +76,10 @@ async def test_connect_payload_and_connection_order(server: IPCServer, path: str
     assert server.connections == [c for c, _ in seen]
     assert [c.id for c in server.connections] == [a.id, b.id]
     conn = server.connections[0]
-    assert conn.peer is not None and conn.peer.pid == os.getpid()
-    assert conn.connected_at is not None and conn.server is server
+    assert conn.peer is not None
+    assert conn.peer.pid == os.getpid()
+    assert conn.connected_at is not None
+    assert conn.server is server
     await a.close()
     await b.close()
 
@@ -179,7 +181,8 @@ async def test_handler_exception_is_remote_error(server: IPCServer, path: str) -
         await client.request("boom")
     assert info.value.type == "KeyError"
     assert "missing" in info.value.message
-    assert isinstance(errors[0][0], KeyError) and errors[0][1] is server.connections[0]
+    assert isinstance(errors[0][0], KeyError)
+    assert errors[0][1] is server.connections[0]
     assert await client.request("ok") == "fine"
     await client.close()
 
@@ -194,7 +197,8 @@ async def test_survey_ping_broadcast(server: IPCServer, path: str) -> None:
     results = await server.survey("q", timeout=5)
     assert [reply for _, reply in results] == [[0, "q"], [1, "q"], [2, "q"]]
     latencies = await server.ping("data", timeout=5)
-    assert len(latencies) == 3 and all(isinstance(s, float) and s >= 0 for _, s in latencies)
+    assert len(latencies) == 3
+    assert all(isinstance(s, float) and s >= 0 for _, s in latencies)
     assert await server.broadcast({"all": True}) == 3
     await eventually(lambda: len(got) == 3)
     assert got == [{"all": True}] * 3
@@ -258,12 +262,10 @@ async def test_address_in_use_and_stale_socket(path: str) -> None:
 
 async def test_regular_file_is_not_removed(path: str) -> None:
     """A regular file at the path is refused, never deleted."""
-    with open(path, "w") as f:
-        f.write("keep me")
+    Path(path).write_text("keep me")  # noqa: ASYNC240
     with pytest.raises(AddressInUseError):
         await IPCServer(path=path).start()
-    with open(path) as f:
-        assert f.read() == "keep me"
+    assert Path(path).read_text() == "keep me"  # noqa: ASYNC240
 
 
 async def test_close_for_good_and_allow_reconnect(path: str) -> None:
@@ -281,7 +283,8 @@ async def test_close_for_good_and_allow_reconnect(path: str) -> None:
     srv2 = IPCServer(path=path)
     await srv2.start()
     await eventually(lambda: client.is_ready and srv2.topics.get("t"), timeout=10)
-    assert client.id == old_id and srv2.connections[0].id == old_id
+    assert client.id == old_id
+    assert srv2.connections[0].id == old_id
     await srv2.publish("t", "again")
     await eventually(lambda: got == ["again"])
     await srv2.close()
@@ -335,7 +338,9 @@ async def test_http_upgrade_tokens(server: IPCServer, path: str) -> None:
     writer.close()
 
 
-@pytest.mark.parametrize(("codec", "compress"), [("json", False), ("msgpack", False), ("json", True), ("msgpack", True)])
+@pytest.mark.parametrize(
+    ("codec", "compress"), [("json", False), ("msgpack", False), ("json", True), ("msgpack", True)]
+)
 async def test_codecs_round_trip(server: IPCServer, path: str, codec: Any, compress: bool) -> None:
     """Every codec/compression combination agreed in the handshake carries requests and bytes."""
 
@@ -359,7 +364,8 @@ async def test_json_server_declines_msgpack(path: str) -> None:
     srv = IPCServer(path=path, codec="json", compress=False)
     await srv.start()
     client = await connected(path, codec="msgpack", compress=True)
-    assert client.info["messagepack"] is False and client.info["compress"] is False
+    assert client.info["messagepack"] is False
+    assert client.info["compress"] is False
     assert await client.request([1]) is None
     await client.close()
     await srv.close()
