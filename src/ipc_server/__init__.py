@@ -17,21 +17,9 @@ from .errors import (
     RemoteError,
     RequestTimeoutError,
 )
-from .events import STOP
+from .events import STOP, IPCEvents
 from .protocol import IPCMessageType
 from .server import IPCConnection, IPCServer
-
-IPCEvents = (
-    "ready",
-    "error",
-    "connect",
-    "disconnect",
-    "close",
-    "status",
-    "message",
-    "request",
-)
-"""Names of the built-in events (topics are emitted under their own names)."""
 
 __version__ = "0.1.0"
 

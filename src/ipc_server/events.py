@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from types import CoroutineType
 from typing import Any, Protocol, TypeVar, overload
 
-__all__ = ["STOP", "EventEmitter", "Stop", "run_eagerly"]
+__all__ = ["STOP", "EventEmitter", "IPCEvents", "Stop", "run_eagerly"]
 
 logger = logging.getLogger("ipc_server")
 
@@ -34,6 +34,22 @@ class Stop(enum.Enum):
 
 STOP = Stop.STOP
 """Return this from a listener to stop the rest of the chain (the seed's ``this.stopped = true``)."""
+
+
+class IPCEvents:
+    """Names of the built-in events, for code that prefers constants to strings.
+
+    Published messages are emitted under their topic's own name.
+    """
+
+    READY = "ready"
+    ERROR = "error"
+    CONNECT = "connect"
+    DISCONNECT = "disconnect"
+    CLOSE = "close"
+    STATUS = "status"
+    MESSAGE = "message"
+    REQUEST = "request"
 
 
 class _Continue:
