@@ -2,9 +2,11 @@
 
 Listeners of one event run in the order they were added. A coroutine
 listener is awaited before the next listener runs (the seed's ``emitAsync``).
-The chain is started *eagerly*: it runs synchronously inside ``emit()`` until
-a listener really suspends, and only then continues in a task. So a handler
-that answers at once (``await respond(x)``) costs no task.
+Plain function listeners run inside ``emit()``. From the first coroutine
+listener on, the chain runs in a task of its own, so handlers can use
+``asyncio.timeout`` and everything else that needs a current task. On
+Python 3.12+ that task starts eagerly: a handler that answers at once
+(``await respond(x)``) finishes inside ``emit()`` without a loop iteration.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from types import CoroutineType
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar, overload
 
-__all__ = ["STOP", "EventEmitter", "IPCEvents", "Stop", "run_eagerly"]
+__all__ = ["STOP", "EventEmitter", "IPCEvents", "Stop", "start_task"]
+
+_EAGER = sys.version_info >= (3, 12)
 
 logger = logging.getLogger("ipc_server")
 
@@ -52,57 +56,33 @@ class IPCEvents:
     REQUEST = "request"
 
 
-class _Continue:
-    """Drives the rest of a coroutine that already ran up to its first suspension.
-
-    Awaiting it yields the future the coroutine is blocked on to the running
-    task, then keeps stepping the coroutine, forwarding whatever the task
-    throws in (cancellation) — the same thing ``asyncio``'s eager tasks do.
-    """
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, None, Any]:
-        coro = self.coro
-        pending = self.first
-        self.first = None
-        while True:
-            try:
-                yield pending
-            except BaseException as exc:  # forward cancellation and the like
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                pending = coro.send(None)
-            except StopIteration as stop:
-                return stop.value
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
-async def _resume(cont: _Continue) -> Any:
-    return await cont
-
-
-def run_eagerly(
+def start_task(
     coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]] | None = None
 ) -> asyncio.Task[Any] | None:
-    """Run ``coro`` now, up to its first real suspension; finish it in a task.
+    """Run ``coro`` as a task; on Python 3.12+ it starts eagerly.
 
-    Returns ``None`` when it finished without suspending (exceptions it
-    raised propagate), else the task finishing it. The task is added to
-    ``tasks`` (and removed when done) so that it is not garbage-collected.
+    An eager task runs synchronously up to its first real suspension, inside
+    its own task (so ``asyncio.timeout`` and ``current_task()`` work in
+    handlers), and costs no loop iteration when it finishes at once. Returns
+    None when it already finished, else the task, kept in ``tasks`` until done
+    so that it is not garbage-collected.
     """
-    try:
-        first = coro.send(None)
-    except StopIteration:
-        return None
-    task = asyncio.get_running_loop().create_task(_resume(_Continue(coro, first)))
+    loop = asyncio.get_running_loop()
+    if _EAGER:
+        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        if task.done():
+            task.result()  # re-raise what escaped, like an awaited coroutine would
+            return None
+    else:
+        task = loop.create_task(coro)
     if tasks is not None:
         tasks.add(task)
         task.add_done_callback(tasks.discard)
@@ -236,21 +216,15 @@ class EventEmitter:
                     if responder is not None and responder.done:
                         break
                     continue
-                if type(result) is CoroutineType:
-                    # Step the listener's coroutine here; most finish at once
-                    # (``await respond(x)``) and need no task at all.
-                    try:
-                        suspended = result.send(None)
-                    except StopIteration as stop:
-                        result = stop.value
-                    else:
-                        first = _Continue(result, suspended)
-                        coro = self._finish_chain(event, first, fns[index + 1 :], args, responder)
-                        run_eagerly(coro, self._tasks if tasks is None else tasks)
-                        return
-                elif hasattr(result, "__await__"):
+                if hasattr(result, "__await__"):
+                    # A coroutine listener: the rest of the chain runs in its
+                    # task, after it (eagerly on 3.12+, so no extra iteration).
+                    if not _loop_running():
+                        if isinstance(result, Coroutine):
+                            result.close()
+                        raise RuntimeError(f"{event!r} listener {fn!r} needs a running event loop")
                     coro = self._finish_chain(event, result, fns[index + 1 :], args, responder)
-                    run_eagerly(coro, self._tasks if tasks is None else tasks)
+                    start_task(coro, self._tasks if tasks is None else tasks)
                     return
             except Exception as exc:
                 self._chain_error(event, exc, args, responder)

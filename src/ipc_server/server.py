@@ -29,7 +29,7 @@ from .endpoint import (
     deadline_of,
 )
 from .errors import HandshakeError, ProtocolError
-from .events import EventEmitter, run_eagerly
+from .events import EventEmitter, start_task
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble, frame
 from .transport import Listener, PeerCredentials, listen, peer_credentials
 
@@ -165,7 +165,7 @@ class IPCConnection(Endpoint):
         if server.authenticate is None:
             self._admit(d, n)
         else:
-            run_eagerly(self._authenticate(d, n), self._tasks)
+            start_task(self._authenticate(d, n), self._tasks)
 
     async def _authenticate(self, d: dict[str, Any], n: Any) -> None:
         server = self.server
