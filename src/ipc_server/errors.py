@@ -17,6 +17,8 @@ Misuse by the caller (a wrong argument) raises plain ``TypeError`` / ``ValueErro
 
 from __future__ import annotations
 
+import errno
+
 __all__ = [
     "AddressInUseError",
     "ConnectionClosedError",
@@ -82,7 +84,9 @@ class AddressInUseError(IPCError, OSError):
 
     def __init__(self, address: str) -> None:
         self.address = address
-        OSError.__init__(self, 98, f"address already in use by a live server: {address}")
+        OSError.__init__(
+            self, errno.EADDRINUSE, f"address already in use by a live server: {address}"
+        )
 
 
 class ProtocolError(IPCError, ValueError):
