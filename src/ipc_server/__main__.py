@@ -1,0 +1,10 @@
+"""``python -m ipc_server``: the ``ipc-server`` command line (see :mod:`ipc_server.cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
