@@ -304,3 +304,38 @@ async def test_send_after_close_raises(server: IPCServer, path: str) -> None:
     for call in (client.send("x"), client.request("x"), client.ping()):
         with pytest.raises(ConnectionClosedError):
             await call
+
+
+async def test_topic_named_like_an_event_does_not_fire_it(server: IPCServer, path: str) -> None:
+    """A topic called "close" reaches subscription() but never fires the client's close listeners."""
+    client = IPCClient(path=path)
+    await client.connect()
+    closed: list[Any] = []
+    client.on("close", closed.append)
+    async with client.subscription("close") as sub:
+        await server.publish("close", "not a close")
+        assert await sub.get(timeout=5) == "not a close"
+    assert closed == []
+    assert client.is_ready
+    await client.close()
+
+
+async def test_ready_after_reconnect_has_subscriptions_back(path: str) -> None:
+    """ready fires after a reconnect only once the subscriptions are restored on the new server."""
+    srv = IPCServer(path=path)
+    await srv.start()
+    client = IPCClient(path=path, retries=10, max_retry_time=0.5)
+    await client.connect()
+    await client.subscribe("t")
+    seen_at_ready: list[bool] = []
+    srv2: list[IPCServer] = []
+    client.on("ready", lambda info: seen_at_ready.append("t" in srv2[0].topics))
+    for conn in srv.connections:
+        conn.destroy()
+    await srv.close()
+    srv2.append(IPCServer(path=path))
+    await srv2[0].start()
+    await eventually(lambda: seen_at_ready, timeout=10)
+    assert seen_at_ready == [True]
+    await client.close()
+    await srv2[0].close()

@@ -42,6 +42,11 @@ from .transport import connect as open_transport
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
 
+RESERVED_EVENTS = frozenset(
+    {"ready", "error", "close", "status", "message", "request", "connect", "disconnect"}
+)
+"""Built-in event names: messages on topics with these names are not emitted as events."""
+
 RETRY_BASE = 0.5
 """First reconnect delay in seconds; each further attempt doubles it, up to ``max_retry_time``."""
 
@@ -357,6 +362,13 @@ class IPCClient(EventEmitter):
         self.info = info
         if isinstance(info.get("id"), str):
             self.id = info["id"]
+        if self._topics:
+            # After a reconnect: subscriptions are back before anyone hears "ready".
+            remaining = None if deadline is None else max(0.001, deadline - loop.time())
+            try:
+                await proto.request({"sub": list(self._topics)}, remaining)
+            except IPCError as exc:
+                self._report(exc)
         self._set_status(IPCClientStatus.READY)
         for waiter in self._ready_waiters:
             if not waiter.done():
@@ -408,21 +420,11 @@ class IPCClient(EventEmitter):
                     last = exc
                     self._set_status(IPCClientStatus.DISCONNECTED)
                     continue
-                await self._restore_subscriptions()
                 return
             self._finish(last)
         finally:
             if self._reconnect_task is asyncio.current_task():
                 self._reconnect_task = None
-
-    async def _restore_subscriptions(self) -> None:
-        topics = list(self._topics)
-        if not topics or self._proto is None:
-            return
-        try:
-            await self._proto.request({"sub": topics}, self.request_timeout)
-        except IPCError as exc:
-            self._report(exc)
 
     def _finish(self, reason: Any) -> None:
         """Closed for good: fail waiters, end subscriptions, emit ``close(reason)``."""
@@ -539,7 +541,10 @@ class IPCClient(EventEmitter):
         if subs:
             for sub in subs:
                 sub._put(message)
-        self.emit(topic, message)
+        if topic not in RESERVED_EVENTS:
+            # A topic named like a built-in event ("close", "error", ...) would
+            # fire that event's listeners; such topics reach subscription() only.
+            self.emit(topic, message)
 
     @contextlib.asynccontextmanager
     async def subscription(self, topic: str, *, maxsize: int = 0) -> AsyncIterator[Subscription]:
