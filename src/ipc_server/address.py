@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 import socket
 import sys
 import tempfile
@@ -152,7 +153,8 @@ def resolve_address(
         check_sun_path(name, platform)
         return Address("unix", path=name)
     if not path.startswith(("/", ".")):
-        path = os.path.join(tempdir if tempdir is not None else tempfile.gettempdir(), path)
+        # posixpath, not os.path: the mapping is for the target OS, not the host.
+        path = posixpath.join(tempdir if tempdir is not None else tempfile.gettempdir(), path)
     check_sun_path(path, platform)
     return Address("unix", path=path)
 

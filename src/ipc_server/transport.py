@@ -44,7 +44,7 @@ def peer_credentials(transport: asyncio.BaseTransport) -> PeerCredentials | None
     """The peer's pid/uid/gid for a Unix socket or pipe; None for TCP or when unknown."""
     sock = transport.get_extra_info("socket")
     if sock is None:
-        pipe = transport.get_extra_info("pipe_handle")
+        pipe = transport.get_extra_info("pipe")  # asyncio's key for the PipeHandle
         if pipe is not None and sys.platform == "win32":  # pragma: no cover - Windows only
             return _pipe_client_pid(pipe)
         return None
@@ -67,11 +67,17 @@ def _darwin_peer(sock: socket.socket) -> PeerCredentials:  # pragma: no cover - 
     LOCAL_PEERCRED = 0x001
     LOCAL_PEERPID = 0x002
     # struct xucred { u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]; }
-    raw = sock.getsockopt(SOL_LOCAL, LOCAL_PEERCRED, struct.calcsize("IIh16I"))
-    _, uid, ngroups, *groups = struct.unpack("IIh16I", raw)
+    size = struct.calcsize("IIh16I")  # 76 bytes, native alignment as in <sys/ucred.h>
+    raw = sock.getsockopt(SOL_LOCAL, LOCAL_PEERCRED, size)
+    if len(raw) < size:
+        raise OSError(f"LOCAL_PEERCRED returned {len(raw)} bytes, expected {size}")
+    _, uid, ngroups, *groups = struct.unpack("IIh16I", raw[:size])
     gid = groups[0] if ngroups > 0 else None
-    pid_raw = sock.getsockopt(SOL_LOCAL, LOCAL_PEERPID, struct.calcsize("i"))
-    (pid,) = struct.unpack("i", pid_raw)
+    pid: int | None = None
+    with contextlib.suppress(OSError):  # LOCAL_PEERPID needs macOS 10.8+
+        pid_raw = sock.getsockopt(SOL_LOCAL, LOCAL_PEERPID, struct.calcsize("i"))
+        if len(pid_raw) >= struct.calcsize("i"):
+            (pid,) = struct.unpack("i", pid_raw[: struct.calcsize("i")])
     return PeerCredentials(pid, uid, gid)
 
 
@@ -270,15 +276,24 @@ async def connect(
 
 
 async def _pipe_listen(factory: ProtocolFactory, address: Address) -> Listener:  # pragma: no cover
-    loop = asyncio.get_running_loop()
-    start = getattr(loop, "start_serving_pipe", None)
-    if start is None:
-        raise RuntimeError(
-            "named pipes need the Proactor event loop (the default on Windows); "
-            "the running loop does not support them"
-        )
-    servers = await start(factory, address.path)
-    return Listener(address, servers, None)
+    # Not loop.start_serving_pipe: it creates pipes with a NULL security
+    # descriptor (read access for Everyone) that accept remote clients.
+    # _winpipe serves the same way but for the current user and local clients only.
+    if sys.platform == "win32":
+        from . import _winpipe
+
+        assert address.path is not None
+        loop = asyncio.get_running_loop()
+        try:
+            servers = _winpipe.serve_pipe(loop, factory, address.path, _winpipe.create_secure_pipe)
+        except OSError as exc:
+            # FILE_FLAG_FIRST_PIPE_INSTANCE: the name already exists (any owner).
+            busy = (_winpipe.ERROR_ACCESS_DENIED, _winpipe.ERROR_PIPE_BUSY)
+            if getattr(exc, "winerror", None) in busy:
+                raise AddressInUseError(address.path) from exc
+            raise
+        return Listener(address, servers, None)
+    raise RuntimeError("named pipes exist only on Windows")
 
 
 async def _pipe_connect(
@@ -288,21 +303,22 @@ async def _pipe_connect(
     create = getattr(loop, "create_pipe_connection", None)
     if create is None:
         raise RuntimeError("named pipes need the Proactor event loop (the default on Windows)")
-    # asyncio retries a busy pipe forever; connect() wraps this in wait_for.
+    # IocpProactor.connect_pipe retries ERROR_PIPE_BUSY forever (sleeping 1 ms
+    # doubling to 100 ms between tries; a missing pipe raises at once). Its only
+    # await is that sleep, outside its try/except OSError, so the cancellation
+    # from connect()'s wait_for ends the retry loop at the next sleep.
     result: tuple[asyncio.BaseTransport, asyncio.BaseProtocol] = await create(factory, address.path)
     return result
 
 
 def _pipe_client_pid(handle: Any) -> PeerCredentials | None:  # pragma: no cover - Windows only
-    try:
-        import ctypes
-        from ctypes import wintypes
+    """The pid at the other end of a pipe (client or server end); None when unknown."""
+    if sys.platform == "win32":
+        from . import _winpipe
 
-        kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
-        pid = wintypes.ULONG()
-        fileno = handle.fileno() if hasattr(handle, "fileno") else handle
-        if kernel32.GetNamedPipeClientProcessId(wintypes.HANDLE(fileno), ctypes.byref(pid)):
-            return PeerCredentials(int(pid.value), None, None)
-    except (OSError, AttributeError, ValueError):
-        return None
+        try:
+            pid = _winpipe.peer_pid(handle.fileno() if hasattr(handle, "fileno") else int(handle))
+        except (OSError, ValueError, TypeError):  # a closed PipeHandle raises ValueError
+            return None
+        return None if pid is None else PeerCredentials(pid, None, None)
     return None
