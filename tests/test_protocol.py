@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipc_server.errors import MessageTooLargeError, ProtocolError
 from ipc_server.protocol import (
     ACCEPTED_UPGRADE_TOKENS,
+    BIG_BODY,
     MAX_PREAMBLE_SIZE,
     ClientPreamble,
     FrameDecoder,
@@ -429,3 +432,26 @@ def test_client_preamble_oversize_answer_raises() -> None:
         assert preamble.feed(b"a" * 1000) is None
     with pytest.raises(ProtocolError, match="too long"):
         preamble.feed(b"a" * 1000)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 127, 128, BIG_BODY - 1, BIG_BODY, 3 * BIG_BODY + 7]), max_size=6
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=2 * BIG_BODY), min_size=1, max_size=20),
+)
+def test_big_bodies_survive_any_chunking(sizes: list[int], cuts: list[int]) -> None:
+    """Bodies past BIG_BODY come out whole and in order, however the stream is cut."""
+    bodies = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(frame(b) for b in bodies)
+    decoder = FrameDecoder()
+    out: list[bytes] = []
+    pos = 0
+    for cut in itertools.cycle(cuts):
+        if pos >= len(stream):
+            break
+        out += [bytes(b) for b in decoder.feed(stream[pos : pos + cut])]
+        pos += cut
+    assert out == bodies
+    assert decoder.buffered == 0

@@ -17,7 +17,7 @@ import msgpack
 import orjson
 
 from .errors import MessageTooLargeError, ProtocolError
-from .protocol import _SMALL_TAGS, DEFAULT_MAX_MESSAGE_SIZE, encode_tag
+from .protocol import _SMALL_TAGS, BIG_BODY, DEFAULT_MAX_MESSAGE_SIZE, encode_tag
 
 __all__ = ["CODECS", "CodecName", "PacketCodec", "json_dumps", "msgpack_packer"]
 
@@ -74,6 +74,25 @@ def _msgpack_loads(body: bytes | bytearray) -> Any:
     )
 
 
+_MSGPACK_MAP2 = b"\x82"
+_MSGPACK_MAP3 = b"\x83"
+_MSGPACK_T = b"\xa1t"
+_MSGPACK_D = b"\xa1d"
+_MSGPACK_N = b"\xa1n"
+
+
+def _msgpack_int(value: int) -> bytes:
+    return bytes((value,)) if 0 <= value < 0x80 else bytes(msgpack.packb(value))
+
+
+def _msgpack_bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
 class PacketCodec:
     """Encodes and decodes the packets of one connection.
 
@@ -84,6 +103,7 @@ class PacketCodec:
     """
 
     __slots__ = (
+        "_bin_parts",
         "_deflate",
         "_inflate",
         "_loads",
@@ -103,6 +123,7 @@ class PacketCodec:
         self._loads: Any = orjson.loads
         self._deflate: Any = None
         self._inflate: Any = None
+        self._bin_parts = False
 
     def configure(self, *, messagepack: bool, compress: bool) -> None:
         """Switch to what the CONNECTION exchange agreed on."""
@@ -115,6 +136,7 @@ class PacketCodec:
             self._pack = orjson.dumps
             self._pack_slow = json_dumps
             self._loads = orjson.loads
+        self._bin_parts = messagepack and not compress
         if compress:
             self._deflate = zlib.compressobj(wbits=-15)
             self._inflate = zlib.decompressobj(wbits=-15)
@@ -153,6 +175,25 @@ class PacketCodec:
             body = self._deflate.compress(body) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
         size = len(body)
         return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
+
+    def encode_parts(self, t: int, d: Any, n: str | None = None) -> bytes | list[bytes]:
+        """Like :meth:`encode`; a big ``bytes`` payload in msgpack comes back in parts.
+
+        With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
+        bytes or more is not copied: the result is ``[tag + head, d, tail]``
+        for ``transport.writelines``, where head and tail are the msgpack
+        bytes around the payload (map header, ``t``, the bin header; ``n``).
+        """
+        if d.__class__ is not bytes or not self._bin_parts or len(d) < BIG_BODY:
+            return self.encode(t, d, n)
+        head = _MSGPACK_MAP2 if n is None else _MSGPACK_MAP3
+        head += _MSGPACK_T + _msgpack_int(t) + _MSGPACK_D + _msgpack_bin_header(len(d))
+        tail = b"" if n is None else _MSGPACK_N + msgpack.packb(n)
+        size = len(head) + len(d) + len(tail)
+        parts = [encode_tag(size) + head, d]
+        if tail:
+            parts.append(tail)
+        return parts
 
     def decode(self, body: bytes | bytearray) -> tuple[int, Any, Any, dict[str, Any]]:
         """Decode one body to ``(t, d, n, packet)``.

@@ -71,6 +71,24 @@ def deadline_of(timeout: float | None) -> float | None:
     return float(timeout)
 
 
+def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_errors: bool) -> bytes:
+    """The RESPONSE that tells the requester its request failed with ``exc``, framed.
+
+    A peer that announced the ``errors`` extension reads ``"e"`` as a
+    :class:`RemoteError`; any other peer gets ``{"error": {...}}`` as the answer,
+    a value it can read.
+    """
+    error = {"type": type(exc).__name__, "message": str(exc)}
+    if remote_errors:
+        return frame(codec.encode_body({"t": RESPONSE, "d": None, "n": nonce, "e": error}))
+    return codec.encode(RESPONSE, {"error": error}, nonce)
+
+
+def remote_error(error: dict[str, Any]) -> RemoteError:
+    """The :class:`RemoteError` for a RESPONSE's ``"e"`` (``errors`` extension)."""
+    return RemoteError(str(error.get("type")), str(error.get("message", "")))
+
+
 class _Done:
     """An awaitable that is already complete (what ``respond`` returns without backpressure)."""
 
@@ -113,7 +131,7 @@ class Responder:
         if self.done:
             raise RuntimeError("this request was already answered")
         endpoint = self._endpoint
-        packet = endpoint._codec.encode(RESPONSE, data, self._nonce)  # TypeError -> caller
+        packet = endpoint._codec.encode_parts(RESPONSE, data, self._nonce)  # TypeError -> caller
         self.done = True
         if endpoint._transport is None or endpoint._aborted:
             return _DONE  # the requester is gone; nothing to answer
@@ -130,15 +148,7 @@ class Responder:
         endpoint = self._endpoint
         if endpoint._transport is None or endpoint._aborted:
             return
-        error = {"type": type(exc).__name__, "message": str(exc)}
-        if endpoint.remote_errors:
-            body = endpoint._codec.encode_body(
-                {"t": RESPONSE, "d": None, "n": self._nonce, "e": error}
-            )
-            endpoint._write(frame(body))
-        else:
-            # A peer without the "errors" extension gets a value it can read.
-            endpoint._write(endpoint._codec.encode(RESPONSE, {"error": error}, self._nonce))
+        endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))
 
     def finish(self) -> None:
         """End of the listener chain: answer ``None`` if nobody answered (never a hang)."""
@@ -180,6 +190,7 @@ class Endpoint(asyncio.Protocol):
         self._handshaken = False
         self._closing = False
         self._aborted = False
+        self._eof_sent = False  # close() sent END and FIN: nothing more may be written
         self._destroyed = False
         self._close_reason: Any = None
         self._peer_end: dict[str, Any] | None = None
@@ -318,9 +329,7 @@ class Endpoint(asyncio.Protocol):
                 return
             error = packet.get("e")
             if error is not None and type(error) is dict:
-                future.set_exception(
-                    RemoteError(str(error.get("type")), str(error.get("message", "")))
-                )
+                future.set_exception(remote_error(error))
             else:
                 future.set_result(d)
         elif t == MESSAGE:
@@ -342,14 +351,19 @@ class Endpoint(asyncio.Protocol):
 
     # ------------------------------------------------------------------ writing
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | list[bytes]) -> None:
         """Send framed bytes, coalescing bursts into few ``transport.write`` calls.
 
         The first write after the peer was last heard from goes out at once
         (lowest latency for request/response); further writes gather and
         leave together at the end of the loop iteration, or as soon as
-        ``FLUSH_SIZE`` bytes are waiting.
+        ``FLUSH_SIZE`` bytes are waiting. A list (a big payload from
+        ``PacketCodec.encode_parts``) goes out at once with ``writelines``,
+        after what was gathered before it.
         """
+        if isinstance(data, list):
+            self._write_parts(data)
+            return
         if self._dispatching or self._burst:
             self._wbuf.append(data)
             self._wbuf_size += len(data)
@@ -361,9 +375,19 @@ class Endpoint(asyncio.Protocol):
                 self._flush_handle = self._loop.call_soon(self._flush_scheduled)
             return
         transport = self._transport
-        if transport is None or self._aborted:
+        if transport is None or self._aborted or self._eof_sent:
             return
         transport.write(data)
+        self._burst = True
+        if self._write_paused:
+            self._check_queued(transport)
+
+    def _write_parts(self, parts: list[bytes]) -> None:
+        self._flush()
+        transport = self._transport
+        if transport is None or self._aborted or self._eof_sent:
+            return
+        transport.writelines(parts)
         self._burst = True
         if self._write_paused:
             self._check_queued(transport)
@@ -381,7 +405,7 @@ class Endpoint(asyncio.Protocol):
         if transport is None:
             buf.clear()
             return
-        if self._aborted:
+        if self._aborted or self._eof_sent:
             buf.clear()
             return
         if len(buf) == 1:
@@ -447,7 +471,7 @@ class Endpoint(asyncio.Protocol):
         """
         if self._transport is None or self._closing:
             self._check_open()
-        self._write(self._codec.encode(MESSAGE, data))
+        self._write(self._codec.encode_parts(MESSAGE, data))
         if self._write_paused:
             await self._drain()
 
@@ -458,7 +482,7 @@ class Endpoint(asyncio.Protocol):
             self._check_open()
         seconds = timeout if type(timeout) is float and timeout > 0 else deadline_of(timeout)
         nonce = format(next(self._nonces), "x")
-        packet = self._codec.encode(t, data, nonce)
+        packet = self._codec.encode_parts(t, data, nonce)
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
         now = loop.time()
@@ -575,6 +599,8 @@ class Endpoint(asyncio.Protocol):
             transport.write_eof()
         else:
             transport.close()
+        # Requests that still arrive are dispatched, but their answers cannot be sent.
+        self._eof_sent = True
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), remaining)
@@ -627,15 +653,16 @@ class Endpoint(asyncio.Protocol):
             self._close_reason = exc
         transport = self._transport
         # Tell a peer that speaks our framing why (best effort: END, then abort).
-        if transport is not None and not self._aborted and getattr(self, "_preamble", None) is None:
+        if (
+            transport is not None
+            and not (self._aborted or self._eof_sent)
+            and getattr(self, "_preamble", None) is None  # it speaks our framing
+        ):
             d = {"m": str(exc), "a": False}
-            try:
-                if self._handshaken:
-                    transport.write(self._codec.encode(END, d))
-                else:
-                    transport.write(frame(json_dumps({"t": END, "d": d})))
-            except Exception:  # pragma: no cover - the reason is always encodable
-                pass
+            if self._handshaken:
+                transport.write(self._codec.encode(END, d))
+            else:
+                transport.write(frame(json_dumps({"t": END, "d": d})))
         self._abort()
 
     # ------------------------------------------------------------------ hooks for subclasses

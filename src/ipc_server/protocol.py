@@ -43,7 +43,10 @@ ACCEPTED_UPGRADE_TOKENS = ("net-ipc", "isdk-ipc")
 MAX_PREAMBLE_SIZE = 8192
 """The longest HTTP upgrade request or response we buffer before giving up."""
 
-_MAX_TAG_BYTES = 8  # 7 * 8 = 56 bits: far above any sane limit
+_MAX_TAG_BYTES = 8
+
+BIG_BODY = 64 * 1024
+"""Bodies at least this long are received into a buffer of their final size."""  # 7 * 8 = 56 bits: far above any sane limit
 
 
 class IPCMessageType(enum.IntEnum):
@@ -92,23 +95,30 @@ class FrameDecoder:
     before a byte of it is buffered, and the decoder is then unusable (the
     stream cannot be resynchronised): close the connection.
 
-    Bodies are returned as ``bytes`` (a whole chunk holding exactly whole
-    packets is sliced without first being copied into the buffer).
+    Bodies are returned as ``bytes`` or ``bytearray`` (a whole chunk holding
+    exactly whole packets is sliced without first being copied into the
+    buffer). A body of ``BIG_BODY`` bytes or more is received into a buffer of
+    its final size, allocated once its tag is known, and returned as it is:
+    each of its bytes is copied once.
     """
 
-    __slots__ = ("_buf", "max_size")
+    __slots__ = ("_big", "_big_fill", "_buf", "max_size")
 
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.max_size = max_size
         self._buf = bytearray()
+        self._big: bytearray | None = None
+        self._big_fill = 0
 
     @property
     def buffered(self) -> int:
         """Bytes held for a packet not yet complete."""
-        return len(self._buf)
+        return len(self._buf) + self._big_fill
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
         """Add ``data`` to the stream and return every body now complete."""
+        if self._big is not None:
+            return self._feed_big(data)
         buf = self._buf
         if not buf and data.__class__ is bytes and data:
             # Fast path: a chunk that is exactly one small packet (request/response traffic).
@@ -153,6 +163,17 @@ class FrameDecoder:
                 raise MessageTooLargeError(length, max_size)
             end = i + length
             if end > size:
+                # Allocate the final size only once an eighth of it has arrived: a tag
+                # alone (say 64 MiB, from a peer not even admitted) must not cost more
+                # memory than the peer really sent.
+                if length >= BIG_BODY and (size - i) * 8 >= length:
+                    body = bytearray(length)
+                    with memoryview(source) as view:
+                        body[: size - i] = view[i:size]
+                    self._big, self._big_fill = body, size - i
+                    if buf:
+                        buf.clear()
+                    return out
                 self._keep(source, pos)
                 return out
             out.append(source[i:end])
@@ -160,6 +181,25 @@ class FrameDecoder:
         if buf:
             buf.clear()
         return out
+
+    def _feed_big(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+        body = self._big
+        assert body is not None
+        fill = self._big_fill
+        need = len(body) - fill
+        n = len(data)
+        if n < need:
+            body[fill : fill + n] = data
+            self._big_fill = fill + n
+            return []
+        self._big, self._big_fill = None, 0
+        if n == need:
+            body[fill:] = data
+            return [body]
+        with memoryview(data) as view:
+            body[fill:] = view[:need]
+            rest = bytes(view[need:])
+        return [body, *self.feed(rest)]
 
     def _keep(self, source: bytes | bytearray, pos: int) -> None:
         buf = self._buf

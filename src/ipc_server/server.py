@@ -475,7 +475,7 @@ class IPCServer(EventEmitter):
 
     def _write_all(self, conns: Iterable[IPCConnection], t: int, data: Any) -> int:
         """Encode once per codec and write the same bytes to every connection."""
-        encoded: dict[str | None, bytes] = {}
+        encoded: dict[str | None, bytes | list[bytes]] = {}
         count = 0
         for conn in conns:
             if conn._closing or conn._transport is None:
@@ -484,7 +484,7 @@ class IPCServer(EventEmitter):
             key = codec.key
             packet = encoded.get(key) if key is not None else None
             if packet is None:
-                packet = codec.encode(t, data)
+                packet = codec.encode_parts(t, data)
                 if key is not None:
                     encoded[key] = packet
             conn._write(packet)
