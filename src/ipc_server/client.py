@@ -6,19 +6,30 @@ import asyncio
 import contextlib
 import enum
 import itertools
-import random
 import ssl as _ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .address import Address, resolve_address
-from .codecs import CodecName, json_dumps
+from .address import Address
+from .clientcore import (
+    backoff,
+    client_address,
+    connection_packet,
+    end_data,
+    published,
+    read_agreement,
+    request_publish,
+    request_subscribe,
+    request_unsubscribe,
+    succeeded,
+    topic_list,
+)
+from .codecs import CodecName
 from .endpoint import (
     CONNECTION,
     DEFAULT_MAX_QUEUED,
     DEFAULT_TIMEOUT,
     END,
-    FEATURES,
     REQUEST,
     Endpoint,
     Responder,
@@ -35,7 +46,6 @@ from .protocol import (
     BINARY_PREAMBLE,
     DEFAULT_MAX_MESSAGE_SIZE,
     ClientPreamble,
-    frame,
     upgrade_request,
 )
 from .transport import connect as open_transport
@@ -46,9 +56,6 @@ RESERVED_EVENTS = frozenset(
     {"ready", "error", "close", "status", "message", "request", "connect", "disconnect"}
 )
 """Built-in event names: messages on topics with these names are not emitted as events."""
-
-RETRY_BASE = 0.5
-"""First reconnect delay in seconds; each further attempt doubles it, up to ``max_retry_time``."""
 
 
 class IPCClientStatus(enum.IntEnum):
@@ -89,14 +96,9 @@ class _ClientProtocol(Endpoint):
 
     def _connection_packet(self) -> bytes:
         client = self.client
-        d = {
-            "extras": client._payload,
-            "id": client.id,
-            "compress": client.compress,
-            "messagepack": client.codec == "msgpack",
-            "features": list(FEATURES),
-        }
-        return frame(json_dumps({"t": CONNECTION, "d": d}))
+        return connection_packet(
+            client._payload, client.id, compress=client.compress, codec=client.codec
+        )
 
     def _on_preamble(self, data: bytes) -> bytes | None:
         preamble = self._preamble
@@ -118,18 +120,16 @@ class _ClientProtocol(Endpoint):
     def _on_connection_packet(self, t: int, d: Any, n: Any) -> None:
         if t == END:
             # Refused before admission (authentication, max_connections).
-            end = d if type(d) is dict else {"m": d, "a": False}
+            end = end_data(d)
             self._peer_end = end
             self._fail_ready(HandshakeError(end.get("m")))
             return
         if t != CONNECTION or type(d) is not dict:
             self._fatal(ProtocolError(f"expected the CONNECTION answer, got packet type {t}"))
             return
-        self._codec.configure(
-            messagepack=bool(d.get("messagepack")), compress=bool(d.get("compress"))
-        )
-        features = d.get("features")
-        self.remote_errors = isinstance(features, list) and "errors" in features
+        agreed = read_agreement(d)
+        self._codec.configure(messagepack=agreed.messagepack, compress=agreed.compress)
+        self.remote_errors = agreed.remote_errors
         self._handshaken = True
         self.info = d
         if not self.ready.done():
@@ -141,8 +141,9 @@ class _ClientProtocol(Endpoint):
 
     def _on_message(self, data: Any) -> None:
         client = self.client
-        if type(data) is dict and "pub" in data and type(data["pub"]) is str and "message" in data:
-            client._on_published(data["pub"], data["message"])
+        delivery = published(data)
+        if delivery is not None:
+            client._on_published(*delivery)
         else:
             client.emit("message", data)
 
@@ -246,17 +247,17 @@ class IPCClient(EventEmitter):
         request_timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
         super().__init__()
-        self.address: Address = resolve_address(path, host, port)
-        if ssl is not None and self.address.kind != "tcp":
-            raise ValueError("ssl= needs host=/port= (TLS runs over TCP)")
-        if codec not in ("json", "msgpack"):
-            raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
-        if not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-        if max_retry_time < RETRY_BASE:
-            raise ValueError(f"max_retry_time must be >= {RETRY_BASE}, not {max_retry_time!r}")
-        deadline_of(connect_timeout)
-        deadline_of(request_timeout)
+        self.address: Address = client_address(
+            path,
+            host,
+            port,
+            ssl=ssl,
+            codec=codec,
+            retries=retries,
+            max_retry_time=max_retry_time,
+            connect_timeout=connect_timeout,
+            request_timeout=request_timeout,
+        )
         self.ssl = ssl
         self.handshake = handshake
         self.upgrade_token = upgrade_token
@@ -366,7 +367,7 @@ class IPCClient(EventEmitter):
             # After a reconnect: subscriptions are back before anyone hears "ready".
             remaining = None if deadline is None else max(0.001, deadline - loop.time())
             try:
-                await proto.request({"sub": list(self._topics)}, remaining)
+                await proto.request(request_subscribe(list(self._topics)), remaining)
             except IPCError as exc:
                 self._report(exc)
         self._set_status(IPCClientStatus.READY)
@@ -399,9 +400,7 @@ class IPCClient(EventEmitter):
         self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect_loop(reason))
 
     def _backoff(self, attempt: int) -> float:
-        base = min(RETRY_BASE * 2.0 ** (attempt - 1), float(self.max_retry_time))
-        # Jitter in [base/2, base]: clients that lost the server together spread out.
-        return base * (0.5 + random.random() / 2)
+        return backoff(attempt, self.max_retry_time)
 
     async def _reconnect_loop(self, reason: Any) -> None:
         last: Any = reason
@@ -508,9 +507,8 @@ class IPCClient(EventEmitter):
 
     async def subscribe(self, topic: str | list[str]) -> bool:
         """Subscribe to a topic (or several); messages are emitted under the topic's name."""
-        topics = _topics(topic)
-        reply = await self.request({"sub": topic})
-        ok = type(reply) is dict and reply.get("result") is True
+        topics = topic_list(topic)
+        ok = succeeded(await self.request(request_subscribe(topic)))
         if ok:
             for t in topics:
                 self._topics[t] = None
@@ -518,18 +516,13 @@ class IPCClient(EventEmitter):
 
     async def unsubscribe(self, topic: str | list[str]) -> bool:
         """Unsubscribe; False when it was not subscribed."""
-        topics = _topics(topic)
-        for t in topics:
+        for t in topic_list(topic):
             self._topics.pop(t, None)
-        reply = await self.request({"unsub": topic})
-        return type(reply) is dict and reply.get("result") is True
+        return succeeded(await self.request(request_unsubscribe(topic)))
 
     async def publish(self, topic: str, message: Any = None) -> bool:
         """Publish ``message`` to every subscriber of ``topic`` (through the server)."""
-        if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        reply = await self.request({"pub": topic, "message": message})
-        return type(reply) is dict and reply.get("result") is True
+        return succeeded(await self.request(request_publish(topic, message)))
 
     @property
     def topics(self) -> list[str]:
@@ -617,11 +610,3 @@ class IPCClient(EventEmitter):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-
-def _topics(topic: str | list[str]) -> list[str]:
-    if isinstance(topic, str):
-        return [topic]
-    if isinstance(topic, list) and topic and all(isinstance(t, str) for t in topic):
-        return topic
-    raise TypeError("topic must be a str or a non-empty list of str")
