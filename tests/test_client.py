@@ -339,3 +339,50 @@ async def test_ready_after_reconnect_has_subscriptions_back(path: str) -> None:
     assert seen_at_ready == [True]
     await client.close()
     await srv2[0].close()
+
+
+async def test_request_waiting_for_reconnect_times_out_within_its_timeout(path: str) -> None:
+    """A request made while no server is back raises RequestTimeoutError after its own timeout."""
+    srv = IPCServer(path=path)
+    await srv.start()
+    client = IPCClient(path=path, retries=50, max_retry_time=0.5)
+    await client.connect()
+    for conn in srv.connections:
+        conn.destroy()
+    await srv.close()
+    await eventually(lambda: client.status is not IPCClientStatus.READY)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RequestTimeoutError):
+        await client.request("x", timeout=0.3)
+    assert loop.time() - started < 2
+    client.destroy()
+
+
+async def test_subscription_gets_message_sent_right_after_subscribing(
+    server: IPCServer, path: str
+) -> None:
+    """A message the server publishes in the same breath as the subscribe answer reaches the iterator."""
+    client = IPCClient(path=path)
+    await client.connect()
+    original = server._pubsub
+
+    def pubsub_then_publish(conn: Any, data: Any, respond: Any) -> None:
+        original(conn, data, respond)
+        if "sub" in data:
+            server._deliver("fast", "first!")  # same loop step as the answer
+
+    server._pubsub = pubsub_then_publish  # type: ignore[method-assign]
+    async with client.subscription("fast") as sub:
+        assert await sub.get(timeout=5) == "first!"
+    await client.close()
+
+
+async def test_pubsub_calls_take_a_timeout(server: IPCServer, path: str) -> None:
+    """subscribe, unsubscribe and publish accept timeout=."""
+    client = IPCClient(path=path)
+    await client.connect()
+    assert await client.subscribe("a", timeout=5) is True
+    assert await client.publish("a", 1, timeout=5) is True
+    assert await client.unsubscribe("a", timeout=5) is True
+    await client.close()

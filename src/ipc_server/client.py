@@ -12,6 +12,8 @@ from typing import Any
 
 from .address import Address
 from .clientcore import (
+    DEFAULT,
+    Default,
     backoff,
     client_address,
     connection_packet,
@@ -40,6 +42,7 @@ from .errors import (
     HandshakeError,
     IPCError,
     ProtocolError,
+    RequestTimeoutError,
 )
 from .events import EventEmitter
 from .protocol import (
@@ -444,7 +447,12 @@ class IPCClient(EventEmitter):
             self.emit("close", reason)
 
     async def _endpoint(self, timeout: float | None) -> _ClientProtocol:
-        """The live connection, waiting (bounded) while a reconnect is under way."""
+        """The live connection, waiting (bounded) while a reconnect is under way.
+
+        Raises:
+            ConnectionClosedError: The client is closed for good (or closes while waiting).
+            RequestTimeoutError: Not reconnected within ``timeout`` seconds.
+        """
         proto = self._proto
         if proto is not None and self.status is IPCClientStatus.READY:
             return proto
@@ -454,12 +462,26 @@ class IPCClient(EventEmitter):
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._ready_waiters.append(waiter)
+        seconds = deadline_of(timeout)
         try:
-            await asyncio.wait_for(waiter, deadline_of(timeout))
+            await asyncio.wait_for(waiter, seconds)
         except (asyncio.TimeoutError, TimeoutError):
-            raise ConnectionClosedError("not reconnected in time") from None
+            raise RequestTimeoutError(seconds or 0.0, "waiting for the reconnect") from None
         assert self._proto is not None
         return self._proto
+
+    async def _ready_endpoint(self, timeout: float | None) -> tuple[_ClientProtocol, float | None]:
+        """The live connection and what is left of ``timeout`` after waiting for it."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        proto = await self._endpoint(timeout)
+        seconds = deadline_of(timeout)
+        if seconds is None:
+            return proto, None
+        return proto, max(0.001, seconds - (loop.time() - started))
+
+    def _timeout(self, timeout: float | Default | None) -> float | None:
+        return self.request_timeout if timeout is DEFAULT else timeout
 
     # ------------------------------------------------------------------ operations
 
@@ -470,19 +492,25 @@ class IPCClient(EventEmitter):
             proto = await self._endpoint(self.connect_timeout)
         await proto.send(data)
 
-    async def request(self, data: Any, timeout: float | None = -1.0) -> Any:
+    async def request(self, data: Any, timeout: float | Default | None = DEFAULT) -> Any:
         """Send a request and return the server's answer.
 
-        ``timeout`` in seconds (default: ``request_timeout``, 10 s; 0/None: forever).
+        Args:
+            data: The request (anything the codec can encode).
+            timeout: Seconds to wait for the answer (default: ``request_timeout``,
+                10 s; 0 or None: forever). While the client is reconnecting,
+                the wait for the connection counts against it.
 
         Raises:
-            RequestTimeoutError, ConnectionClosedError, RemoteError.
+            RequestTimeoutError: No answer in time.
+            ConnectionClosedError: The connection closed before the answer came.
+            RemoteError: The server's handler raised.
         """
-        if timeout == -1.0:
+        if timeout is DEFAULT:
             timeout = self.request_timeout
         proto = self._proto
         if proto is None or self.status is not IPCClientStatus.READY:
-            proto = await self._endpoint(timeout)
+            proto, timeout = await self._ready_endpoint(timeout)
         # Inlined Endpoint.request (one coroutine frame less per request).
         nonce, future = proto._start_request(REQUEST, data, timeout)
         if proto._write_paused:
@@ -493,36 +521,41 @@ class IPCClient(EventEmitter):
             proto._forget(nonce)
             raise
 
-    async def ping(self, data: Any = None, timeout: float | None = -1.0) -> float:
+    async def ping(self, data: Any = None, timeout: float | Default | None = DEFAULT) -> float:
         """Round trip to the server in seconds (the server echoes ``data``)."""
-        if timeout == -1.0:
-            timeout = self.request_timeout
+        timeout = self._timeout(timeout)
         proto = self._proto
         if proto is None or self.status is not IPCClientStatus.READY:
-            proto = await self._endpoint(timeout)
+            proto, timeout = await self._ready_endpoint(timeout)
         latency: float = await proto.ping(data, timeout)
         return latency
 
     # ------------------------------------------------------------------ pub/sub
 
-    async def subscribe(self, topic: str | list[str]) -> bool:
+    async def subscribe(
+        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+    ) -> bool:
         """Subscribe to a topic (or several); messages are emitted under the topic's name."""
         topics = topic_list(topic)
-        ok = succeeded(await self.request(request_subscribe(topic)))
+        ok = succeeded(await self.request(request_subscribe(topic), timeout))
         if ok:
             for t in topics:
                 self._topics[t] = None
         return ok
 
-    async def unsubscribe(self, topic: str | list[str]) -> bool:
+    async def unsubscribe(
+        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+    ) -> bool:
         """Unsubscribe; False when it was not subscribed."""
         for t in topic_list(topic):
             self._topics.pop(t, None)
-        return succeeded(await self.request(request_unsubscribe(topic)))
+        return succeeded(await self.request(request_unsubscribe(topic), timeout))
 
-    async def publish(self, topic: str, message: Any = None) -> bool:
+    async def publish(
+        self, topic: str, message: Any = None, *, timeout: float | Default | None = DEFAULT
+    ) -> bool:
         """Publish ``message`` to every subscriber of ``topic`` (through the server)."""
-        return succeeded(await self.request(request_publish(topic, message)))
+        return succeeded(await self.request(request_publish(topic, message), timeout))
 
     @property
     def topics(self) -> list[str]:
@@ -551,11 +584,13 @@ class IPCClient(EventEmitter):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         sub = Subscription(self, topic, maxsize)
         explicit = topic in self._topics and not self._sub_refs.get(topic)
-        if topic not in self._topics and not await self.subscribe(topic):
-            raise IPCError(f"server refused the subscription to {topic!r}")
+        # Registered before subscribing: a message published right after the
+        # server's answer (even in the same read) reaches the iterator.
         self._sub_refs[topic] = self._sub_refs.get(topic, 0) + 1
         self._subscriptions.setdefault(topic, []).append(sub)
         try:
+            if topic not in self._topics and not await self.subscribe(topic):
+                raise IPCError(f"server refused the subscription to {topic!r}")
             yield sub
         finally:
             self._subscriptions[topic].remove(sub)

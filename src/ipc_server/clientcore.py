@@ -9,6 +9,7 @@ its own I/O; neither restates them.
 
 from __future__ import annotations
 
+import enum
 import random
 import ssl as _ssl
 from typing import Any, NamedTuple
@@ -19,8 +20,10 @@ from .endpoint import CONNECTION, FEATURES, deadline_of
 from .protocol import frame
 
 __all__ = [
+    "DEFAULT",
     "RETRY_BASE",
     "Agreement",
+    "Default",
     "backoff",
     "client_address",
     "connection_packet",
@@ -33,6 +36,20 @@ __all__ = [
     "succeeded",
     "topic_list",
 ]
+
+class Default(enum.Enum):
+    """Type of :data:`DEFAULT`."""
+
+    DEFAULT = "DEFAULT"
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = Default.DEFAULT
+"""The ``timeout=`` that means: the client's own default (``request_timeout``,
+``connect_timeout``)."""
+
 
 RETRY_BASE = 0.5
 """First reconnect delay in seconds; each further attempt doubles it, up to ``max_retry_time``."""

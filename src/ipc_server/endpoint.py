@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Generator, Iterator
+from time import perf_counter
 from typing import Any, cast
 
 from .codecs import PacketCodec, json_dumps
@@ -343,7 +344,7 @@ class Endpoint(asyncio.Protocol):
             if entry[4] is not None:
                 entry[4].cancel()
             if not entry[0].done():
-                entry[0].set_result(self._loop.time() - entry[2])
+                entry[0].set_result(perf_counter() - entry[2])
         elif t == END:
             self._peer_end = d if type(d) is dict else {"m": d, "a": False}
         elif t == CONNECTION:
@@ -486,7 +487,8 @@ class Endpoint(asyncio.Protocol):
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
         now = loop.time()
-        started = now if t == PING else 0.0
+        # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
+        started = perf_counter() if t == PING else 0.0
         if seconds is None:
             self._pending[nonce] = (future, None, started, 0.0, None)
         else:
@@ -573,7 +575,8 @@ class Endpoint(asyncio.Protocol):
         """
         if self._closing or self._transport is None:
             if self._transport is not None:
-                await asyncio.shield(self._lost)
+                # Another close() is under way: wait for it, within this one's bound.
+                await asyncio.wait([self._lost], timeout=deadline_of(timeout))
             return False
         self._closing = True
         self._close_reason = reason

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import enum
 import inspect
 import itertools
 import logging
@@ -56,6 +55,8 @@ from typing import Any, TypeVar, cast, overload
 from .address import Address
 from .client import RESERVED_EVENTS, IPCClientStatus
 from .clientcore import (
+    DEFAULT,
+    Default,
     backoff,
     client_address,
     connection_packet,
@@ -128,19 +129,6 @@ _LIFECYCLE_EVENTS = frozenset({"ready", "error", "close", "status"})
 _SEND_TIMEOUT = DEFAULT_TIMEOUT
 """Bound on writing the client's own answers (PONG, RESPONSE) to a server that does not read."""
 
-
-class Default(enum.Enum):
-    """Type of :data:`DEFAULT`."""
-
-    DEFAULT = "DEFAULT"
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
-
-
-DEFAULT = Default.DEFAULT
-"""The ``timeout=`` that means: the client's own default (``request_timeout``,
-``connect_timeout``)."""
 
 _monotonic = time.monotonic
 _get_ident = threading.get_ident
@@ -815,7 +803,7 @@ class IPCClient(EventEmitter):
                 else:
                     remaining = deadline - _monotonic()
                     if remaining <= 0:
-                        raise ConnectionClosedError("not reconnected in time")
+                        raise RequestTimeoutError(0.0, "waiting for the reconnect")
                     self._ready.wait(remaining)
 
     # ------------------------------------------------------------------ losing a connection
