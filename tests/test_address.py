@@ -1,4 +1,4 @@
-"""What path / host / port mean on each OS (SPEC section 2), and the stale-socket probe."""
+"""What path / host / port mean on each OS (docs/guide.md, Addresses), and the stale-socket probe."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def net_ipc_pipe(path: str) -> str:
     return PIPE + name.replace("/", "-")
 
 
-# --------------------------------------------------------------------------- SPEC section 2 table
+# --------------------------------------------------------------------------- the address table of docs/guide.md
 
 
 @pytest.mark.parametrize("platform", ["linux", "darwin"])

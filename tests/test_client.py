@@ -1,4 +1,4 @@
-"""IPCClient over real Unix sockets (SPEC section 4)."""
+"""IPCClient over real Unix sockets (docs/guide.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Packet body codecs: JSON, msgpack and the shared raw-deflate stream (SPEC section 6.3, 6.4)."""
+"""Packet body codecs: JSON, msgpack and the shared raw-deflate stream (docs/protocol.md, 6.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The event emitter: ordering, coroutine listeners, STOP and error reporting (SPEC section 5)."""
+"""The event emitter: ordering, coroutine listeners, STOP and error reporting (docs/guide.md)."""
 
 from __future__ import annotations
 

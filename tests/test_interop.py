@@ -1,4 +1,4 @@
-"""Interop with the real Node.js ``net-ipc`` 2.2.2 package (SPEC section 6).
+"""Interop with the real Node.js ``net-ipc`` 2.2.2 package (docs/protocol.md).
 
 Both directions are covered: a Node net-ipc Client talking to our ``IPCServer``,
 and our ``IPCClient`` talking to a Node net-ipc Server (whose pub/sub handling is

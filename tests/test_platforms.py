@@ -1,4 +1,4 @@
-"""Platform specifics that can be checked on any OS (SPEC section 2).
+"""Platform specifics that can be checked on any OS (docs/guide.md, Addresses).
 
 * macOS: ``sun_path`` holds 103 bytes and ``$TMPDIR`` is long.
 * Windows: the address mapping, and the named-pipe code of ``ipc_server._winpipe``
@@ -106,7 +106,7 @@ def test_macos_limit_counts_bytes() -> None:
     ],
 )
 def test_windows_pipe_names(given: str | None, pipe: str) -> None:
-    """The SPEC table for Windows (net-ipc's mapping); a pipe name is used as given."""
+    """The address table for Windows (net-ipc's mapping); a pipe name is used as given."""
     address = resolve_address(given, platform="win32", tempdir="C:\\Temp")
     assert address == Address("pipe", path=pipe)
     assert str(address) == pipe

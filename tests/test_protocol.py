@@ -1,4 +1,4 @@
-"""Bytes-only tests of the sans-I/O wire core (SPEC section 6.1 and 6.2)."""
+"""Bytes-only tests of the sans-I/O wire core (docs/protocol.md and 6.2)."""
 
 from __future__ import annotations
 

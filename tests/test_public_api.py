@@ -1,4 +1,4 @@
-"""The public surface: exactly SPEC section 1's names, and the seed's numbers."""
+"""The public surface: exactly the public names, and the seed's numbers."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ipc_server
 from ipc_server import IPCClientStatus, IPCMessageType
 from ipc_server.events import STOP
 
-SPEC_NAMES = (
+PUBLIC_NAMES = (
     "IPCServer",
     "IPCClient",
     "IPCConnection",
@@ -29,13 +29,13 @@ SPEC_NAMES = (
 
 
 def test_all_is_exactly_the_spec_names() -> None:
-    """ipc_server.__all__ holds SPEC section 1's names, each once, and no others."""
+    """ipc_server.__all__ holds the public names, each once, and no others."""
     assert isinstance(ipc_server.__all__, tuple)
     assert len(ipc_server.__all__) == len(set(ipc_server.__all__))
-    assert sorted(ipc_server.__all__) == sorted(SPEC_NAMES)
+    assert sorted(ipc_server.__all__) == sorted(PUBLIC_NAMES)
 
 
-@pytest.mark.parametrize("name", SPEC_NAMES)
+@pytest.mark.parametrize("name", PUBLIC_NAMES)
 def test_every_spec_name_imports(name: str) -> None:
     """Each exported name is an attribute of the package."""
     assert getattr(ipc_server, name) is not None
@@ -45,7 +45,7 @@ def test_star_import() -> None:
     """from ipc_server import * gives exactly the exported names."""
     namespace: dict[str, object] = {}
     exec("from ipc_server import *", namespace)
-    assert sorted(k for k in namespace if k != "__builtins__") == sorted(SPEC_NAMES)
+    assert sorted(k for k in namespace if k != "__builtins__") == sorted(PUBLIC_NAMES)
 
 
 def test_stop_is_the_emitters() -> None:
@@ -89,7 +89,7 @@ def test_client_status_complete() -> None:
     ],
 )
 def test_message_type_numbers(member: str, number: int) -> None:
-    """IPCMessageType has the wire protocol's numbers (SPEC section 6.3)."""
+    """IPCMessageType has the wire protocol's numbers (docs/protocol.md)."""
     assert IPCMessageType[member] == number
     assert IPCMessageType(number).name == member
 
@@ -104,5 +104,5 @@ def test_message_type_complete() -> None:
     "name", ["ready", "error", "connect", "disconnect", "close", "status", "message", "request"]
 )
 def test_builtin_event_names(name: str) -> None:
-    """IPCEvents names each built-in event of SPEC sections 3 and 4."""
+    """IPCEvents names each built-in event of servers and clients."""
     assert getattr(ipc_server.IPCEvents, name.upper()) == name

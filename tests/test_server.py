@@ -1,4 +1,4 @@
-"""IPCServer over real Unix and TCP sockets (SPEC section 3 and 5)."""
+"""IPCServer over real Unix and TCP sockets (docs/guide.md and 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m ipc_server``: the ``ipc-server`` command line (see :mod:`ipc_server.cli`)."""
+"""``python -m ipc_server``: the ``ipc-server`` command line (see ``ipc_server.cli``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Windows named pipes that only the current user can open (SPEC section 2).
+"""Windows named pipes that only the current user can open (docs/guide.md, Addresses).
 
 asyncio's ``loop.start_serving_pipe`` creates every pipe instance with a NULL
 security descriptor and accepts remote clients. Per the ``CreateNamedPipe``
@@ -124,7 +124,7 @@ class PipeServer:
         self._accept_future = future
 
     def discard(self, pipe: PipeHandleLike) -> None:
-        """``pipe`` is connected (or failed): :meth:`close` no longer closes it."""
+        """``pipe`` is connected (or failed): ``close`` no longer closes it."""
         self._free.discard(pipe)
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""What a ``path`` / ``host`` / ``port`` means on this OS (SPEC section 2).
+"""What a ``path`` / ``host`` / ``port`` means on this OS (docs/guide.md, Addresses).
 
 Pure functions over plain values, so the mapping for every OS can be tested
 on any OS: pass ``platform=`` ("linux", "darwin", "win32") and ``tempdir=``.
@@ -109,7 +109,7 @@ def resolve_address(
     platform: str = sys.platform,
     tempdir: str | None = None,
 ) -> Address:
-    """Map the user's ``path`` / ``host`` / ``port`` to an :class:`Address`.
+    """Map the user's ``path`` / ``host`` / ``port`` to an ``Address``.
 
     Args:
         path: A name (``"myapp"``: placed in the temp folder, or made a pipe

@@ -1,4 +1,4 @@
-"""IPCClient (SPEC section 4): connect, the status machine, reconnect, subscriptions."""
+"""IPCClient (docs/guide.md): connect, the status machine, reconnect, subscriptions."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ class _ClientProtocol(Endpoint):
 
 
 class Subscription:
-    """Messages of one topic as an async iterator (see :meth:`IPCClient.subscription`)."""
+    """Messages of one topic as an async iterator (see ``IPCClient.subscription``)."""
 
     def __init__(self, client: IPCClient, topic: str, maxsize: int = 0) -> None:
         self.client = client
@@ -216,7 +216,11 @@ class IPCClient(EventEmitter):
     respond)``, and one event per subscribed topic (``handler(message)``).
 
     Args:
-        path / host / port / ssl: The server's address (SPEC section 2).
+        path: The server's Unix socket path or name, or Windows pipe name
+            (see Addresses in docs/guide.md).
+        host: The server's TCP host (selects TCP).
+        port: The server's TCP port.
+        ssl: An ``ssl.SSLContext`` for TLS over TCP.
         handshake: Open with the HTTP upgrade preamble (for proxies).
         upgrade_token: The ``Upgrade:`` token; ``"net-ipc"`` to reach a net-ipc server.
         reconnect: Reconnect after an unexpected disconnect.
@@ -227,7 +231,7 @@ class IPCClient(EventEmitter):
         compress: Ask for compression.
         max_message_size: Largest packet body accepted, before and after inflating.
         max_queued: Bytes that may queue unsent before the connection is dropped.
-        request_timeout: Default timeout of :meth:`request` and :meth:`ping`.
+        request_timeout: Default timeout of ``request`` and ``ping``.
     """
 
     def __init__(
@@ -577,7 +581,7 @@ class IPCClient(EventEmitter):
         """Subscribe on entry and yield an async iterator of the topic's messages.
 
         On exit it unsubscribes, unless the topic is still wanted elsewhere
-        (another live ``subscription()`` or an explicit :meth:`subscribe`).
+        (another live ``subscription()`` or an explicit ``subscribe``).
         ``maxsize`` bounds the queue (0: unbounded; when full, new messages are dropped).
         """
         if not isinstance(topic, str):

@@ -1,7 +1,7 @@
 """Client rules both fronts share, without I/O: the asyncio ``client.py`` and the blocking ``sync.py``.
 
 What goes on the wire from a client (the CONNECTION packet, the pub/sub
-requests of SPEC section 6.7), how a client reads what comes back (the
+requests of docs/protocol.md), how a client reads what comes back (the
 server's CONNECTION answer, a published MESSAGE, a pub/sub reply), how its
 options are checked, and the reconnect backoff. Each front drives these from
 its own I/O; neither restates them.
@@ -37,8 +37,9 @@ __all__ = [
     "topic_list",
 ]
 
+
 class Default(enum.Enum):
-    """Type of :data:`DEFAULT`."""
+    """Type of ``DEFAULT``."""
 
     DEFAULT = "DEFAULT"
 
@@ -89,7 +90,7 @@ def client_address(
 def connection_packet(
     payload: Any, client_id: str | None, *, compress: bool, codec: CodecName
 ) -> bytes:
-    """The client's CONNECTION packet, framed (SPEC 6.4; always JSON, uncompressed)."""
+    """The client's CONNECTION packet, framed (docs/protocol.md; always JSON, uncompressed)."""
     d = {
         "extras": payload,
         "id": client_id,
@@ -125,7 +126,7 @@ def end_data(d: Any) -> dict[str, Any]:
 
 
 def published(data: Any) -> tuple[str, Any] | None:
-    """``(topic, message)`` if a MESSAGE is a pub/sub delivery (SPEC 6.7), else None.
+    """``(topic, message)`` if a MESSAGE is a pub/sub delivery (docs/protocol.md), else None.
 
     The message may be falsy (0, "", None, False): it is still a delivery.
     """

@@ -1,9 +1,9 @@
 """Packet body codecs: JSON (orjson), msgpack, and the raw-deflate stream.
 
-A :class:`PacketCodec` belongs to one connection. It starts in plain JSON
+A ``PacketCodec`` belongs to one connection. It starts in plain JSON
 (the CONNECTION exchange is always JSON, uncompressed) and is switched with
-:meth:`PacketCodec.configure` once both ends agreed on msgpack and/or
-compression (SPEC section 6.4). Compression keeps one deflate context per
+``PacketCodec.configure`` once both ends agreed on msgpack and/or
+compression (docs/protocol.md). Compression keeps one deflate context per
 direction for the life of the connection, as net-ipc's ``fast-zlib`` stream
 does: every packet is a sync-flushed chunk of one raw-deflate stream.
 """
@@ -177,7 +177,7 @@ class PacketCodec:
         return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
 
     def encode_parts(self, t: int, d: Any, n: str | None = None) -> bytes | list[bytes]:
-        """Like :meth:`encode`; a big ``bytes`` payload in msgpack comes back in parts.
+        """Like ``encode``; a big ``bytes`` payload in msgpack comes back in parts.
 
         With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
         bytes or more is not copied: the result is ``[tag + head, d, tail]``

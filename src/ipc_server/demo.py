@@ -10,8 +10,8 @@ closes with ``allow_reconnect=True`` and a new server process takes its place,
 the clients reconnect by themselves and their subscription still works; then
 the server closes for good and every process exits.
 
-Every wait has a deadline, the whole demo is bounded by :data:`DEADLINE`, and
-every actor exits by itself after :data:`ACTOR_LIFETIME` or when the director
+Every wait has a deadline, the whole demo is bounded by ``DEADLINE``, and
+every actor exits by itself after ``ACTOR_LIFETIME`` or when the director
 goes away (its stdin closes).
 """
 
@@ -381,7 +381,7 @@ class Director:
     # ------------------------------------------------------------------ actors
 
     async def start(self, actor: str, *argv: str) -> None:
-        """Start an actor process; its reports are narrated and kept for :meth:`expect`."""
+        """Start an actor process; its reports are narrated and kept for ``expect``."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -1,12 +1,12 @@
 """What both ends share: one ``asyncio.Protocol`` that owns one stream.
 
-:class:`Endpoint` holds the request table (nonce -> future + timer), ping,
+``Endpoint`` holds the request table (nonce -> future + timer), ping,
 send, graceful close and destroy, write coalescing and backpressure. The
-server's :class:`~ipc_server.server.IPCConnection` and the client's private
+server's ``ipc_server.server.IPCConnection`` and the client's private
 protocol subclass it and add the preamble and the CONNECTION exchange.
 
-Data flow: ``data_received`` -> :class:`~ipc_server.protocol.FrameDecoder`
--> :class:`~ipc_server.codecs.PacketCodec` -> :meth:`Endpoint._dispatch`
+Data flow: ``data_received`` -> ``ipc_server.protocol.FrameDecoder``
+-> ``ipc_server.codecs.PacketCodec`` -> ``Endpoint._dispatch``
 (the response table, or the owner's events). Writes made while a chunk is
 being dispatched, or several in one loop iteration, leave in one
 ``transport.write``.
@@ -46,10 +46,10 @@ PONG = IPCMessageType.PONG.value
 END = IPCMessageType.END.value
 
 FEATURES: tuple[str, ...] = ("errors",)
-"""Extensions this library announces in the CONNECTION packet (SPEC section 6, last line).
+"""Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
 
 ``errors``: a failed request handler answers with a RESPONSE carrying
-``"e": {"type": ..., "message": ...}``, read as :class:`RemoteError`.
+``"e": {"type": ..., "message": ...}``, read as ``RemoteError``.
 """
 
 FLUSH_SIZE = 256 * 1024
@@ -76,7 +76,7 @@ def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_erro
     """The RESPONSE that tells the requester its request failed with ``exc``, framed.
 
     A peer that announced the ``errors`` extension reads ``"e"`` as a
-    :class:`RemoteError`; any other peer gets ``{"error": {...}}`` as the answer,
+    ``RemoteError``; any other peer gets ``{"error": {...}}`` as the answer,
     a value it can read.
     """
     error = {"type": type(exc).__name__, "message": str(exc)}
@@ -86,7 +86,7 @@ def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_erro
 
 
 def remote_error(error: dict[str, Any]) -> RemoteError:
-    """The :class:`RemoteError` for a RESPONSE's ``"e"`` (``errors`` extension)."""
+    """The ``RemoteError`` for a RESPONSE's ``"e"`` (``errors`` extension)."""
     return RemoteError(str(error.get("type")), str(error.get("message", "")))
 
 
@@ -160,9 +160,9 @@ class Responder:
 class Endpoint(asyncio.Protocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 
-    Subclass hooks: :meth:`_on_preamble` (bytes before packets),
-    :meth:`_on_connection_packet`, :meth:`_on_message`, :meth:`_on_request`,
-    :meth:`_on_lost`, :meth:`_report`.
+    Subclass hooks: ``_on_preamble`` (bytes before packets),
+    ``_on_connection_packet``, ``_on_message``, ``_on_request``,
+    ``_on_lost``, ``_report``.
     """
 
     def __init__(
@@ -309,7 +309,7 @@ class Endpoint(asyncio.Protocol):
             self._on_connection_packet(t, d, n)
             return
         if REQUEST <= t <= PONG and type(n) is not str:
-            # Nonces are strings (SPEC 6.3): anything else can be neither paired nor echoed.
+            # Nonces are strings (docs/protocol.md): anything else can be neither paired nor echoed.
             self._report(ProtocolError(f"packet of type {t} with a nonce that is not a string"))
             return
         if t == REQUEST:
@@ -634,7 +634,7 @@ class Endpoint(asyncio.Protocol):
             self._transport.pause_reading()
 
     def resume(self) -> None:
-        """Start reading again after :meth:`pause`."""
+        """Start reading again after ``pause``."""
         if self._transport is not None:
             self._transport.resume_reading()
 

@@ -1,4 +1,4 @@
-"""The event emitter: ordered listeners, plain or coroutine functions (SPEC section 5).
+"""The event emitter: ordered listeners, plain or coroutine functions (docs/guide.md).
 
 Listeners of one event run in the order they were added. A coroutine
 listener is awaited before the next listener runs (the seed's ``emitAsync``).
@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Stop(enum.Enum):
-    """Type of :data:`STOP`."""
+    """Type of ``STOP``."""
 
     STOP = "STOP"
 
@@ -123,7 +123,7 @@ class EventEmitter:
     @overload
     def once(self, event: str, handler: F) -> F: ...
     def once(self, event: str, handler: F | None = None) -> F | Callable[[F], F]:
-        """Like :meth:`on`, but the handler is removed after its first call."""
+        """Like ``on``, but the handler is removed after its first call."""
         return self._add(event, handler, once=True)
 
     def _add(self, event: str, handler: F | None, *, once: bool) -> F | Callable[[F], F]:
@@ -181,7 +181,7 @@ class EventEmitter:
         """Call the listeners of ``event`` with ``args``; True if there were any.
 
         Exceptions from listeners are reported on the ``error`` event (see
-        :meth:`_listener_failed`), never raised here.
+        ``_listener_failed``), never raised here.
         """
         fns = self._fns.get(event)
         if fns is None:

@@ -1,4 +1,4 @@
-"""The sans-I/O core of the wire protocol (SPEC section 6).
+"""The sans-I/O core of the wire protocol (docs/protocol.md).
 
 Nothing here awaits, reads a clock or touches a socket: it turns bytes into
 packet bodies and preamble verdicts, and packets into bytes. ``endpoint.py``
@@ -88,10 +88,10 @@ def frame(body: bytes) -> bytes:
 class FrameDecoder:
     """Splits a byte stream into packet bodies.
 
-    Contract for the driver: call :meth:`feed` with every chunk as it arrives;
+    Contract for the driver: call ``feed`` with every chunk as it arrives;
     it returns the list of complete bodies (possibly empty) in order. A
     partial packet stays buffered until the rest arrives. If a tag announces
-    a body over ``max_size``, :meth:`feed` raises :class:`MessageTooLargeError`
+    a body over ``max_size``, ``feed`` raises ``MessageTooLargeError``
     before a byte of it is buffered, and the decoder is then unusable (the
     stream cannot be resynchronised): close the connection.
 
@@ -261,10 +261,10 @@ NOT_FOUND_RESPONSE = b"HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Le
 class ServerPreamble:
     """Recognises the client's preamble on the server side.
 
-    Contract: call :meth:`feed` with each chunk until it returns a
-    :class:`PreambleResult` (``None`` means: need more bytes). After that,
-    bytes from ``consumed`` on in the data seen so far (:attr:`data`) are
-    packet data for the :class:`FrameDecoder`.
+    Contract: call ``feed`` with each chunk until it returns a
+    ``PreambleResult`` (``None`` means: need more bytes). After that,
+    bytes from ``consumed`` on in the data seen so far (``data``) are
+    packet data for the ``FrameDecoder``.
     """
 
     __slots__ = ("data", "tokens")
@@ -310,9 +310,9 @@ class ServerPreamble:
 class ClientPreamble:
     """Reads the server's answer to an HTTP upgrade request on the client side.
 
-    Contract: :meth:`feed` each chunk until it returns ``consumed`` (an int:
-    accepted, bytes of :attr:`data` from ``consumed`` on are packets) or
-    raises :class:`ProtocolError` (refused); ``None`` means: need more.
+    Contract: ``feed`` each chunk until it returns ``consumed`` (an int:
+    accepted, bytes of ``data`` from ``consumed`` on are packets) or
+    raises ``ProtocolError`` (refused); ``None`` means: need more.
     """
 
     __slots__ = ("data",)

@@ -1,4 +1,4 @@
-"""IPCServer and IPCConnection (SPEC section 3).
+"""IPCServer and IPCConnection (docs/guide.md).
 
 The server accepts connections, runs the preamble and CONNECTION exchange
 (with the handshake timeout and the optional ``authenticate`` check), keeps
@@ -260,9 +260,9 @@ class IPCServer(EventEmitter):
     ``request(request, respond, connection)``.
 
     Args:
-        path: Unix socket path or name (SPEC section 2); Windows pipe name.
+        path: Unix socket path or name (docs/guide.md, Addresses); Windows pipe name.
         host: TCP host (selects TCP).
-        port: TCP port (0 picks a free one; see :attr:`address`).
+        port: TCP port (0 picks a free one; see ``address``).
         ssl: An ``ssl.SSLContext`` for TLS over TCP.
         max_connections: Refuse clients beyond this many (None: no limit).
         handshake_timeout: Seconds a new connection has to finish the
@@ -421,7 +421,7 @@ class IPCServer(EventEmitter):
         conn = next((a for a in args if isinstance(a, IPCConnection)), None)
         self._report_error(exc, conn)
 
-    # ------------------------------------------------------------------ pub/sub (SPEC 6.7)
+    # ------------------------------------------------------------------ pub/sub (docs/protocol.md)
 
     def _pubsub(self, conn: IPCConnection, data: dict[str, Any], respond: Responder) -> None:
         if "pub" in data:

@@ -1,4 +1,4 @@
-"""The blocking API: :class:`IPCClient` and :class:`IPCServer` for code without asyncio.
+"""The blocking API: ``IPCClient`` and ``IPCServer`` for code without asyncio.
 
 Same names as the asyncio API, each call blocking, each with ``timeout=``
 (seconds; ``0`` or ``None`` wait forever)::
@@ -9,7 +9,7 @@ Same names as the asyncio API, each call blocking, each with ``timeout=``
         reply = client.request({"cmd": "say"}, timeout=5)
 
 **IPCClient** has no event loop. It drives the sans-I/O core
-(:class:`~ipc_server.protocol.FrameDecoder`, :class:`~ipc_server.codecs.PacketCodec`)
+(``ipc_server.protocol.FrameDecoder``, ``ipc_server.codecs.PacketCodec``)
 over a non-blocking socket, so a request costs what ``multiprocessing.connection``
 costs: one ``send``, one ``poll``, one ``recv``, on the calling thread. Reading
 follows the leader/follower pattern:
@@ -32,7 +32,7 @@ does not delay answers to other threads. Blocking calls may be made from a
 listener.
 
 **IPCServer** is a thin wrapper over the asyncio
-:class:`~ipc_server.server.IPCServer`, run on a private event loop thread.
+``ipc_server.server.IPCServer``, run on a private event loop thread.
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ class _Listeners:
     """The one library thread that runs a client's listeners, in order.
 
     Started on the first event; ended (after the events queued before) by
-    :meth:`stop`. A fresh thread and queue serve the next connect.
+    ``stop``. A fresh thread and queue serve the next connect.
     """
 
     def __init__(self, client: IPCClient) -> None:
@@ -407,10 +407,10 @@ class _Listeners:
 
 
 class Subscription:
-    """Messages of one topic as a blocking iterator (see :meth:`IPCClient.subscription`).
+    """Messages of one topic as a blocking iterator (see ``IPCClient.subscription``).
 
     ``for message in sub`` waits for each message and ends when the client
-    closes for good; :meth:`get` waits at most ``timeout`` seconds.
+    closes for good; ``get`` waits at most ``timeout`` seconds.
     """
 
     def __init__(self, client: IPCClient, topic: str, maxsize: int = 0) -> None:
@@ -470,7 +470,11 @@ class IPCClient(EventEmitter):
     and one event per subscribed topic (``handler(message)``).
 
     Args:
-        path / host / port / ssl: The server's address (SPEC section 2).
+        path: The server's Unix socket path or name, or Windows pipe name
+            (see Addresses in docs/guide.md).
+        host: The server's TCP host (selects TCP).
+        port: The server's TCP port.
+        ssl: An ``ssl.SSLContext`` for TLS over TCP.
             Windows named pipes are not supported by the blocking client.
         handshake: Open with the HTTP upgrade preamble (for proxies).
         upgrade_token: The ``Upgrade:`` token; ``"net-ipc"`` to reach a net-ipc server.
@@ -481,7 +485,7 @@ class IPCClient(EventEmitter):
         codec: ``"json"`` or ``"msgpack"`` (asked for; used if the server agrees).
         compress: Ask for compression.
         max_message_size: Largest packet body accepted, before and after inflating.
-        request_timeout: Default timeout of :meth:`request` and :meth:`ping`.
+        request_timeout: Default timeout of ``request`` and ``ping``.
     """
 
     def __init__(
@@ -994,7 +998,7 @@ class IPCClient(EventEmitter):
     def _lead(self, conn: _Conn, w: _Waiter, deadline: float | None) -> bool:
         """As the reader: poll, recv and dispatch until ``w`` is done (True) or ``deadline``.
 
-        Gives up the reader role before returning (see :meth:`_step_down`).
+        Gives up the reader role before returning (see ``_step_down``).
         """
         lock = self._lock
         poll = conn.fg_poll
@@ -1495,7 +1499,7 @@ class IPCClient(EventEmitter):
         """Subscribe on entry and yield a blocking iterator of the topic's messages.
 
         On exit it unsubscribes, unless the topic is still wanted elsewhere
-        (another live ``subscription()`` or an explicit :meth:`subscribe`).
+        (another live ``subscription()`` or an explicit ``subscribe``).
         ``maxsize`` bounds the queue (0: unbounded; when full, new messages are
         dropped). ``timeout`` bounds the subscribe and unsubscribe requests.
         """
@@ -1624,11 +1628,11 @@ def _run_now(coro: Coroutine[Any, Any, T]) -> T:
 
 
 class IPCServer:
-    """The asyncio :class:`~ipc_server.server.IPCServer`, run on a private loop thread.
+    """The asyncio ``ipc_server.server.IPCServer``, run on a private loop thread.
 
-    For code without asyncio: :meth:`start` returns once the server listens;
+    For code without asyncio: ``start`` returns once the server listens;
     every other method blocks until done, with ``timeout=``. Handlers added with
-    :meth:`on` run **on the server's loop thread**: plain functions and
+    ``on`` run **on the server's loop thread**: plain functions and
     coroutine functions both work, and a handler that blocks (``time.sleep``,
     a blocking client call) blocks the whole server while it runs. Calling a
     method that waits on the loop (``survey``, ``ping``, ``close``, ``run``)
@@ -1636,7 +1640,7 @@ class IPCServer:
     ``await server.aio.survey(...)`` in an async handler instead.
     ``publish`` and ``broadcast`` do not wait, so they work anywhere.
 
-    :class:`~ipc_server.server.IPCConnection` objects (``connections``, handler
+    ``ipc_server.server.IPCConnection`` objects (``connections``, handler
     arguments) belong to the loop: from other threads, use
     ``server.run(connection.request(data))``.
 
@@ -1934,7 +1938,7 @@ class IPCServer:
     @overload
     def once(self, event: str, handler: F) -> F: ...
     def once(self, event: str, handler: F | None = None) -> F | Callable[[F], F]:
-        """Like :meth:`on`, but the handler is removed after its first call."""
+        """Like ``on``, but the handler is removed after its first call."""
         if handler is None:
 
             def decorator(fn: F) -> F:

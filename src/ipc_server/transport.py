@@ -1,6 +1,6 @@
 """The only module that knows sockets and pipes.
 
-:func:`listen` and :func:`connect` turn an :class:`~ipc_server.address.Address`
+``listen`` and ``connect`` turn an ``ipc_server.address.Address``
 into asyncio servers and transports for Unix sockets, TCP, TLS and Windows
 named pipes. Windows code stays in the ``_pipe_*`` functions at the bottom.
 """
@@ -143,7 +143,7 @@ async def listen(
 ) -> Listener:
     """Start listening on ``address``.
 
-    Unix sockets: a live server at the path raises :class:`AddressInUseError`
+    Unix sockets: a live server at the path raises ``AddressInUseError``
     and is left alone; a stale socket file is removed; the socket is created
     with ``socket_mode`` (umask set around ``bind``, so it is never wider).
 
