@@ -48,6 +48,7 @@ class Params:
     fanout_n: int = 50_000  # fanout: publishes
     big_size: int = 16 * 1024 * 1024  # big: payload bytes
     big_n: int = 20  # big: round trips
+    big_budget_s: float = 15.0  # big: stop early after this long (at least 2 round trips)
     conn_n: int = 1_000  # connections: idle clients
     conn_batch: int = 50  # connections opened concurrently (stays under listen backlogs)
     deadline_s: float = 240.0  # every worker process exits by itself after this

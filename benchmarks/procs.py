@@ -101,14 +101,14 @@ def _spawn(cmd: list[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
         cwd=REPO,
         env=child_env(),
         bufsize=0,
-        preexec_fn=_die_with_parent,  # noqa: PLW1509 - the runner is single-threaded
+        preexec_fn=_die_with_parent,  # safe: the runner is single-threaded
     )
 
 
 def _tail(f: IO[bytes], lines: int = 8) -> list[str]:
     f.flush()
-    f.seek(0)
-    text = f.read()[-8192:].decode("utf-8", "replace")
+    f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+    text = f.read().decode("utf-8", "replace")
     return [ln for ln in text.splitlines() if ln.strip()][-lines:]
 
 
@@ -167,47 +167,44 @@ def run_pair(system: System, workload: str, params: Params) -> Outcome:
         "sockdir": sockdir,
         "params": params.to_json(),
     }
-    server_err = tempfile.TemporaryFile()
-    client_err = tempfile.TemporaryFile()
-    stage = "server"
-    try:
-        server = _spawn(_command(system, {**spec, "role": "server"}), server_err)
-        procs.append(server)
-        _wait_ready(server, timeout=min(60.0, params.deadline_s))
-        stage = "client"
-        client = _spawn(
-            _command(system, {**spec, "role": "client", "server_pid": server.pid}), client_err
-        )
-        procs.append(client)
+    with tempfile.TemporaryFile() as server_err, tempfile.TemporaryFile() as client_err:
+        stage = "server"
         try:
-            out, _ = client.communicate(timeout=params.deadline_s + 10)
-        except subprocess.TimeoutExpired:
-            raise TimeoutError(f"client did not finish within {params.deadline_s:.0f} s") from None
-        result: dict[str, Any] | None = None
-        for line in out.decode("utf-8", "replace").splitlines():
-            if line.startswith("RESULT "):
-                result = json.loads(line[len("RESULT ") :])
-        tail = _tail(client_err)
-        wall = time.monotonic() - started
-        if result is None:
-            reason = _reason(tail, f"client exited with code {client.returncode} and no result")
-            if server.poll() is not None:
-                reason += f" (server exited with code {server.returncode})"
-            return Outcome(False, error=reason, wall_s=wall, stderr_tail=tail)
-        if "error" in result:
-            return Outcome(False, error=str(result["error"]), wall_s=wall, stderr_tail=tail)
-        return Outcome(True, result=result, wall_s=wall)
-    except Exception as exc:
-        tail = _tail(server_err if stage == "server" else client_err)
-        if stage == "client" and procs[0].poll() is not None:
-            tail = _tail(server_err) + tail
-        reason = f"{exc}: {_reason(tail, '')}".rstrip(": ")
-        return Outcome(
-            False, error=reason, wall_s=time.monotonic() - started, stderr_tail=tail
-        )
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
-        server_err.close()
-        client_err.close()
-        shutil.rmtree(sockdir, ignore_errors=True)
+            server = _spawn(_command(system, {**spec, "role": "server"}), server_err)
+            procs.append(server)
+            _wait_ready(server, timeout=min(60.0, params.deadline_s))
+            stage = "client"
+            client = _spawn(
+                _command(system, {**spec, "role": "client", "server_pid": server.pid}), client_err
+            )
+            procs.append(client)
+            try:
+                out, _ = client.communicate(timeout=params.deadline_s + 10)
+            except subprocess.TimeoutExpired:
+                raise TimeoutError(
+                    f"client did not finish within {params.deadline_s:.0f} s"
+                ) from None
+            result: dict[str, Any] | None = None
+            for line in out.decode("utf-8", "replace").splitlines():
+                if line.startswith("RESULT "):
+                    result = json.loads(line[len("RESULT ") :])
+            tail = _tail(client_err)
+            wall = time.monotonic() - started
+            if result is None:
+                reason = _reason(tail, f"client exited with code {client.returncode} and no result")
+                if server.poll() is not None:
+                    reason += f" (server exited with code {server.returncode})"
+                return Outcome(False, error=reason, wall_s=wall, stderr_tail=tail)
+            if "error" in result:
+                return Outcome(False, error=str(result["error"]), wall_s=wall, stderr_tail=tail)
+            return Outcome(True, result=result, wall_s=wall)
+        except Exception as exc:
+            tail = _tail(server_err if stage == "server" else client_err)
+            if stage == "client" and procs[0].poll() is not None:
+                tail = _tail(server_err) + tail
+            reason = f"{exc}: {_reason(tail, '')}".rstrip(": ")
+            return Outcome(False, error=reason, wall_s=time.monotonic() - started, stderr_tail=tail)
+        finally:
+            for proc in reversed(procs):
+                _stop(proc)
+            shutil.rmtree(sockdir, ignore_errors=True)

@@ -71,7 +71,9 @@ def build_table(
     return table
 
 
-def pick_references(table: Table, systems: Sequence[System], preferred: str | None) -> dict[str, str]:
+def pick_references(
+    table: Table, systems: Sequence[System], preferred: str | None
+) -> dict[str, str]:
     """Per metric: the first system with a figure in the preferred order."""
     order: list[str] = []
     for name in [preferred or "", *REFERENCE_CHAIN, *(s.name for s in systems)]:
@@ -136,6 +138,8 @@ def fmt_range(metric: Metric, cell: Cell) -> str:
 def fmt_ratio(value: float | None) -> str:
     if value is None or value != value:  # NaN
         return "-"
+    if value < 0.1:
+        return f"{value:.3f}{TIMES}"
     return f"{value:.2f}{TIMES}" if value < 10 else f"{value:.1f}{TIMES}"
 
 
@@ -251,13 +255,15 @@ def markdown_tables(table: Table, systems: Sequence[System], refs: dict[str, str
     return "\n".join(out) + "\n"
 
 
-def write_chart(
-    path: Path, table: Table, systems: Sequence[System], refs: dict[str, str]
-) -> None:
+NICE_TICKS = [k * 10.0**e for e in range(-3, 3) for k in (1, 2, 5)]
+
+
+def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[str, str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
     rat = ratios(table, refs)
     metrics = [m for m in METRICS if m.key in rat]
@@ -265,11 +271,12 @@ def write_chart(
         return
     cols = min(4, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 0.35 * len(systems) * rows + 1.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 0.35 * len(systems) * rows + 1.6), squeeze=False
+    )
     palette = plt.get_cmap("tab10")
     colours = {s.name: palette(i % 10) for i, s in enumerate(systems)}
-    for ax, metric in zip(axes.flat, metrics):
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         names = [s.name for s in systems if s.name in rat[metric.key]]
         values = [rat[metric.key][n] for n in names]
         ax.barh(range(len(names)), values, color=[colours[n] for n in names])
@@ -277,11 +284,16 @@ def write_chart(
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linewidth=0.8)
         ax.set_xscale("log")
+        low, high = min([*values, 1.0]) / 1.5, max([*values, 1.0]) * 2.0  # room for labels
+        ax.set_xlim(low, high)
+        ax.xaxis.set_major_locator(FixedLocator([t for t in NICE_TICKS if low <= t <= high]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{metric.title}\n(vs {refs[metric.key]}, {metric.unit})", fontsize=9)
         ax.tick_params(axis="x", labelsize=8)
         for i, v in enumerate(values):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"Relative performance ({TIMES}, log scale, >1 = better than the reference)")
     fig.tight_layout()

@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from benchmarks.config import SYSTEMS_BY_NAME, Params
 from benchmarks.impl.common import Result
@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     system = SYSTEMS_BY_NAME[spec["system"]]
     role: str = spec["role"]
     try:
-        impl: Impl = importlib.import_module(f"benchmarks.impl.{system.impl}")  # type: ignore[assignment]
+        impl = cast(Impl, importlib.import_module(f"benchmarks.impl.{system.impl}"))
         if role == "server":
             impl.serve(spec["workload"], spec["sockdir"], params, dict(system.options), _ready)
             return 0

@@ -77,6 +77,11 @@ def rate_result(count: int, elapsed: float, **extra: Any) -> Result:
     return {"rate": count / elapsed, "count": count, "elapsed_s": elapsed, **extra}
 
 
+def big_more(params: Params, done: int, t0: float) -> bool:
+    """Whether `big` goes on: up to big_n round trips, fewer (but 2) past big_budget_s."""
+    return done < params.big_n and (done < 2 or now() - t0 < params.big_budget_s)
+
+
 def big_result(params: Params, elapsed: float, rounds: int) -> Result:
     """MB/s of payload echoed: each round trip carries it there and back; counted once."""
     if elapsed <= 0:

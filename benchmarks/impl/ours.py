@@ -1,4 +1,4 @@
-"""ipc_server through its public API only (SPEC.md), as a user would write it.
+"""ipc_server through its public API only (docs/guide.md), as a user would write it.
 
 Options: ``uvloop`` (run both ends on uvloop), ``client="sync"`` (the blocking
 ``ipc_server.sync.IPCClient``), ``codec`` (client codec, e.g. "msgpack").
@@ -85,7 +85,7 @@ def serve(
 
             server.on("request", on_start)
         else:
-            # A plain function: the cheapest handler (SPEC section 5 allows
+            # A plain function: the cheapest handler (docs/guide.md allows
             # both); a coroutine handler costs one task per request on
             # Python < 3.12, where tasks cannot start eagerly.
             def on_request(request: Any, respond: Any, connection: Any) -> None:

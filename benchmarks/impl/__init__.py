@@ -1,0 +1,1 @@
+"""One module per system family; each has `serve(...)` and `client(...)` (see worker.py)."""

@@ -1,0 +1,489 @@
+"""`python -m benchmarks`: run every selected (system, workload) pair side by side."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.config import (
+    DASH,
+    FULL,
+    METRICS,
+    QUICK,
+    SYSTEMS,
+    SYSTEMS_BY_NAME,
+    WORKLOADS,
+    Params,
+    System,
+)
+from benchmarks.procs import REPO, Outcome, raise_fd_limit, run_pair
+from benchmarks.report import (
+    Table,
+    build_table,
+    fmt_value,
+    markdown_tables,
+    pick_references,
+    terminal_report,
+    write_chart,
+)
+
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="ipc_server against a bare asyncio floor, pyzmq, "
+        "multiprocessing.connection and Node net-ipc; client and server in separate processes.",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement"
+    )
+    p.add_argument(
+        "--runs", type=int, default=3, help="runs per cell; the cell is their median (3)"
+    )
+    p.add_argument(
+        "--only",
+        type=_csv,
+        default=None,
+        metavar="SYSTEM,...",
+        help="systems to run: " + ", ".join(s.name for s in SYSTEMS),
+    )
+    p.add_argument(
+        "--workloads",
+        type=_csv,
+        default=None,
+        metavar="WORKLOAD,...",
+        help="workloads to run: " + ", ".join(WORKLOADS),
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="per-process deadline: a worker still running then exits (240; quick: 40)",
+    )
+    p.add_argument("--reference", default="ours-uvloop", help="ratio reference (ours-uvloop)")
+    p.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md and .png")
+    p.add_argument("--docs-dir", type=Path, default=REPO / "docs", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--results-file",
+        type=Path,
+        default=None,
+        help="raw JSON results path (default: benchmarks/results/<timestamp>.json)",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="RESULTS.json",
+        help="print (and with --write-docs, write) the report of earlier raw results; run nothing",
+    )
+    p.add_argument("--list", action="store_true", help="list systems and workloads, then exit")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    for name in args.only or []:
+        if name not in SYSTEMS_BY_NAME:
+            p.error(f"unknown system {name!r}; known: {', '.join(SYSTEMS_BY_NAME)}")
+    for name in args.workloads or []:
+        if name not in WORKLOADS:
+            p.error(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    return args
+
+
+# ---------------------------------------------------------------------------
+# machine and versions
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _run(cmd: list[str], timeout: float = 15.0) -> str | None:
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("model name", "Hardware", "Processor")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total() -> str | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return None
+
+
+def load_average() -> str | None:
+    try:
+        with open("/proc/loadavg", encoding="ascii") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    from benchmarks.procs import NODE_SCRIPT, child_env
+
+    info: dict[str, Any] = {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory": _mem_total(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "python_impl": platform.python_implementation(),
+        "uvloop": _version("uvloop"),
+        "pyzmq": _version("pyzmq"),
+        "orjson": _version("orjson"),
+        "msgpack": _version("msgpack"),
+    }
+    try:
+        import zmq
+
+        info["libzmq"] = zmq.zmq_version()
+    except ImportError:
+        info["libzmq"] = None
+    node = shutil.which("node")
+    info["node"] = _run([node, "--version"]) if node else None
+    info["net-ipc"] = (
+        _run([node, str(NODE_SCRIPT), json.dumps({"role": "versions"})]) if node else None
+    )
+    env = child_env()
+    probe = (
+        "import importlib.metadata as m, ipc_server as i; "
+        "v = getattr(i, '__version__', None)\n"
+        "if v is None:\n"
+        "    try: v = m.version('ipc-server')\n"
+        "    except m.PackageNotFoundError: v = '?'\n"
+        "print(v)"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, env=env
+        )
+        info["ipc_server"] = done.stdout.strip() if done.returncode == 0 else "not importable"
+    except (OSError, subprocess.SubprocessError):
+        info["ipc_server"] = "not importable"
+    info["git"] = _run(["git", "describe", "--always", "--dirty"])
+    return info
+
+
+# ---------------------------------------------------------------------------
+# docs
+
+
+WORKLOAD_DOCS: dict[str, str] = {
+    "seq_rtt": "one request in flight, {seq_n:,} timed round trips (after {seq_warmup:,} "
+    "warm-up): median and p99 latency",
+    "pipelined": "{pipe_window:,} requests in flight, {pipe_total:,} in all: requests/s",
+    "oneway": "{oneway_n:,} one-way sends, the server counts them; the clock stops when a "
+    "final request confirms the count: messages/s",
+    "fanout": "{fanout_subs} subscribers (one client process), {fanout_n:,} publishes by the "
+    "server on one topic: deliveries/s (publishes x subscribers / time)",
+    "big": "a {big_mib:g} MiB bytes payload echoed by request, {big_n} times: MB/s "
+    "(10^6 bytes of payload per second, counted once per round trip)",
+    "connections": "{conn_n:,} idle connected clients (opened {conn_batch} at a time): server "
+    "RSS growth (VmRSS) per connection, after one warm connection",
+}
+
+
+NOTES = [
+    "Client and server always run in separate processes, over a Unix socket in a fresh "
+    "folder under /tmp. Each cell is the median of the runs, with min" + DASH + "max.",
+    "Every payload except `big` is the same 212-byte (as JSON) dict; every system encodes "
+    "and decodes it on both sides (orjson for the Python systems, JSON.stringify/parse or "
+    "msgpackr for Node).",
+    "`ours-*` use only the public API of docs/guide.md, as a user would: "
+    '`server.on("request", async def h(request, respond, connection): await respond(request))`, '
+    "`await client.request(data)`, `await client.send(data)`, `client.subscribe`, "
+    "`server.publish`. Pipelining is 1,000 coroutines each awaiting its requests in turn.",
+    "`ours-sync` is the blocking client against the asyncio server on uvloop; `ours-msgpack` "
+    'is `IPCClient(codec="msgpack")` against the same server on uvloop.',
+    "The floor is a bare asyncio.BufferedProtocol (4-byte length prefix, one kind byte, "
+    "orjson bodies): the loop reads into a buffer shared by all connections, every complete "
+    "frame of a read is decoded in place, a cut frame moves to a per-connection buffer sized "
+    "for it, and replies are coalesced into one write. Its client works from protocol "
+    "callbacks (no futures on the hot path), so it bounds what any asyncio design can reach. "
+    "Its `big` frames carry raw bytes.",
+    "pyzmq: REQ/REP (seq_rtt, big with copy=False), DEALER/ROUTER (pipelined), PUSH/PULL "
+    "(oneway, count confirmed over a REQ/REP side channel), XPUB/SUB with unlimited "
+    "high-water marks (fanout; the publisher waits until it has seen all subscriptions), "
+    "ROUTER with one DEALER socket per client (connections).",
+    "multiprocessing.connection uses send_bytes/recv_bytes with orjson bodies (no pickling). "
+    "Blocking sockets cannot keep 1,000 requests in flight from one thread without "
+    "deadlocking on full socket buffers, so its pipelined client sends from the main thread "
+    "and receives on a second thread, a semaphore keeping the window.",
+    "net-ipc: both ends are Node processes; requests use its default 10 s timeout (a timer "
+    "per request, like ours), except `big` (no timeout). Fanout uses `server.broadcast`, "
+    "awaited per message; there are no topics in net-ipc, so every connection is a "
+    "subscriber. With JSON, a Buffer is sent as `{type, data: [numbers]}` and comes back as "
+    "that object, not as a Buffer; `big` is measured anyway, and shows what that costs.",
+    "connections: the client reads /proc/<server pid>/status VmRSS before and after opening "
+    "the connections (0.3 s settle each time). The delta includes allocator slack; treat it "
+    "as an estimate.",
+    "Fanout, pipelined, oneway and seq_rtt each run a warm-up first; big does one untimed "
+    "round trip.",
+]
+
+
+def _busy(info: dict[str, Any]) -> str | None:
+    """A warning when other work was running (1-minute load above half the cores)."""
+    cores = info.get("usable_cores") or info.get("cores") or 1
+    loads = [info.get("load_before"), info.get("load_after")]
+    worst = max((float(x.split()[0]) for x in loads if x), default=0.0)
+    if worst > cores / 2:
+        return (
+            f"The machine was busy during this run (1-minute load average up to {worst:.2f} "
+            f"on {cores} cores): expect noisy figures."
+        )
+    return None
+
+
+def write_docs(
+    docs_dir: Path,
+    table: Table,
+    systems: Sequence[System],
+    refs: dict[str, str],
+    raw: dict[str, Any],
+    params: Params,
+    workloads: Sequence[str],
+) -> tuple[Path, Path]:
+    info: dict[str, Any] = raw["machine"]
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    md_path = docs_dir / "benchmarks.md"
+    png_path = docs_dir / "benchmarks.png"
+    chart_ok = True
+    try:
+        write_chart(png_path, table, systems, refs)
+    except ImportError:
+        chart_ok = False
+    lines: list[str] = []
+    lines.append("# Benchmarks\n")
+    lines.append(
+        f"Generated on {info['date']} by `{raw['command']} --write-docs` (run it from the "
+        "repository root; `npm ci` there first for the Node systems).\n"
+    )
+    busy = _busy(info)
+    if busy:
+        lines.append(f"**{busy}**\n")
+    if raw["quick"]:
+        lines.append("**Quick mode: tiny sizes, the figures below are not measurements.**\n")
+    lines.append("## Machine\n")
+    rows = [
+        ("CPU", f"{info['cpu']} ({info['cores']} cores, {info['usable_cores']} usable)"),
+        ("Memory", info.get("memory")),
+        ("OS", info.get("os")),
+        (
+            "Load average (1/5/15 min)",
+            f"{info.get('load_before') or 'n/a'} before, "
+            f"{info.get('load_after') or 'n/a'} after the run",
+        ),
+        ("Python", f"{info['python_impl']} {info['python']}"),
+        ("uvloop", info.get("uvloop")),
+        ("pyzmq / libzmq", f"{info.get('pyzmq')} / {info.get('libzmq')}"),
+        ("orjson / msgpack", f"{info.get('orjson')} / {info.get('msgpack')}"),
+        ("Node / net-ipc", f"{info.get('node')} / {info.get('net-ipc')}"),
+        ("ipc_server", f"{info.get('ipc_server')} (git {info.get('git') or 'n/a'})"),
+    ]
+    lines.append("| | |\n| --- | --- |")
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    lines.append("")
+    lines.append("## Workloads\n")
+    sizes = {**params.to_json(), "big_mib": params.big_size / 1024 / 1024}
+    lines.append("| workload | what |\n| --- | --- |")
+    lines += [f"| {w} | {WORKLOAD_DOCS[w].format(**sizes)} |" for w in workloads]
+    lines.append("")
+    lines.append("## Systems\n")
+    lines.append("| system | what |\n| --- | --- |")
+    lines += [f"| {s.name} | {s.description} |" for s in systems]
+    lines.append("")
+    lines.append("## Results\n")
+    lines.append(markdown_tables(table, systems, refs))
+    if chart_ok:
+        lines.append("![Relative performance](benchmarks.png)\n")
+    lines.append("## Notes\n")
+    lines += [f"- {n}" for n in NOTES]
+    cell_notes: list[str] = []
+    for metric in METRICS:
+        row = table.get(metric.key)
+        if row is None or metric.key == "seq_rtt_p99":
+            continue
+        for s in systems:
+            cell = row[s.name]
+            if cell.status == "n/a":
+                cell_notes.append(f"- {s.name}, {metric.workload}: n/a, {cell.note}.")
+            elif cell.status == "error":
+                cell_notes.append(f"- {s.name}, {metric.workload}: error, `{cell.note}`.")
+            elif cell.note:
+                cell_notes.append(f"- {s.name}, {metric.workload}: {cell.note}.")
+    if cell_notes:
+        lines.append("\nCells without a figure:\n")
+        lines += cell_notes
+    lines.append("")
+    md_path.write_text("\n".join(lines), encoding="utf-8")
+    return md_path, png_path
+
+
+# ---------------------------------------------------------------------------
+# main
+
+
+def _progress(run: int, runs: int, system: System, workload: str, outcome: Outcome) -> None:
+    if outcome.ok:
+        parts = []
+        for m in METRICS:
+            if m.workload == workload and m.field in outcome.result:
+                parts.append(f"{m.field}={fmt_value(m, float(outcome.result[m.field]))}")
+        text = " ".join(parts)
+    else:
+        text = f"error: {outcome.error}"
+    print(
+        f"[{run}/{runs}] {workload:<12} {system.name:<15} {outcome.wall_s:6.1f}s  {text}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    cmd = "python -m benchmarks" + (" --quick" if args.quick else "") + f" --runs {args.runs}"
+    if args.only:
+        cmd += " --only " + ",".join(args.only)
+    if args.workloads:
+        cmd += " --workloads " + ",".join(args.workloads)
+    return cmd
+
+
+def _measure(
+    args: argparse.Namespace, params: Params, systems: list[System], workloads: list[str]
+) -> dict[str, Any]:
+    raise_fd_limit()
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so every run's finally kills its children
+    # and removes its socket folder (SIGKILL cannot: then PR_SET_PDEATHSIG does).
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
+    started = dt.datetime.now(dt.timezone.utc)
+    load_before = load_average()
+    outcomes: dict[tuple[str, str], list[Outcome]] = {}
+    failed: set[tuple[str, str]] = set()
+    for run in range(1, args.runs + 1):
+        for workload in workloads:
+            for system in systems:
+                key = (system.name, workload)
+                if not system.runs(workload) or key in failed:
+                    continue  # a pair that failed once is not retried (it may be slow to fail)
+                outcome = run_pair(system, workload, params)
+                outcomes.setdefault(key, []).append(outcome)
+                if not outcome.ok:
+                    failed.add(key)
+                _progress(run, args.runs, system, workload, outcome)
+    info = machine_info()
+    info["date"] = started.strftime("%Y-%m-%d %H:%M UTC")
+    info["load_before"], info["load_after"] = load_before, load_average()
+    return {
+        "date": started.isoformat(),
+        "command": _command_line(args),
+        "quick": args.quick,
+        "runs": args.runs,
+        "params": params.to_json(),
+        "machine": info,
+        "systems": [s.name for s in systems],
+        "workloads": workloads,
+        "outcomes": [
+            {"system": s, "workload": w, "runs": [o.to_json() for o in runs]}
+            for (s, w), runs in outcomes.items()
+        ],
+    }
+
+
+def _outcomes(raw: dict[str, Any]) -> dict[tuple[str, str], list[Outcome]]:
+    return {
+        (item["system"], item["workload"]): [
+            Outcome(
+                ok=r["ok"],
+                result=r["result"],
+                error=r["error"],
+                wall_s=r["wall_s"],
+                stderr_tail=r["stderr_tail"],
+            )
+            for r in item["runs"]
+        ]
+        for item in raw["outcomes"]
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for s in SYSTEMS:
+            runs = [w for w in WORKLOADS if s.runs(w)]
+            print(f"{s.name:<16} {','.join(runs):<50} {s.description}")
+        return 0
+    if args.report is not None:  # re-render a earlier run's raw results
+        raw: dict[str, Any] = json.loads(args.report.read_text(encoding="utf-8"))
+        systems = [SYSTEMS_BY_NAME[n] for n in raw["systems"] if n in SYSTEMS_BY_NAME]
+        workloads = [w for w in raw["workloads"] if w in WORKLOADS]
+        params = Params.from_json(raw["params"])
+    else:
+        params = QUICK if args.quick else FULL
+        if args.deadline is not None:
+            params = dataclasses.replace(params, deadline_s=args.deadline)
+        systems = [s for s in SYSTEMS if args.only is None or s.name in args.only]
+        workloads = [w for w in WORKLOADS if args.workloads is None or w in args.workloads]
+        raw = _measure(args, params, systems, workloads)
+    table = build_table(systems, workloads, _outcomes(raw))
+    refs = pick_references(table, systems, args.reference)
+    raw["references"] = refs
+    raw["table"] = {k: {n: c.to_json() for n, c in row.items()} for k, row in table.items()}
+    print(terminal_report(table, systems, refs))
+    if args.report is None:
+        stamp = dt.datetime.fromisoformat(raw["date"]).strftime("%Y%m%dT%H%M%SZ")
+        results_file: Path = args.results_file or (
+            RESULTS_DIR / f"{stamp}{'-quick' if args.quick else ''}.json"
+        )
+        results_file.parent.mkdir(parents=True, exist_ok=True)
+        results_file.write_text(json.dumps(raw, indent=1), encoding="utf-8")
+        print(f"raw results: {results_file}")
+    if args.write_docs:
+        md, png = write_docs(args.docs_dir, table, systems, refs, raw, params, workloads)
+        print(f"wrote {md} and {png}")
+    return 0
