@@ -166,6 +166,23 @@ class PacketCodec:
         Raises:
             TypeError: ``d`` holds something the codec cannot encode.
         """
+        packet = self.encode_parts(t, d, n)
+        return b"".join(packet) if isinstance(packet, list) else packet
+
+    def encode_parts(self, t: int, d: Any, n: str | None = None) -> bytes | list[bytes]:
+        """Like ``encode``; a big ``bytes`` payload in msgpack comes back in parts.
+
+        With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
+        bytes or more is not copied: the result is ``[tag + head, d, tail]``
+        for ``transport.writelines``, where head and tail are the msgpack
+        bytes around the payload (map header, ``t``, the bin header; ``n``).
+        This is the hot path of every send, request and response.
+
+        Raises:
+            TypeError: ``d`` holds something the codec cannot encode.
+        """
+        if d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
+            return self._bin_packet(t, d, n)
         packet = {"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}
         try:
             body: bytes = self._pack(packet)
@@ -176,16 +193,8 @@ class PacketCodec:
         size = len(body)
         return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
 
-    def encode_parts(self, t: int, d: Any, n: str | None = None) -> bytes | list[bytes]:
-        """Like ``encode``; a big ``bytes`` payload in msgpack comes back in parts.
-
-        With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
-        bytes or more is not copied: the result is ``[tag + head, d, tail]``
-        for ``transport.writelines``, where head and tail are the msgpack
-        bytes around the payload (map header, ``t``, the bin header; ``n``).
-        """
-        if d.__class__ is not bytes or not self._bin_parts or len(d) < BIG_BODY:
-            return self.encode(t, d, n)
+    @staticmethod
+    def _bin_packet(t: int, d: bytes, n: str | None) -> list[bytes]:
         head = _MSGPACK_MAP2 if n is None else _MSGPACK_MAP3
         head += _MSGPACK_T + _msgpack_int(t) + _MSGPACK_D + _msgpack_bin_header(len(d))
         tail = b"" if n is None else _MSGPACK_N + msgpack.packb(n)
