@@ -1,18 +1,33 @@
-"""Shared test set-up: asyncio debug mode, and short socket directories."""
+"""Shared test set-up: asyncio debug mode, short socket directories, POSIX-only modules."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+# Modules about Unix sockets, signals and /proc: on Windows the named-pipe
+# paths are covered by the server, client, sync and platform tests instead.
+collect_ignore = (
+    [
+        "test_benchmarks_smoke.py",
+        "test_faults.py",
+        "test_limits.py",
+        "test_load.py",
+        "test_security.py",
+    ]
+    if sys.platform == "win32"
+    else []
+)
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Run every test's event loop in asyncio debug mode (STYLE.md, Tests)."""
+    """Run every test's event loop in asyncio debug mode."""
     # pytest-asyncio's own switch, as if --asyncio-debug had been given.
     config.option.asyncio_debug = True
 

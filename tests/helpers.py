@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+import pytest
 
 
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
@@ -20,9 +24,19 @@ async def eventually(predicate: Callable[[], object], timeout: float = 5.0, what
         await asyncio.sleep(0.005)
 
 
+POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="Unix sockets only")
+"""Marks a test about Unix socket files (modes, stale files, raw Unix connections)."""
+
+
 @contextmanager
 def short_socket_path(name: str = "s.sock") -> Iterator[str]:
-    """A socket path in a fresh short folder under /tmp (pytest's tmp_path can exceed sun_path)."""
+    """A socket path in a fresh short folder under /tmp (pytest's tmp_path can exceed sun_path).
+
+    On Windows it is a unique bare name, which the library maps to a named pipe.
+    """
+    if sys.platform == "win32":
+        yield f"ipc-test-{uuid.uuid4().hex[:12]}"
+        return
     folder = tempfile.mkdtemp(prefix="ipc", dir="/tmp")
     try:
         yield os.path.join(folder, name)

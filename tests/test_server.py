@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trustme
 
-from helpers import eventually, short_socket_path
+from helpers import POSIX_ONLY, eventually, short_socket_path
 from ipc_server import (
     STOP,
     AddressInUseError,
@@ -49,6 +49,7 @@ async def connected(path: str, payload: Any = None, **options: Any) -> IPCClient
     return client
 
 
+@POSIX_ONLY
 async def test_start_emits_ready_and_creates_private_socket(path: str) -> None:
     """start() emits ready(address) and the socket file is created 0o600."""
     srv = IPCServer(path=path)
@@ -237,6 +238,7 @@ async def test_topic_registry_forgets_closed_connection(server: IPCServer, path:
     await eventually(lambda: server.topics == {})
 
 
+@POSIX_ONLY
 async def test_address_in_use_and_stale_socket(path: str) -> None:
     """A live server's socket is never taken; a stale socket file is replaced."""
     first = IPCServer(path=path)
@@ -260,6 +262,7 @@ async def test_address_in_use_and_stale_socket(path: str) -> None:
     await second.close()
 
 
+@POSIX_ONLY
 async def test_regular_file_is_not_removed(path: str) -> None:
     """A regular file at the path is refused, never deleted."""
     Path(path).write_text("keep me")  # noqa: ASYNC240
@@ -292,6 +295,7 @@ async def test_close_for_good_and_allow_reconnect(path: str) -> None:
     assert not client.is_ready
 
 
+@POSIX_ONLY
 async def test_handshake_timeout_drops_silent_peer(path: str) -> None:
     """A peer that never finishes the CONNECTION exchange is dropped after handshake_timeout."""
     srv = IPCServer(path=path, handshake_timeout=0.2)
@@ -309,6 +313,7 @@ async def test_handshake_timeout_drops_silent_peer(path: str) -> None:
     await srv.close()
 
 
+@POSIX_ONLY
 async def test_bad_preamble_and_early_packet(server: IPCServer, path: str) -> None:
     """Garbage preambles and packets before CONNECTION close only that connection, reported on error."""
     errors: list[BaseException] = []
@@ -325,6 +330,7 @@ async def test_bad_preamble_and_early_packet(server: IPCServer, path: str) -> No
     await good.close()
 
 
+@POSIX_ONLY
 async def test_http_upgrade_tokens(server: IPCServer, path: str) -> None:
     """The HTTP upgrade works with both accepted tokens; a plain GET gets 404."""
     for token in ("isdk-ipc", "net-ipc"):
