@@ -6,10 +6,13 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
+from helpers import short_socket_path
+from ipc_server import IPCServer
 
 # Modules about Unix sockets, signals and /proc: on Windows the named-pipe
 # paths are covered by the server, client, sync and platform tests instead.
@@ -43,3 +46,21 @@ def short_tmp() -> Iterator[Path]:
         yield Path(path)
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def path() -> Iterator[str]:
+    """A short Unix socket path (a named pipe name on Windows) for one test."""
+    with short_socket_path() as p:
+        yield p
+
+
+@pytest.fixture
+async def server(path: str) -> AsyncIterator[IPCServer]:
+    """A started asyncio IPCServer on ``path``, closed after the test."""
+    srv = IPCServer(path=path)
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.close()

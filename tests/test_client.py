@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -18,22 +17,6 @@ from ipc_server import (
     IPCServer,
     RequestTimeoutError,
 )
-
-
-@pytest.fixture
-def path() -> Any:
-    with short_socket_path() as p:
-        yield p
-
-
-@pytest.fixture
-async def server(path: str) -> AsyncIterator[IPCServer]:
-    srv = IPCServer(path=path)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.close()
 
 
 async def test_status_sequence(server: IPCServer, path: str) -> None:

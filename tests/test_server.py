@@ -7,14 +7,13 @@ import os
 import socket
 import ssl
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trustme
 
-from helpers import POSIX_ONLY, eventually, short_socket_path
+from helpers import POSIX_ONLY, eventually
 from ipc_server import (
     STOP,
     AddressInUseError,
@@ -25,22 +24,6 @@ from ipc_server import (
     RemoteError,
 )
 from ipc_server.errors import HandshakeError
-
-
-@pytest.fixture
-def path() -> Any:
-    with short_socket_path() as p:
-        yield p
-
-
-@pytest.fixture
-async def server(path: str) -> AsyncIterator[IPCServer]:
-    srv = IPCServer(path=path)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.close()
 
 
 async def connected(path: str, payload: Any = None, **options: Any) -> IPCClient:
