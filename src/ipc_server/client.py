@@ -32,6 +32,7 @@ from .endpoint import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_TIMEOUT,
     END,
+    MESSAGE,
     REQUEST,
     Endpoint,
     Responder,
@@ -494,7 +495,12 @@ class IPCClient(EventEmitter):
         proto = self._proto
         if proto is None or self.status is not IPCClientStatus.READY:
             proto = await self._endpoint(self.connect_timeout)
-        await proto.send(data)
+        # Inlined Endpoint.send (one coroutine frame less per message).
+        if proto._transport is None or proto._closing:
+            proto._check_open()
+        proto._write(proto._codec.encode_parts(MESSAGE, data))
+        if proto._write_paused:
+            await proto._drain()
 
     async def request(self, data: Any, timeout: float | Default | None = DEFAULT) -> Any:
         """Send a request and return the server's answer.

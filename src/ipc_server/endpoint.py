@@ -222,13 +222,28 @@ class Endpoint(asyncio.Protocol):
         if not bodies:
             return
         self._dispatching = True
+        codec = self._codec
         try:
-            decode = self._codec.decode
             for body in bodies:
                 if self._aborted:
                     break
+                if codec._inflate is None:
+                    # Fast path (no inflating): a well-formed packet is read
+                    # here; anything else goes through decode() for its error.
+                    try:
+                        packet = codec._loads(body)
+                    except Exception:
+                        packet = None
+                    if type(packet) is dict:
+                        t = packet.get("t")
+                        if type(t) is int and 0 <= t <= 6:
+                            try:
+                                self._dispatch(t, packet.get("d"), packet.get("n"), packet)
+                            except Exception as exc:
+                                self._report(exc)
+                            continue
                 try:
-                    t, d, n, packet = decode(body)
+                    t, d, n, packet = codec.decode(body)
                 except MessageTooLargeError as exc:
                     self._fatal(exc)
                     break
