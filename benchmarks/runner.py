@@ -229,8 +229,9 @@ NOTES = [
     "Every payload except `big` is the same 212-byte (as JSON) dict; every system encodes "
     "and decodes it on both sides (orjson for the Python systems, JSON.stringify/parse or "
     "msgpackr for Node).",
-    "`ours-*` use only the public API of docs/guide.md, as a user would: "
-    '`server.on("request", async def h(request, respond, connection): await respond(request))`, '
+    "`ours-*` use only the public API of docs/guide.md, with default options, as a user would: "
+    '`server.on("request", lambda request, respond, connection: respond(request))` (a plain '
+    "function handler; a coroutine handler costs one task per request on Python < 3.12), "
     "`await client.request(data)`, `await client.send(data)`, `client.subscribe`, "
     "`server.publish`. Pipelining is 1,000 coroutines each awaiting its requests in turn.",
     "`ours-sync` is the blocking client against the asyncio server on uvloop; `ours-msgpack` "
@@ -238,9 +239,12 @@ NOTES = [
     "The floor is a bare asyncio.BufferedProtocol (4-byte length prefix, one kind byte, "
     "orjson bodies): the loop reads into a buffer shared by all connections, every complete "
     "frame of a read is decoded in place, a cut frame moves to a per-connection buffer sized "
-    "for it, and replies are coalesced into one write. Its client works from protocol "
-    "callbacks (no futures on the hot path), so it bounds what any asyncio design can reach. "
-    "Its `big` frames carry raw bytes.",
+    "for it, and replies are coalesced into one write. Its client has the shape of any "
+    "request/response API, the same as ours: `await request(obj)` resolves one future per "
+    "request, `send(obj)` is one call per message that waits only over the high-water mark, "
+    "and writes are coalesced the same way. It has no nonces, no packet wrapper and no "
+    "events, so it bounds what an asyncio design with our API shape can reach. Its `big` "
+    "frames carry raw bytes.",
     "pyzmq: REQ/REP (seq_rtt, big with copy=False), DEALER/ROUTER (pipelined), PUSH/PULL "
     "(oneway, count confirmed over a REQ/REP side channel), XPUB/SUB with unlimited "
     "high-water marks (fanout; the publisher waits until it has seen all subscriptions), "
@@ -355,6 +359,11 @@ def write_docs(
     if cell_notes:
         lines.append("\nCells without a figure:\n")
         lines += cell_notes
+    analysis = Path(__file__).with_name("analysis.md")
+    if analysis.exists():
+        # Hand-written: the targets, which are met, and what limits the others.
+        lines.append("")
+        lines.append(analysis.read_text(encoding="utf-8").rstrip())
     lines.append("")
     md_path.write_text("\n".join(lines), encoding="utf-8")
     return md_path, png_path
