@@ -64,3 +64,9 @@ async def server(path: str) -> AsyncIterator[IPCServer]:
         yield srv
     finally:
         await srv.close()
+
+
+@pytest.fixture
+def sock_path(path: str) -> str:
+    """The same short socket path as ``path``, under the name some modules use."""
+    return path

@@ -8,10 +8,13 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
+
+T = TypeVar("T")
 
 
 async def eventually(predicate: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
@@ -42,3 +45,13 @@ def short_socket_path(name: str = "s.sock") -> Iterator[str]:
         yield os.path.join(folder, name)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+async def within(awaitable: Awaitable[T], timeout: float = 10.0) -> T:
+    """Await with a deadline, so that a hang fails the test instead of stalling it."""
+    return await asyncio.wait_for(awaitable, timeout)
+
+
+async def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds, naming ``what``."""
+    await eventually(predicate, timeout, what)

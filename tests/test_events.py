@@ -5,23 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
+from helpers import within
 from ipc_server import STOP
 from ipc_server.events import EventEmitter, Stop, start_task
 
 EAGER = sys.version_info >= (3, 12)
 
 DEADLINE = 5.0
-T = TypeVar("T")
-
-
-async def within(awaitable: Awaitable[T], timeout: float = DEADLINE) -> T:
-    """Await with a deadline, so that a hang fails the test instead of stalling it."""
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 # --------------------------------------------------------------------------- on / once / off

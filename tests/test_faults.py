@@ -13,15 +13,14 @@ import asyncio
 import contextlib
 import itertools
 import os
-import shutil
 import signal
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
+from helpers import wait_until, within
 from ipc_server import (
     ConnectionClosedError,
     ConnectionDestroyedError,
@@ -34,32 +33,8 @@ from ipc_server import (
 
 DEADLINE = 10.0
 HERE = os.path.abspath(__file__)
-T = TypeVar("T")
 SLOW = os.environ.get("IPC_SLOW") == "1"
 """Set IPC_SLOW=1 to run the full-size versions (1,000,000 sends)."""
-
-
-async def within(awaitable: Awaitable[T], timeout: float = DEADLINE) -> T:
-    """Await with a deadline, so that a hang fails the test instead of stalling it."""
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-async def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    """A socket path in a fresh short folder (pytest's tmp_path can exceed sun_path)."""
-    folder = tempfile.mkdtemp(prefix="ipc", dir="/tmp")
-    yield os.path.join(folder, "s")
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Child:

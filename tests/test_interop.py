@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from helpers import within
 from ipc_server import (
     IPCClient,
     IPCConnection,
@@ -39,11 +40,6 @@ T = TypeVar("T")
 PUBLISHED_MESSAGES: list[Any] = [{"a": 1, "text": "héllo ✓"}, 0, "", None, False, [1, "2"]]
 BLOB = bytes(range(256)) + b"\x00\xff\x00"
 BIG_TEXT = "0123456789abcdé✓" * 12_500  # 200 000 characters, ~225 kB of UTF-8
-
-
-async def within(awaitable: Awaitable[T], timeout: float = DEADLINE) -> T:
-    """Await with a deadline, so that a hang fails the test instead of stalling it."""
-    return await asyncio.wait_for(awaitable, timeout)
 
 
 class Recorder:

@@ -18,13 +18,14 @@ import subprocess
 import sys
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import msgpack
 import pytest
 
+from helpers import wait_until, within
 from ipc_server import (
     ConnectionClosedError,
     IPCClient,
@@ -41,24 +42,8 @@ from ipc_server.protocol import FrameDecoder, encode_tag, frame
 DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parent.parent
 HERE = os.path.abspath(__file__)
-T = TypeVar("T")
 
 CONNECTION, MESSAGE, REQUEST, RESPONSE, PING, PONG, END = range(7)
-
-
-async def within(awaitable: Awaitable[T], timeout: float = DEADLINE) -> T:
-    """Await with a deadline, so that a hang fails the test instead of stalling it."""
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-async def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 class Errors:

@@ -12,18 +12,17 @@ import contextlib
 import hmac
 import os
 import re
-import shutil
 import ssl
 import stat
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import trustme
 
+from helpers import wait_until, within
 from ipc_server import (
     ConnectionClosedError,
     IPCClient,
@@ -37,30 +36,6 @@ from ipc_server.errors import HandshakeError
 DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parent.parent
 HERE = os.path.abspath(__file__)
-T = TypeVar("T")
-
-
-async def within(awaitable: Awaitable[T], timeout: float = DEADLINE) -> T:
-    """Await with a deadline, so that a hang fails the test instead of stalling it."""
-    return await asyncio.wait_for(awaitable, timeout)
-
-
-async def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    """A socket path in a fresh short folder (pytest's tmp_path can exceed sun_path)."""
-    folder = tempfile.mkdtemp(prefix="ipc", dir="/tmp")
-    yield os.path.join(folder, "s")
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
