@@ -15,8 +15,6 @@ from ipc_server.events import EventEmitter, Stop, start_task
 
 EAGER = sys.version_info >= (3, 12)
 
-DEADLINE = 5.0
-
 
 # --------------------------------------------------------------------------- on / once / off
 

@@ -20,7 +20,6 @@ from typing import Any
 from helpers import wait_until, within
 from ipc_server import IPCClient, IPCConnection, IPCServer
 
-DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parent.parent
 HERE = os.path.abspath(__file__)
 

@@ -33,7 +33,6 @@ from ipc_server import (
 )
 from ipc_server.errors import HandshakeError
 
-DEADLINE = 10.0
 ROOT = Path(__file__).resolve().parent.parent
 HERE = os.path.abspath(__file__)
 

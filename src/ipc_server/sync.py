@@ -469,23 +469,9 @@ class IPCClient(EventEmitter):
     ``status(status)``, ``message(message)``, ``request(request, respond)``,
     and one event per subscribed topic (``handler(message)``).
 
-    Args:
-        path: The server's Unix socket path or name, or Windows pipe name
-            (see Addresses in docs/guide.md).
-        host: The server's TCP host (selects TCP).
-        port: The server's TCP port.
-        ssl: An ``ssl.SSLContext`` for TLS over TCP.
-            Windows named pipes are not supported by the blocking client.
-        handshake: Open with the HTTP upgrade preamble (for proxies).
-        upgrade_token: The ``Upgrade:`` token; ``"net-ipc"`` to reach a net-ipc server.
-        reconnect: Reconnect after an unexpected disconnect.
-        retries: Reconnect attempts before giving up (and emitting ``close``).
-        max_retry_time: Cap on the delay between attempts, in seconds.
-        connect_timeout: Bound on connecting plus the CONNECTION exchange.
-        codec: ``"json"`` or ``"msgpack"`` (asked for; used if the server agrees).
-        compress: Ask for compression.
-        max_message_size: Largest packet body accepted, before and after inflating.
-        request_timeout: Default timeout of ``request`` and ``ping``.
+    It takes the keyword options of the asyncio ``ipc_server.IPCClient``
+    (all but ``max_queued``), with the same meanings and defaults. Windows
+    named pipes are not supported by the blocking client; TCP and TLS are.
     """
 
     def __init__(
