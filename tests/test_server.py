@@ -455,3 +455,23 @@ async def test_close_waits_for_handlers_in_progress(path: str) -> None:
     await asyncio.wait_for(started.wait(), 5)
     await srv.close()
     assert await pending == "late but answered"
+
+
+def test_server_on_uvloop_reports_its_port() -> None:
+    """On uvloop too, port=0 reports the real port and close() waits for the listener."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> None:
+        srv = IPCServer(host="127.0.0.1", port=0)
+        ready: list[str] = []
+        srv.on("ready", ready.append)
+        await srv.start()
+        assert srv.port
+        assert ready == [f"127.0.0.1:{srv.port}"]
+        client = IPCClient(host="127.0.0.1", port=srv.port)
+        await client.connect()
+        assert await client.ping() >= 0
+        await client.close()
+        await srv.close()
+
+    uvloop.run(main())

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from . import __version__
+from ._loop import run as run_loop
 from .client import IPCClient
 from .codecs import CODECS
 from .errors import (
@@ -706,7 +707,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = args.run(args, out)
         if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
+            result = run_loop(result)
         return int(result)
     except CommandError as exc:
         if exc.code == EXIT_USAGE:

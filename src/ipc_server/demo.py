@@ -30,6 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO
 
+from ._loop import run as run_loop
 from .cli import to_json
 from .client import IPCClient
 from .errors import IPCError, RemoteError
@@ -227,7 +228,7 @@ def actor_main(argv: list[str] | None = None) -> int:
         _server_actor(args.path) if args.role == "server" else _client_actor(args.path, args.name)
     )
     try:
-        return asyncio.run(_bounded(actor, ACTOR_LIFETIME))
+        return run_loop(_bounded(actor, ACTOR_LIFETIME))
     except (asyncio.TimeoutError, TimeoutError):
         _say("gave_up", after=ACTOR_LIFETIME)
         return 3
@@ -591,7 +592,7 @@ def run_demo(*, json_lines: bool, stream: TextIO | None = None) -> int:
     """Run the demo; returns the exit code (0 ok, 1 failed, 3 timed out)."""
     out = stream if stream is not None else sys.stdout
     try:
-        return asyncio.run(_direct(json_lines, out))
+        return run_loop(_direct(json_lines, out))
     except KeyboardInterrupt:
         print("ipc-server demo: interrupted", file=sys.stderr, flush=True)
         return 1

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, overload
 
+from ._loop import new_event_loop
 from .address import Address
 from .codecs import CodecName
 from .endpoint import (
@@ -165,12 +166,7 @@ class IPCServer:
     def _new_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop_factory is not None:
             return self._loop_factory()
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.new_event_loop()
-        loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        return loop
+        return new_event_loop()
 
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         asyncio.set_event_loop(loop)

@@ -92,7 +92,8 @@ class Listener:
     @property
     def bound(self) -> str:
         """The address actually bound (with the real port for ``port=0``)."""
-        if self.address.kind == "tcp" and isinstance(self._server, asyncio.AbstractServer):
+        # Not isinstance(asyncio.AbstractServer): uvloop's Server does not subclass it.
+        if self.address.kind == "tcp" and not isinstance(self._server, list):
             sockets = getattr(self._server, "sockets", ())
             if sockets:
                 name = sockets[0].getsockname()
@@ -129,7 +130,7 @@ class Listener:
 
     async def wait_closed(self) -> None:
         """Wait until the listening socket is closed."""
-        if isinstance(self._server, asyncio.AbstractServer):
+        if not isinstance(self._server, list):  # asyncio's or uvloop's Server
             await self._server.wait_closed()
 
 
