@@ -51,6 +51,20 @@ def vm_rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def countdown(total: int) -> tuple[Callable[[Any], None], asyncio.Future[None]]:
+    """A message handler and a future that is done once the handler ran ``total`` times."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = total
+
+    def on_message(message: Any) -> None:
+        nonlocal left
+        left -= 1
+        if left == 0:
+            done.set_result(None)
+
+    return on_message, done
+
+
 def now() -> float:
     return time.perf_counter()
 

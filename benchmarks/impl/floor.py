@@ -37,6 +37,7 @@ from benchmarks.impl.common import (
     big_payload,
     big_result,
     conn_result,
+    countdown,
     now,
     rate_result,
     run_loop,
@@ -400,16 +401,7 @@ async def _oneway(proto: FloorClientProtocol, n: int) -> float:
 
 
 async def _fanout(protos: list[FloorClientProtocol], n: int) -> float:
-    total = n * len(protos)
-    got = 0
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_message(message: Any) -> None:
-        nonlocal got
-        got += 1
-        if got == total:
-            done.set_result(None)
-
+    on_message, done = countdown(n * len(protos))
     for proto in protos:
         proto.topic_handlers[TOPIC] = on_message
     t0 = now()

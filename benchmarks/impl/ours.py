@@ -22,6 +22,7 @@ from benchmarks.impl.common import (
     big_payload,
     big_result,
     conn_result,
+    countdown,
     now,
     rate_result,
     run_loop,
@@ -196,16 +197,7 @@ async def _oneway(c: Any, n: int) -> float:
 
 
 async def _fanout(clients: list[Any], n: int) -> float:
-    total = n * len(clients)
-    got = 0
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_message(message: Any) -> None:
-        nonlocal got
-        got += 1
-        if got == total:
-            done.set_result(None)
-
+    on_message, done = countdown(n * len(clients))
     for c in clients:
         c.on(TOPIC, on_message)
     t0 = now()
