@@ -6,6 +6,7 @@ No I/O here; ``fuzz_decoder.py`` and ``fuzz_server.py`` drive it.
 
 from __future__ import annotations
 
+import json
 import random
 from typing import Any
 
@@ -245,3 +246,13 @@ def preamble(rng: random.Random) -> bytes:
         return b"IPC" + frame(json_dumps({"t": rng.randrange(1, 7), "d": 1, "n": "1"}))
     # Oversized or overlong tag straight after the preamble.
     return b"IPC" + rng.choice([encode_tag(1 << 40), b"\x00" * 9, encode_tag(1 << 30)[:3]])
+
+
+def report(summary: dict[str, Any], as_json: bool) -> int:
+    """Print a run's summary (one JSON line, or ``key: value`` lines); the exit code."""
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return 0 if summary["ok"] else 1

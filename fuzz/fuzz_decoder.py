@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import sys
 import time
@@ -29,7 +28,7 @@ import zlib
 from typing import Any
 
 import msgpack
-from corpus import hostile_body, mutate, preamble, random_value, valid_packet
+from corpus import hostile_body, mutate, preamble, random_value, report, valid_packet
 
 from ipc_server.codecs import PacketCodec, json_dumps
 from ipc_server.errors import ProtocolError
@@ -277,12 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.monotonic() - started, 2),
         "unexpected": run.unexpected,
     }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key}: {value}")
-    return 0 if summary["ok"] else 1
+    return report(summary, args.json)
 
 
 if __name__ == "__main__":

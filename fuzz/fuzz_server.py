@@ -49,6 +49,7 @@ from corpus import (
     hostile_body,
     mutate,
     preamble,
+    report,
     valid_packet,
 )
 
@@ -603,12 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         return asyncio.run(serve(args.serve))
     summary = fuzz(args)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key}: {value}")
-    return 0 if summary["ok"] else 1
+    return report(summary, args.json)
 
 
 if __name__ == "__main__":

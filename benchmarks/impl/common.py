@@ -65,6 +65,12 @@ def countdown(total: int) -> tuple[Callable[[Any], None], asyncio.Future[None]]:
     return on_message, done
 
 
+def check_count(count: int, n: int) -> None:
+    """oneway: the server must have counted every message."""
+    if count != n:
+        raise RuntimeError(f"server counted {count} of {n} messages")
+
+
 def now() -> float:
     return time.perf_counter()
 

@@ -36,6 +36,7 @@ from benchmarks.impl.common import (
     big_more,
     big_payload,
     big_result,
+    check_count,
     conn_result,
     countdown,
     now,
@@ -395,8 +396,7 @@ async def _oneway(proto: FloorClientProtocol, n: int) -> float:
             await proto.drain()
     count = await proto.request(COUNT, b"")
     elapsed = now() - t0
-    if count != n:
-        raise RuntimeError(f"server counted {count} of {n} messages")
+    check_count(count, n)
     return elapsed
 
 

@@ -21,6 +21,7 @@ from benchmarks.impl.common import (
     big_more,
     big_payload,
     big_result,
+    check_count,
     conn_result,
     countdown,
     now,
@@ -191,8 +192,7 @@ async def _oneway(c: Any, n: int) -> float:
         await send(PAYLOAD)
     count = await c.request({"cmd": "count"})
     elapsed = now() - t0
-    if count != n:
-        raise RuntimeError(f"server counted {count} of {n} messages")
+    check_count(count, n)
     return elapsed
 
 

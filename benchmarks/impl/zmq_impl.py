@@ -21,6 +21,7 @@ from benchmarks.impl.common import (
     big_more,
     big_payload,
     big_result,
+    check_count,
     conn_result,
     now,
     rate_result,
@@ -202,8 +203,7 @@ def client(
             ctl.send(str(n).encode())
             count = int(ctl.recv())
             elapsed = now() - t0
-            if count != n:
-                raise RuntimeError(f"server counted {count} of {n} messages")
+            check_count(count, n)
             return elapsed
 
         oneway(params.oneway_warmup)

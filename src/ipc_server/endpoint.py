@@ -485,11 +485,15 @@ class Endpoint(asyncio.Protocol):
 
         Waits only when the connection is over its write high-water mark.
         """
+        if self._queue_message(data):
+            await self._drain()
+
+    def _queue_message(self, data: Any) -> bool:
+        """Queue a MESSAGE; True when the sender must wait for the drain."""
         if self._transport is None or self._closing:
             self._check_open()
         self._write(self._codec.encode_parts(MESSAGE, data))
-        if self._write_paused:
-            await self._drain()
+        return self._write_paused
 
     def _start_request(
         self, t: int, data: Any, timeout: float | None
