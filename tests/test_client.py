@@ -17,6 +17,8 @@ from ipc_server import (
     IPCServer,
     RequestTimeoutError,
 )
+from ipc_server.codecs import CodecName
+from ipc_server.protocol import BIG_BODY
 
 
 async def test_status_sequence(server: IPCServer, path: str) -> None:
@@ -368,4 +370,47 @@ async def test_pubsub_calls_take_a_timeout(server: IPCServer, path: str) -> None
     assert await client.subscribe("a", timeout=5) is True
     assert await client.publish("a", 1, timeout=5) is True
     assert await client.unsubscribe("a", timeout=5) is True
+    await client.close()
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_big_payloads_both_ways_from_several_clients_at_once(
+    server: IPCServer, path: str, codec: CodecName
+) -> None:
+    """Big bodies, each read into a buffer of its own, come out whole while others are in flight.
+
+    Three clients echo payloads of different big sizes at once, several times
+    over, so that the receive buffers (one per thread, shared by connections,
+    and the spare body buffer) are reused between connections and messages.
+    """
+
+    @server.on("request")
+    def echo(request: Any, respond: Any, conn: IPCConnection) -> None:
+        respond(request)
+
+    clients = [await IPCClient(path=path, codec=codec).connect() for _ in range(3)]
+    sizes = [BIG_BODY, 3 * BIG_BODY + 7, 2**20 + 1]
+
+    async def echo_many(client: IPCClient, size: int) -> None:
+        for round_ in range(4):
+            payload = (
+                bytes([(size + round_) % 251]) * size
+                if codec == "msgpack"
+                else {"s": chr(65 + round_) * size}
+            )
+            assert await client.request(payload, timeout=30) == payload
+
+    await asyncio.gather(*(echo_many(c, n) for c, n in zip(clients, sizes, strict=True)))
+    for client in clients:
+        await client.close()
+
+
+async def test_a_big_connect_payload_arrives_whole(server: IPCServer, path: str) -> None:
+    """A CONNECTION packet bigger than BIG_BODY (read before the exchange is over) is read whole."""
+    payloads: list[Any] = []
+    server.on("connect", lambda conn, payload: payloads.append(payload))
+    payload = {"token": "t" * (4 * BIG_BODY)}
+    client = await IPCClient(path=path).connect(payload)
+    assert payloads == [payload]
+    assert await client.request("after") is None
     await client.close()

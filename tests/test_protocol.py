@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipc_server import protocol
 from ipc_server.errors import MessageTooLargeError, ProtocolError
 from ipc_server.protocol import (
     ACCEPTED_UPGRADE_TOKENS,
@@ -455,3 +456,156 @@ def test_big_bodies_survive_any_chunking(sizes: list[int], cuts: list[int]) -> N
         pos += cut
     assert out == bodies
     assert decoder.buffered == 0
+
+
+# --------------------------------------------------------------------------- reading into the decoder
+
+
+def read_into(
+    decoder: FrameDecoder, stream: bytes, cuts: list[int], recycle: bool = False
+) -> list[bytes]:
+    """Bodies from ``stream`` read the way a loop drives a BufferedProtocol.
+
+    Each read fills at most ``cut`` bytes of ``get_buffer()`` and then calls
+    ``advance``; the shared buffer is scribbled over after every read, as the
+    next connection's read would.
+    """
+    out: list[bytes] = []
+    pos = 0
+    for cut in itertools.cycle(cuts):
+        if pos >= len(stream):
+            break
+        room = decoder.get_buffer()
+        n = min(cut, len(room), len(stream) - pos)
+        room[:n] = stream[pos : pos + n]
+        bodies = decoder.advance(n)
+        out += [bytes(b) for b in bodies]
+        if recycle and bodies:
+            decoder.recycle(bodies[0])
+        if not decoder.receiving_body:
+            scratch = decoder.get_buffer()
+            scratch[:] = b"\xee" * len(scratch)
+        pos += n
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 127, 128, 300, BIG_BODY - 1, BIG_BODY, 3 * BIG_BODY + 7]),
+        max_size=6,
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=2 * BIG_BODY), min_size=1, max_size=20),
+    recycle=st.booleans(),
+)
+def test_reading_into_the_decoder_equals_feeding_it(
+    sizes: list[int], cuts: list[int], recycle: bool
+) -> None:
+    """get_buffer/advance give the same bodies as feed, however the reads fall, recycled or not."""
+    bodies = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    stream = b"".join(frame(b) for b in bodies)
+    decoder = FrameDecoder()
+    assert read_into(decoder, stream, cuts, recycle) == bodies
+    assert decoder.buffered == 0
+    assert decode_in_chunks(split_at(stream, cuts), max_size=1 << 22) == bodies
+
+
+def test_a_big_body_is_read_straight_into_its_buffer() -> None:
+    """Once an eighth of a big body arrived, get_buffer() is exactly the room left in it."""
+    body = bytes(range(256)) * (BIG_BODY // 64)  # 4 * BIG_BODY
+    stream = frame(body)
+    decoder = FrameDecoder()
+    eighth = len(stream) - len(body) + len(body) // 8
+    assert read_into(decoder, stream[:eighth], [eighth]) == []
+    assert decoder.receiving_body
+    room = decoder.get_buffer()
+    assert len(room) == len(body) - len(body) // 8
+    room[:] = body[len(body) // 8 :]
+    (whole,) = decoder.advance(len(room))
+    assert isinstance(whole, memoryview)
+    assert whole == body
+    assert decoder.buffered == 0
+    assert not decoder.receiving_body  # last: mypy takes the property as still True
+
+
+def receive_in_halves(body: bytes) -> bytes | bytearray | memoryview:
+    """``body`` through a fresh decoder in two reads (a big one goes to its own buffer)."""
+    stream = frame(body)
+    decoder = FrameDecoder()
+    assert decoder.feed(stream[: len(stream) // 2]) == []
+    (out,) = decoder.feed(stream[len(stream) // 2 :])
+    assert out == body
+    return out
+
+
+@pytest.fixture
+def no_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start without a spare body buffer (earlier tests of this thread may have left one)."""
+    monkeypatch.setattr(protocol._local, "spare", None, raising=False)
+
+
+@pytest.mark.usefixtures("no_spare")
+def test_a_recycled_body_buffer_serves_the_next_body_of_a_like_size() -> None:
+    """The spare buffer is reused for a body of half its size or more, and not for another."""
+    size = 2 * BIG_BODY
+    first = receive_in_halves(b"a" * size)
+    assert isinstance(first, memoryview)
+    FrameDecoder.recycle(first)
+    again = receive_in_halves(b"b" * (size - 5))
+    assert isinstance(again, memoryview)
+    assert again.obj is first.obj
+    FrameDecoder.recycle(again)
+    half = receive_in_halves(b"c" * BIG_BODY)  # half the spare's size: still served by it
+    assert isinstance(half, memoryview)
+    assert half.obj is first.obj
+    FrameDecoder.recycle(half)
+    huge = receive_in_halves(b"e" * (3 * size))  # the spare is too small
+    assert isinstance(huge, memoryview)
+    assert huge.obj is not first.obj
+    FrameDecoder.recycle(huge)
+    smaller = receive_in_halves(b"f" * size)  # a third of the spare's size: a buffer of its own
+    assert isinstance(smaller, memoryview)
+    assert smaller.obj is not huge.obj
+
+
+@pytest.mark.usefixtures("no_spare")
+def test_a_spare_buffer_is_never_handed_out_twice() -> None:
+    """Two bodies received at once on one thread never share a buffer."""
+    size = 2 * BIG_BODY
+    first = receive_in_halves(b"a" * size)
+    assert isinstance(first, memoryview)
+    FrameDecoder.recycle(first)
+    one, two = FrameDecoder(), FrameDecoder()
+    stream_one, stream_two = frame(b"1" * size), frame(b"2" * size)
+    assert one.feed(stream_one[: size // 2]) == []
+    assert two.feed(stream_two[: size // 2]) == []
+    (a,) = one.feed(stream_one[size // 2 :])
+    (b,) = two.feed(stream_two[size // 2 :])
+    assert isinstance(a, memoryview)
+    assert isinstance(b, memoryview)
+    assert a.obj is not b.obj
+    assert (bytes(a), bytes(b)) == (b"1" * size, b"2" * size)
+
+
+def test_each_thread_reads_into_a_buffer_of_its_own() -> None:
+    """Loops in two threads (the blocking server's, the caller's) never share a receive buffer."""
+    import threading
+
+    here = FrameDecoder().get_buffer()
+    there: list[object] = []
+    thread = threading.Thread(target=lambda: there.append(FrameDecoder().get_buffer()))
+    thread.start()
+    thread.join()
+    assert there
+    assert there[0] is not here
+    assert FrameDecoder().get_buffer() is here
+
+
+def test_take_refuses_a_read_into_a_body_buffer() -> None:
+    """take() is for reads into the shared buffer; a read into a body buffer must go to advance()."""
+    decoder = FrameDecoder()
+    body = b"x" * (2 * BIG_BODY)
+    decoder.feed(frame(body)[: len(body) // 2])
+    assert decoder.receiving_body
+    with pytest.raises(RuntimeError, match="advance"):
+        decoder.take(1)

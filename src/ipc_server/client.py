@@ -285,6 +285,7 @@ class IPCClient(EventEmitter):
         self._nonces = itertools.count(1)
         self._payload: Any = None
         self._proto: _ClientProtocol | None = None
+        self._live: _ClientProtocol | None = None  # _proto while READY, else None
         self._closed = True  # closed for good (or never connected)
         self._topics: dict[str, None] = {}  # topics to restore after a reconnect
         self._sub_refs: dict[str, int] = {}  # live subscription() contexts per topic
@@ -300,6 +301,8 @@ class IPCClient(EventEmitter):
     # ------------------------------------------------------------------ status
 
     def _set_status(self, status: IPCClientStatus) -> None:
+        # The live endpoint, read by send() and request() without an enum lookup.
+        self._live = self._proto if status is IPCClientStatus.READY else None
         if status is self.status:
             return
         self.status = status
@@ -457,8 +460,8 @@ class IPCClient(EventEmitter):
             ConnectionClosedError: The client is closed for good (or closes while waiting).
             RequestTimeoutError: Not reconnected within ``timeout`` seconds.
         """
-        proto = self._proto
-        if proto is not None and self.status is IPCClientStatus.READY:
+        proto = self._live
+        if proto is not None:
             return proto
         if self._closed:
             raise ConnectionClosedError(
@@ -491,8 +494,8 @@ class IPCClient(EventEmitter):
 
     async def send(self, data: Any) -> None:
         """Send a one-way message (the server's ``message`` event)."""
-        proto = self._proto
-        if proto is None or self.status is not IPCClientStatus.READY:
+        proto = self._live
+        if proto is None:
             proto = await self._endpoint(self.connect_timeout)
         # Endpoint.send without its coroutine frame (one less per message).
         if proto._queue_message(data):
@@ -514,8 +517,8 @@ class IPCClient(EventEmitter):
         """
         if timeout is DEFAULT:
             timeout = self.request_timeout
-        proto = self._proto
-        if proto is None or self.status is not IPCClientStatus.READY:
+        proto = self._live
+        if proto is None:
             proto, timeout = await self._ready_endpoint(timeout)
         # Inlined Endpoint.request (one coroutine frame less per request).
         nonce, future = proto._start_request(REQUEST, data, timeout)
@@ -530,8 +533,8 @@ class IPCClient(EventEmitter):
     async def ping(self, data: Any = None, timeout: float | Default | None = DEFAULT) -> float:
         """Round trip to the server in seconds (the server echoes ``data``)."""
         timeout = self._timeout(timeout)
-        proto = self._proto
-        if proto is None or self.status is not IPCClientStatus.READY:
+        proto = self._live
+        if proto is None:
             proto, timeout = await self._ready_endpoint(timeout)
         latency: float = await proto.ping(data, timeout)
         return latency
@@ -573,10 +576,13 @@ class IPCClient(EventEmitter):
         if subs:
             for sub in subs:
                 sub._put(message)
-        if topic not in RESERVED_EVENTS:
+        fns = self._fns.get(topic)  # emit(), without its layer (the fanout hot path)
+        if fns is not None and topic not in RESERVED_EVENTS:
             # A topic named like a built-in event ("close", "error", ...) would
             # fire that event's listeners; such topics reach subscription() only.
-            self.emit(topic, message)
+            if topic in self._has_once:
+                self._take(topic)
+            self._run_chain(topic, fns, (message,))
 
     @contextlib.asynccontextmanager
     async def subscription(self, topic: str, *, maxsize: int = 0) -> AsyncIterator[Subscription]:

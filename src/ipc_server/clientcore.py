@@ -130,8 +130,10 @@ def published(data: Any) -> tuple[str, Any] | None:
 
     The message may be falsy (0, "", None, False): it is still a delivery.
     """
-    if type(data) is dict and "pub" in data and type(data["pub"]) is str and "message" in data:
-        return data["pub"], data["message"]
+    if data.__class__ is dict:
+        topic = data.get("pub")
+        if topic.__class__ is str and "message" in data:
+            return topic, data["message"]
     return None
 
 

@@ -68,7 +68,7 @@ def msgpack_packer() -> msgpack.Packer:
     return msgpack.Packer(use_bin_type=True, datetime=True, default=_msgpack_default)
 
 
-def _msgpack_loads(body: bytes | bytearray) -> Any:
+def _msgpack_loads(body: bytes | bytearray | memoryview) -> Any:
     return msgpack.unpackb(
         body, raw=False, strict_map_key=False, timestamp=3, ext_hook=_msgpack_ext
     )
@@ -100,6 +100,7 @@ class PacketCodec:
         messagepack: Whether bodies are msgpack (else JSON).
         compress: Whether bodies go through the shared raw-deflate stream.
         max_size: Limit for a body after inflating, in bytes.
+        key: Connections with the same key can share encoded packets (None: never).
     """
 
     __slots__ = (
@@ -110,6 +111,7 @@ class PacketCodec:
         "_pack",
         "_pack_slow",
         "compress",
+        "key",
         "max_size",
         "messagepack",
     )
@@ -124,6 +126,7 @@ class PacketCodec:
         self._deflate: Any = None
         self._inflate: Any = None
         self._bin_parts = False
+        self.key: str | None = "json"
 
     def configure(self, *, messagepack: bool, compress: bool) -> None:
         """Switch to what the CONNECTION exchange agreed on."""
@@ -137,18 +140,12 @@ class PacketCodec:
             self._pack_slow = json_dumps
             self._loads = orjson.loads
         self._bin_parts = messagepack and not compress
+        self.key = None if compress else "msgpack" if messagepack else "json"
         if compress:
             self._deflate = zlib.compressobj(wbits=-15)
             self._inflate = zlib.decompressobj(wbits=-15)
         else:
             self._deflate = self._inflate = None
-
-    @property
-    def key(self) -> str | None:
-        """Connections with the same key can share encoded packets (None: never)."""
-        if self.compress:
-            return None
-        return "msgpack" if self.messagepack else "json"
 
     def encode_body(self, packet: dict[str, Any]) -> bytes:
         """Encode one packet dict to its body (without the tag)."""
@@ -204,7 +201,7 @@ class PacketCodec:
             parts.append(tail)
         return parts
 
-    def decode(self, body: bytes | bytearray) -> tuple[int, Any, Any, dict[str, Any]]:
+    def decode(self, body: bytes | bytearray | memoryview) -> tuple[int, Any, Any, dict[str, Any]]:
         """Decode one body to ``(t, d, n, packet)``.
 
         Raises:

@@ -1,11 +1,13 @@
-"""What both ends share: one ``asyncio.Protocol`` that owns one stream.
+"""What both ends share: one ``asyncio.BufferedProtocol`` that owns one stream.
 
 ``Endpoint`` holds the request table (nonce -> future + timer), ping,
 send, graceful close and destroy, write coalescing and backpressure. The
 server's ``ipc_server.server.IPCConnection`` and the client's private
 protocol subclass it and add the preamble and the CONNECTION exchange.
 
-Data flow: ``data_received`` -> ``ipc_server.protocol.FrameDecoder``
+Data flow: the loop reads into ``FrameDecoder.get_buffer()`` (a buffer
+shared by the thread's connections, or straight into the final buffer of a
+big body); ``buffer_updated`` -> ``ipc_server.protocol.FrameDecoder``
 -> ``ipc_server.codecs.PacketCodec`` -> ``Endpoint._dispatch``
 (the response table, or the owner's events). Writes made while a chunk is
 being dispatched, or several in one loop iteration, leave in one
@@ -31,7 +33,7 @@ from .errors import (
     RemoteError,
     RequestTimeoutError,
 )
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, IPCMessageType, frame
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder, IPCMessageType, frame
 
 __all__ = ["FEATURES", "Endpoint", "Responder"]
 
@@ -157,7 +159,7 @@ class Responder:
             self(None)
 
 
-class Endpoint(asyncio.Protocol):
+class Endpoint(asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 
     Subclass hooks: ``_on_preamble`` (bytes before packets),
@@ -207,7 +209,26 @@ class Endpoint(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport; they have its methods.
         self._transport = cast(asyncio.Transport, transport)
 
+    def get_buffer(self, sizehint: int) -> bytearray | memoryview:
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        decoder = self._decoder
+        if not self._handshaken and not decoder.receiving_body:
+            self.data_received(decoder.take(nbytes))  # the preamble, then the CONNECTION exchange
+            return
+        self._burst = False
+        try:
+            bodies = decoder.advance(nbytes)
+        except ProtocolError as exc:
+            self._fatal(exc)
+            return
+        if bodies:
+            self._read_bodies(bodies)
+
     def data_received(self, data: bytes) -> None:
+        # The loops call buffer_updated; this is the entry for bytes read before
+        # the CONNECTION exchange is over (and for tests that feed bytes).
         self._burst = False
         if not self._handshaken:
             rest = self._on_preamble(data)
@@ -219,50 +240,84 @@ class Endpoint(asyncio.Protocol):
         except ProtocolError as exc:
             self._fatal(exc)
             return
-        if not bodies:
-            return
+        if bodies:
+            self._read_bodies(bodies)
+
+    def _read_bodies(self, bodies: list[Body]) -> None:
         self._dispatching = True
-        codec = self._codec
         try:
-            for body in bodies:
-                if self._aborted:
-                    break
-                if codec._inflate is None:
-                    # Fast path (no inflating): a well-formed packet is read
-                    # here; anything else goes through decode() for its error.
-                    try:
-                        packet = codec._loads(body)
-                    except Exception:
-                        packet = None
-                    if type(packet) is dict:
-                        t = packet.get("t")
-                        if type(t) is int and 0 <= t <= 6:
-                            try:
-                                self._dispatch(t, packet.get("d"), packet.get("n"), packet)
-                            except Exception as exc:
-                                self._report(exc)
-                            continue
-                try:
-                    t, d, n, packet = codec.decode(body)
-                except MessageTooLargeError as exc:
-                    self._fatal(exc)
-                    break
-                except ProtocolError as exc:
-                    if self._codec.compress or not self._handshaken:
-                        self._fatal(exc)  # the stream cannot be trusted any more
+            if self._handshaken and self._codec._inflate is None:
+                self._read_packets(bodies)
+            else:
+                for body in bodies:
+                    if self._aborted or not self._read_packet(body):
                         break
-                    self._report(exc)  # drop this packet, keep the connection
-                    continue
-                try:
-                    self._dispatch(t, d, n, packet)
-                except Exception as exc:
-                    # A packet we cannot act on (say, a PING whose data is too deep
-                    # to echo) is reported; it must not kill the connection.
-                    self._report(exc)
         finally:
             self._dispatching = False
             if self._wbuf:
                 self._flush()
+        first = bodies[0]
+        if first.__class__ is memoryview:
+            # A big body (only ever the first) was decoded into new objects: its buffer can serve again.
+            self._decoder.recycle(first)
+
+    def _read_packets(self, bodies: list[Body]) -> None:
+        """The hot path: the packets of an admitted connection without compression.
+
+        Well-formed MESSAGE, REQUEST and RESPONSE packets are handled here;
+        anything else goes through ``_read_packet``, which also reports what is
+        wrong with a malformed one. (Type codes are compared by identity: the
+        decoders return the interpreter's shared small ints, and anything
+        else, ``True`` included, falls through to the careful path.)
+        """
+        loads = self._codec._loads
+        for body in bodies:
+            if self._aborted:
+                return
+            try:
+                packet = loads(body)
+            except Exception:
+                packet = None
+            if packet.__class__ is dict:
+                t = packet.get("t")
+                try:
+                    if t is MESSAGE:
+                        self._on_message(packet.get("d"))
+                        continue
+                    n = packet.get("n")
+                    if n.__class__ is str:
+                        if t is RESPONSE:
+                            self._on_response(n, packet)
+                            continue
+                        if t is REQUEST:
+                            self._handle_request(packet.get("d"), n)
+                            continue
+                except Exception as exc:
+                    self._report(exc)
+                    continue
+            if not self._read_packet(body):
+                return
+
+    def _read_packet(self, body: Body) -> bool:
+        """Decode and dispatch one body; False when the connection must stop reading."""
+        try:
+            t, d, n, packet = self._codec.decode(body)
+        except MessageTooLargeError as exc:
+            self._fatal(exc)
+            return False
+        except ProtocolError as exc:
+            if self._codec.compress or not self._handshaken:
+                self._fatal(exc)  # the stream cannot be trusted any more
+                return False
+            self._report(exc)  # drop this packet, keep the connection
+            return True
+        try:
+            self._dispatch(t, d, n, packet)
+        except Exception as exc:
+            # A packet we cannot act on (say, a PING whose data is too deep
+            # to echo) is reported; it must not kill the connection.
+            self._report(exc)
+        return True
 
     def eof_received(self) -> bool:
         # The peer finished writing (net-ipc ends with END then FIN). Returning
@@ -328,26 +383,9 @@ class Endpoint(asyncio.Protocol):
             self._report(ProtocolError(f"packet of type {t} with a nonce that is not a string"))
             return
         if t == REQUEST:
-            respond = Responder(self, n)
-            try:
-                self._on_request(d, respond)
-            except Exception as exc:  # e.g. a published message too deep to encode
-                self._report(exc)
-                respond.fail(exc)  # the requester gets an error, never a hang
+            self._handle_request(d, n)
         elif t == RESPONSE:
-            entry = self._pending.pop(n, None)
-            if entry is None:
-                return  # late answer to a timed-out or cancelled request: drop it
-            if entry[4] is not None:
-                entry[4].cancel()
-            future = entry[0]
-            if future.done():
-                return
-            error = packet.get("e")
-            if error is not None and type(error) is dict:
-                future.set_exception(remote_error(error))
-            else:
-                future.set_result(d)
+            self._on_response(n, packet)
         elif t == MESSAGE:
             self._on_message(d)
         elif t == PING:
@@ -364,6 +402,29 @@ class Endpoint(asyncio.Protocol):
             self._peer_end = d if type(d) is dict else {"m": d, "a": False}
         elif t == CONNECTION:
             self._report(ProtocolError("unexpected CONNECTION packet after the handshake"))
+
+    def _handle_request(self, d: Any, n: str) -> None:
+        respond = Responder(self, n)
+        try:
+            self._on_request(d, respond)
+        except Exception as exc:  # e.g. a published message too deep to encode
+            self._report(exc)
+            respond.fail(exc)  # the requester gets an error, never a hang
+
+    def _on_response(self, n: str, packet: dict[str, Any]) -> None:
+        entry = self._pending.pop(n, None)
+        if entry is None:
+            return  # late answer to a timed-out or cancelled request: drop it
+        if entry[4] is not None:
+            entry[4].cancel()
+        future = entry[0]
+        if future.done():
+            return
+        error = packet.get("e")
+        if error is not None and type(error) is dict:
+            future.set_exception(remote_error(error))
+        else:
+            future.set_result(packet.get("d"))
 
     # ------------------------------------------------------------------ writing
 
@@ -382,8 +443,8 @@ class Endpoint(asyncio.Protocol):
             return
         if self._dispatching or self._burst:
             self._wbuf.append(data)
-            self._wbuf_size += len(data)
-            if self._wbuf_size >= FLUSH_SIZE:
+            size = self._wbuf_size = self._wbuf_size + len(data)
+            if size >= FLUSH_SIZE:
                 # A producer that never yields must still reach the transport,
                 # so that pause_writing (and with it send()'s wait) can happen.
                 self._flush()
@@ -500,18 +561,17 @@ class Endpoint(asyncio.Protocol):
     ) -> tuple[Any, asyncio.Future[Any]]:
         if self._transport is None or self._closing:
             self._check_open()
-        seconds = timeout if type(timeout) is float and timeout > 0 else deadline_of(timeout)
-        nonce = format(next(self._nonces), "x")
+        seconds = timeout if timeout.__class__ is float and timeout > 0 else deadline_of(timeout)
+        nonce = str(next(self._nonces))
         packet = self._codec.encode_parts(t, data, nonce)
         loop = self._loop
         future: asyncio.Future[Any] = loop.create_future()
-        now = loop.time()
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
         started = perf_counter() if t == PING else 0.0
         if seconds is None:
             self._pending[nonce] = (future, None, started, 0.0, None)
         else:
-            deadline = now + seconds
+            deadline = loop.time() + seconds
             if deadline >= self._last_deadline:
                 self._last_deadline = deadline
                 self._pending[nonce] = (future, deadline, started, seconds, None)

@@ -209,7 +209,9 @@ class EventEmitter:
         (``responder.fail``); and ``responder.finish()`` runs when the chain
         is over, however it ended, so that the requester always gets an answer.
         """
-        for index, fn in enumerate(fns):
+        index = 0
+        for fn in fns:
+            index += 1
             try:
                 result = fn(*args)
                 if result is None:  # the common case: a plain function that returned
@@ -223,7 +225,7 @@ class EventEmitter:
                         if isinstance(result, Coroutine):
                             result.close()
                         raise RuntimeError(f"{event!r} listener {fn!r} needs a running event loop")
-                    coro = self._finish_chain(event, result, fns[index + 1 :], args, responder)
+                    coro = self._finish_chain(event, result, fns[index:], args, responder)
                     start_task(coro, self._tasks if tasks is None else tasks)
                     return
             except Exception as exc:
@@ -231,7 +233,7 @@ class EventEmitter:
                 result = None
             if result is STOP or (responder is not None and responder.done):
                 break
-        if responder is not None:
+        if responder is not None and not responder.done:
             responder.finish()
 
     async def _finish_chain(

@@ -13,6 +13,7 @@ last has the high bit clear, the last has it set (5 is ``0x85``, 300 is
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass
 
 from .errors import MessageTooLargeError, ProtocolError
@@ -22,6 +23,7 @@ __all__ = [
     "BINARY_PREAMBLE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_PREAMBLE_SIZE",
+    "Body",
     "ClientPreamble",
     "FrameDecoder",
     "IPCMessageType",
@@ -43,10 +45,13 @@ ACCEPTED_UPGRADE_TOKENS = ("net-ipc", "isdk-ipc")
 MAX_PREAMBLE_SIZE = 8192
 """The longest HTTP upgrade request or response we buffer before giving up."""
 
-_MAX_TAG_BYTES = 8
+_MAX_TAG_BYTES = 8  # 7 * 8 = 56 bits: far above any sane limit
+
+RECV_SIZE = 256 * 1024
+"""Size of the receive buffer each thread shares between its connections."""
 
 BIG_BODY = 64 * 1024
-"""Bodies at least this long are received into a buffer of their final size."""  # 7 * 8 = 56 bits: far above any sane limit
+"""Bodies at least this long are received into a buffer of their final size."""
 
 
 class IPCMessageType(enum.IntEnum):
@@ -85,6 +90,35 @@ def frame(body: bytes) -> bytes:
     return encode_tag(n) + body
 
 
+def _read_tag(
+    source: bytes | bytearray, pos: int, size: int, max_size: int
+) -> tuple[int, int] | None:
+    """``(length, end of tag)`` of the tag at ``pos``; None if it is not complete yet.
+
+    Raises:
+        ProtocolError: The tag is longer than any body could need.
+        MessageTooLargeError: The tag already announces more than ``max_size``.
+    """
+    length = 0
+    i = pos
+    while i < size:
+        byte = source[i]
+        i += 1
+        if byte & 0x80:
+            return (length << 7) | (byte & 0x7F), i
+        length = (length << 7) | byte
+        if i - pos >= _MAX_TAG_BYTES:
+            raise ProtocolError(f"length tag longer than {_MAX_TAG_BYTES} bytes")
+        # The final length is at least this times 128: refuse early.
+        if (length << 7) > max_size:
+            raise MessageTooLargeError(length << 7, max_size)
+    return None
+
+
+Body = bytes | bytearray | memoryview
+"""A packet body as the decoder returns it (a big one is a view of its buffer)."""
+
+
 class FrameDecoder:
     """Splits a byte stream into packet bodies.
 
@@ -98,8 +132,10 @@ class FrameDecoder:
     Bodies are returned as ``bytes`` or ``bytearray`` (a whole chunk holding
     exactly whole packets is sliced without first being copied into the
     buffer). A body of ``BIG_BODY`` bytes or more is received into a buffer of
-    its final size, allocated once its tag is known, and returned as it is:
-    each of its bytes is copied once.
+    its final size and returned as a ``memoryview`` of it; a driver that
+    reads into ``get_buffer()`` has the stream read straight into that
+    buffer. Once such a body is decoded, ``recycle`` lets its buffer serve
+    the next big body.
     """
 
     __slots__ = ("_big", "_big_fill", "_buf", "max_size")
@@ -107,7 +143,7 @@ class FrameDecoder:
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.max_size = max_size
         self._buf = bytearray()
-        self._big: bytearray | None = None
+        self._big: memoryview | None = None
         self._big_fill = 0
 
     @property
@@ -115,7 +151,7 @@ class FrameDecoder:
         """Bytes held for a packet not yet complete."""
         return len(self._buf) + self._big_fill
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Body]:
         """Add ``data`` to the stream and return every body now complete."""
         if self._big is not None:
             return self._feed_big(data)
@@ -130,59 +166,125 @@ class FrameDecoder:
                 length = (first << 7) | (data[1] & 0x7F)
                 if len(data) == length + 2 and length <= self.max_size:
                     return [data[2:]]
-        source: bytes | bytearray
         if buf:
             buf += data
-            source = buf
-        else:
-            source = data if isinstance(data, bytes) else bytes(data)
-        out: list[bytes | bytearray] = []
-        size = len(source)
+            return self._split(buf, len(buf))
+        source = data if isinstance(data, bytes) else bytes(data)
+        return self._split(source, len(source))
+
+    def get_buffer(self) -> bytearray | memoryview:
+        """Where the next read from the stream should go (``asyncio.BufferedProtocol``).
+
+        The remaining room of a big body being received, so the read lands in
+        its final place; otherwise a receive buffer shared by every decoder of
+        this thread, which ``advance`` empties before the next read. Call
+        ``advance`` with the number of bytes read before anything else.
+        """
+        big = self._big
+        if big is not None:
+            return big[self._big_fill :]
+        return _scratch()
+
+    def advance(self, nbytes: int) -> list[Body]:
+        """``nbytes`` were read into ``get_buffer()``: return every body now complete."""
+        big = self._big
+        if big is not None:
+            fill = self._big_fill + nbytes
+            if fill < len(big):
+                self._big_fill = fill
+                return []
+            self._big, self._big_fill = None, 0
+            return [big]
+        scratch = _scratch()
+        buf = self._buf
+        if buf:
+            with memoryview(scratch) as view:
+                buf += view[:nbytes]
+            return self._split(buf, len(buf))
+        return self._split(scratch, nbytes)
+
+    @property
+    def receiving_body(self) -> bool:
+        """Whether reads go straight into a big body's buffer (see ``get_buffer``)."""
+        return self._big is not None
+
+    def take(self, nbytes: int) -> bytes:
+        """The ``nbytes`` read into the shared buffer, as bytes, for whoever reads them.
+
+        For bytes that are not all packets yet (a preamble), when
+        ``receiving_body`` is False. Pass the packet part to ``feed``.
+        """
+        if self._big is not None:
+            raise RuntimeError("the read went into a body's buffer; call advance()")
+        return bytes(_scratch()[:nbytes])
+
+    @staticmethod
+    def recycle(body: Body) -> None:
+        """``body``, a big one, was decoded and is no longer used: its buffer may serve again.
+
+        Each thread keeps one spare buffer, the last one recycled; it serves
+        the next big body of a length between half its size and its size, so
+        a burst of big messages costs no new memory and no page faults, and
+        the spare follows the size of recent messages.
+        """
+        if body.__class__ is memoryview:
+            _local.spare = body.obj
+
+    def _split(self, source: bytes | bytearray, size: int) -> list[Body]:
+        """The complete bodies in ``source[:size]``; keep what is left over.
+
+        ``source`` is ``self._buf``, a chunk, or the shared receive buffer: a
+        partial packet at its end is copied into ``self._buf`` (or into the
+        body buffer of a big packet), so ``source`` may be reused afterwards.
+        """
+        buf = self._buf
+        out: list[Body] = []
+        append = out.append
         pos = 0
         max_size = self.max_size
         while pos < size:
-            length = 0
-            i = pos
-            while True:
-                if i >= size:
+            # Tags of one and two bytes (bodies under 16 KiB) are read inline.
+            byte = source[pos]
+            if byte & 0x80:
+                length = byte & 0x7F
+                i = pos + 1
+            elif pos + 1 < size and source[pos + 1] & 0x80:
+                length = (byte << 7) | (source[pos + 1] & 0x7F)
+                i = pos + 2
+            else:
+                tag = _read_tag(source, pos, size, max_size)
+                if tag is None:
                     # Incomplete tag: keep it and wait for the rest.
-                    self._keep(source, pos)
+                    self._keep(source, pos, size)
                     return out
-                byte = source[i]
-                i += 1
-                if byte & 0x80:
-                    length = (length << 7) | (byte & 0x7F)
-                    break
-                length = (length << 7) | byte
-                if i - pos >= _MAX_TAG_BYTES:
-                    raise ProtocolError(f"length tag longer than {_MAX_TAG_BYTES} bytes")
-                # The final length is at least this times 128: refuse early.
-                if (length << 7) > max_size:
-                    raise MessageTooLargeError(length << 7, max_size)
+                length, i = tag
             if length > max_size:
                 raise MessageTooLargeError(length, max_size)
             end = i + length
             if end > size:
-                # Allocate the final size only once an eighth of it has arrived: a tag
-                # alone (say 64 MiB, from a peer not even admitted) must not cost more
-                # memory than the peer really sent.
-                if length >= BIG_BODY and (size - i) * 8 >= length:
-                    body = bytearray(length)
-                    with memoryview(source) as view:
-                        body[: size - i] = view[i:size]
-                    self._big, self._big_fill = body, size - i
-                    if buf:
-                        buf.clear()
-                    return out
-                self._keep(source, pos)
+                # A big body gets a buffer of its final size: the thread's spare one,
+                # or a new one once an eighth of it has arrived (a tag alone, say
+                # 64 MiB from a peer not even admitted, must not cost more memory
+                # than the peer really sent).
+                if length >= BIG_BODY:
+                    spare = _take_spare(length)
+                    if spare is not None or (size - i) * 8 >= length:
+                        body = memoryview(bytearray(length) if spare is None else spare)[:length]
+                        with memoryview(source) as view:
+                            body[: size - i] = view[i:size]
+                        self._big, self._big_fill = body, size - i
+                        if buf:
+                            buf.clear()
+                        return out
+                self._keep(source, pos, size)
                 return out
-            out.append(source[i:end])
+            append(source[i:end])
             pos = end
         if buf:
             buf.clear()
         return out
 
-    def _feed_big(self, data: bytes | bytearray | memoryview) -> list[bytes | bytearray]:
+    def _feed_big(self, data: bytes | bytearray | memoryview) -> list[Body]:
         body = self._big
         assert body is not None
         fill = self._big_fill
@@ -201,13 +303,35 @@ class FrameDecoder:
             rest = bytes(view[need:])
         return [body, *self.feed(rest)]
 
-    def _keep(self, source: bytes | bytearray, pos: int) -> None:
+    def _keep(self, source: bytes | bytearray, pos: int, size: int) -> None:
         buf = self._buf
         if source is buf:
             if pos:
                 del buf[:pos]
         else:
-            buf += source[pos:]
+            with memoryview(source) as view:
+                buf += view[pos:size]
+
+
+_local = threading.local()
+
+
+def _take_spare(length: int) -> bytearray | None:
+    """The thread's spare body buffer if it suits a body of ``length`` bytes (it is then taken)."""
+    spare: bytearray | None = getattr(_local, "spare", None)
+    if spare is not None and length <= len(spare) <= 2 * length:
+        _local.spare = None
+        return spare
+    return None
+
+
+def _scratch() -> bytearray:
+    """This thread's receive buffer (a loop reads one stream at a time, then parses it)."""
+    try:
+        buf: bytearray = _local.scratch
+    except AttributeError:
+        buf = _local.scratch = bytearray(RECV_SIZE)
+    return buf
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,12 @@ class IPCConnection(Endpoint):
     # ------------------------------------------------------------------ events
 
     def _on_message(self, data: Any) -> None:
-        self.server.emit("message", data, self)
+        server = self.server
+        fns = server._fns.get("message")  # emit(), without its layer (the oneway hot path)
+        if fns is not None:
+            if "message" in server._has_once:
+                server._take("message")
+            server._run_chain("message", fns, (data, self))
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server

@@ -94,6 +94,7 @@ from .events import EventEmitter
 from .protocol import (
     BINARY_PREAMBLE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    Body,
     ClientPreamble,
     FrameDecoder,
     upgrade_request,
@@ -241,7 +242,7 @@ class _Conn:
         self.bg_polling = False
         self.idle_since = _monotonic()
         self.outbox: list[tuple[int, Any, Any]] = []  # PONGs and answers, written after unlocking
-        self.early: list[bytes | bytearray] = []  # packets that came with the CONNECTION answer
+        self.early: list[Body] = []  # packets that came with the CONNECTION answer
         self.drain_waiters: list[_Waiter] = []  # done when no request is pending
         self.lost_waiters: list[_Waiter] = []  # done when the connection is gone
         self.wlock = threading.Lock()
@@ -1118,7 +1119,7 @@ class IPCClient(EventEmitter):
             conn.close_reason = exc
         self._lost(conn, exc)
 
-    def _dispatch_body(self, conn: _Conn, body: bytes | bytearray) -> None:
+    def _dispatch_body(self, conn: _Conn, body: Body) -> None:
         """Decode one packet and hand it to whom it belongs (lock held)."""
         try:
             t, d, n, packet = conn.codec.decode(body)
@@ -1332,7 +1333,7 @@ class IPCClient(EventEmitter):
         """
         if seconds is None and deadline is not None:
             seconds = max(0.0, deadline - _monotonic())
-        nonce = format(next(self._nonces), "x")
+        nonce = str(next(self._nonces))
         w = _Waiter()
         lock = self._lock
         while True:
