@@ -582,6 +582,9 @@ class IPCClient(EventEmitter):
             # fire that event's listeners; such topics reach subscription() only.
             if topic in self._has_once:
                 self._take(topic)
+            elif len(fns) == 1:
+                self._run_one(topic, fns[0], (message,))
+                return
             self._run_chain(topic, fns, (message,))
 
     @contextlib.asynccontextmanager

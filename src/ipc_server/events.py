@@ -219,14 +219,7 @@ class EventEmitter:
                         break
                     continue
                 if hasattr(result, "__await__"):
-                    # A coroutine listener: the rest of the chain runs in its
-                    # task, after it (eagerly on 3.12+, so no extra iteration).
-                    if not _loop_running():
-                        if isinstance(result, Coroutine):
-                            result.close()
-                        raise RuntimeError(f"{event!r} listener {fn!r} needs a running event loop")
-                    coro = self._finish_chain(event, result, fns[index:], args, responder)
-                    start_task(coro, self._tasks if tasks is None else tasks)
+                    self._suspend_chain(event, fn, result, fns[index:], args, responder, tasks)
                     return
             except Exception as exc:
                 self._chain_error(event, exc, args, responder)
@@ -235,6 +228,37 @@ class EventEmitter:
                 break
         if responder is not None and not responder.done:
             responder.finish()
+
+    def _run_one(self, event: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        """``_run_chain`` for an event with one listener and no responder (the per-message path)."""
+        try:
+            result = fn(*args)
+            if result is not None and hasattr(result, "__await__"):
+                self._suspend_chain(event, fn, result, [], args, None, None)
+        except Exception as exc:
+            self._chain_error(event, exc, args, None)
+
+    def _suspend_chain(
+        self,
+        event: str,
+        fn: Callable[..., Any],
+        awaitable: Awaitable[Any],
+        rest: list[Callable[..., Any]],
+        args: tuple[Any, ...],
+        responder: Answer | None,
+        tasks: set[asyncio.Task[Any]] | None,
+    ) -> None:
+        """A coroutine listener: it and the ``rest`` of the chain run in a task of their own.
+
+        The task starts eagerly on 3.12+, so a listener that does not suspend
+        costs no extra loop iteration.
+        """
+        if not _loop_running():
+            if isinstance(awaitable, Coroutine):
+                awaitable.close()
+            raise RuntimeError(f"{event!r} listener {fn!r} needs a running event loop")
+        coro = self._finish_chain(event, awaitable, rest, args, responder)
+        start_task(coro, self._tasks if tasks is None else tasks)
 
     async def _finish_chain(
         self,

@@ -242,15 +242,17 @@ class FrameDecoder:
         append = out.append
         pos = 0
         max_size = self.max_size
+        check_small = max_size < 0x3FFF  # else no one- or two-byte tag can exceed it
+        last = size - 1
         while pos < size:
             # Tags of one and two bytes (bodies under 16 KiB) are read inline.
             byte = source[pos]
-            if byte & 0x80:
-                length = byte & 0x7F
+            if byte >= 0x80:
                 i = pos + 1
-            elif pos + 1 < size and source[pos + 1] & 0x80:
-                length = (byte << 7) | (source[pos + 1] & 0x7F)
+                end = i + byte - 0x80
+            elif pos < last and (low := source[pos + 1]) >= 0x80:
                 i = pos + 2
+                end = i + (byte << 7) + low - 0x80
             else:
                 tag = _read_tag(source, pos, size, max_size)
                 if tag is None:
@@ -258,10 +260,13 @@ class FrameDecoder:
                     self._keep(source, pos, size)
                     return out
                 length, i = tag
-            if length > max_size:
-                raise MessageTooLargeError(length, max_size)
-            end = i + length
+                if length > max_size:
+                    raise MessageTooLargeError(length, max_size)
+                end = i + length
+            if check_small and end - i > max_size:
+                raise MessageTooLargeError(end - i, max_size)
             if end > size:
+                length = end - i
                 # A big body gets a buffer of its final size: the thread's spare one,
                 # or a new one once an eighth of it has arrived (a tag alone, say
                 # 64 MiB from a peer not even admitted, must not cost more memory

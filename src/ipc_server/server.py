@@ -221,6 +221,9 @@ class IPCConnection(Endpoint):
         if fns is not None:
             if "message" in server._has_once:
                 server._take("message")
+            elif len(fns) == 1:
+                server._run_one("message", fns[0], (data, self))
+                return
             server._run_chain("message", fns, (data, self))
 
     def _on_request(self, data: Any, respond: Responder) -> None:
