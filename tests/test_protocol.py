@@ -538,6 +538,14 @@ def receive_in_halves(body: bytes) -> bytes | bytearray | memoryview:
     return out
 
 
+def leave_a_spare(size: int) -> object:
+    """Receive and recycle a big body of ``size`` bytes; return its buffer, now the spare."""
+    body = receive_in_halves(b"s" * size)
+    assert isinstance(body, memoryview)
+    FrameDecoder.recycle(body)
+    return body.obj
+
+
 @pytest.fixture
 def no_spare(monkeypatch: pytest.MonkeyPatch) -> None:
     """Start without a spare body buffer (earlier tests of this thread may have left one)."""
@@ -548,33 +556,19 @@ def no_spare(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_recycled_body_buffer_serves_the_next_body_of_a_like_size() -> None:
     """The spare buffer is reused for a body of half its size or more, and not for another."""
     size = 2 * BIG_BODY
-    first = receive_in_halves(b"a" * size)
-    assert isinstance(first, memoryview)
-    FrameDecoder.recycle(first)
-    again = receive_in_halves(b"b" * (size - 5))
-    assert isinstance(again, memoryview)
-    assert again.obj is first.obj
-    FrameDecoder.recycle(again)
-    half = receive_in_halves(b"c" * BIG_BODY)  # half the spare's size: still served by it
-    assert isinstance(half, memoryview)
-    assert half.obj is first.obj
-    FrameDecoder.recycle(half)
-    huge = receive_in_halves(b"e" * (3 * size))  # the spare is too small
-    assert isinstance(huge, memoryview)
-    assert huge.obj is not first.obj
-    FrameDecoder.recycle(huge)
-    smaller = receive_in_halves(b"f" * size)  # a third of the spare's size: a buffer of its own
-    assert isinstance(smaller, memoryview)
-    assert smaller.obj is not huge.obj
+    spare = leave_a_spare(size)
+    assert leave_a_spare(size - 5) is spare
+    assert leave_a_spare(BIG_BODY) is spare  # half the spare's size: still served by it
+    huge = leave_a_spare(3 * size)  # the spare is too small
+    assert huge is not spare
+    assert leave_a_spare(size) is not huge  # a third of the spare's size: a buffer of its own
 
 
 @pytest.mark.usefixtures("no_spare")
 def test_a_spare_buffer_is_never_handed_out_twice() -> None:
     """Two bodies received at once on one thread never share a buffer."""
     size = 2 * BIG_BODY
-    first = receive_in_halves(b"a" * size)
-    assert isinstance(first, memoryview)
-    FrameDecoder.recycle(first)
+    leave_a_spare(size)
     one, two = FrameDecoder(), FrameDecoder()
     stream_one, stream_two = frame(b"1" * size), frame(b"2" * size)
     assert one.feed(stream_one[: size // 2]) == []
