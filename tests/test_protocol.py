@@ -510,6 +510,17 @@ def test_reading_into_the_decoder_equals_feeding_it(
     assert decode_in_chunks(split_at(stream, cuts), max_size=1 << 22) == bodies
 
 
+def test_a_read_into_a_slice_of_the_buffer_lands_in_it() -> None:
+    """get_buffer() is a view: asyncio's TLS transport reads the rest of a record into buf[offset:]."""
+    data = frame(b"hello") + frame(b"world")
+    for decoder in (FrameDecoder(), FrameDecoder()):
+        room = decoder.get_buffer()
+        room[:3] = data[:3]
+        rest = room[3:]
+        rest[: len(data) - 3] = data[3:]
+        assert [bytes(b) for b in decoder.advance(len(data))] == [b"hello", b"world"]
+
+
 def test_a_big_body_is_read_straight_into_its_buffer() -> None:
     """Once an eighth of a big body arrived, get_buffer() is exactly the room left in it."""
     body = bytes(range(256)) * (BIG_BODY // 64)  # 4 * BIG_BODY

@@ -289,6 +289,33 @@ async def test_tls_with_the_right_ca(ca: trustme.CA) -> None:
         await within(client.close())
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_tls_carries_big_bodies_and_bursts_of_small_ones(ca: trustme.CA, loop: str) -> None:
+    """Through TLS, each loop reads into the decoder's buffers: big bodies and bursts arrive whole."""
+    run = pytest.importorskip("uvloop").run if loop == "uvloop" else asyncio.run
+
+    async def main() -> None:
+        server = IPCServer(host="127.0.0.1", port=0, ssl=server_context(ca))
+        got: list[Any] = []
+        server.on("message", lambda message, conn: got.append(message))
+        server.on("request", lambda request, respond, conn: respond(request))
+        async with running(server):
+            client = IPCClient(
+                host="127.0.0.1", port=server.port, ssl=client_context(ca), codec="msgpack"
+            )
+            await within(client.connect())
+            big = os.urandom(3 * 2**20 + 5)
+            for _ in range(3):
+                assert await within(client.request(big)) == big
+            for i in range(2000):
+                await client.send(i)
+            assert await within(client.request("last")) == "last"
+            assert got == list(range(2000))
+            await within(client.close())
+
+    run(main())
+
+
 async def test_tls_with_the_wrong_ca_is_refused(ca: trustme.CA) -> None:
     """A client that trusts another CA refuses the server's certificate; nobody connects."""
     connects: list[Any] = []

@@ -209,7 +209,7 @@ class Endpoint(asyncio.BufferedProtocol):
         # uvloop's transports do not subclass asyncio.Transport; they have its methods.
         self._transport = cast(asyncio.Transport, transport)
 
-    def get_buffer(self, sizehint: int) -> bytearray | memoryview:
+    def get_buffer(self, sizehint: int) -> memoryview:
         return self._decoder.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:

@@ -172,7 +172,7 @@ class FrameDecoder:
         source = data if isinstance(data, bytes) else bytes(data)
         return self._split(source, len(source))
 
-    def get_buffer(self) -> bytearray | memoryview:
+    def get_buffer(self) -> memoryview:
         """Where the next read from the stream should go (``asyncio.BufferedProtocol``).
 
         The remaining room of a big body being received, so the read lands in
@@ -183,7 +183,7 @@ class FrameDecoder:
         big = self._big
         if big is not None:
             return big[self._big_fill :]
-        return _scratch()
+        return _scratch_view()
 
     def advance(self, nbytes: int) -> list[Body]:
         """``nbytes`` were read into ``get_buffer()``: return every body now complete."""
@@ -336,7 +336,22 @@ def _scratch() -> bytearray:
         buf: bytearray = _local.scratch
     except AttributeError:
         buf = _local.scratch = bytearray(RECV_SIZE)
+        _local.scratch_view = memoryview(buf)
     return buf
+
+
+def _scratch_view() -> memoryview:
+    """A view of ``_scratch()``: what a loop reads into.
+
+    A view, not the bytearray: asyncio's TLS transport reads the rest of a
+    record into ``buffer[offset:]``, which for a bytearray would be a copy.
+    """
+    try:
+        view: memoryview = _local.scratch_view
+    except AttributeError:
+        _scratch()
+        view = _local.scratch_view
+    return view
 
 
 @dataclass(frozen=True)
