@@ -22,6 +22,7 @@ from ipc_server import (
     IPCServer,
     ProtocolError,
     RemoteError,
+    events,
 )
 from ipc_server.errors import HandshakeError
 
@@ -475,3 +476,36 @@ def test_server_on_uvloop_reports_its_port() -> None:
         await srv.close()
 
     uvloop.run(main())
+
+
+@pytest.mark.parametrize("handler", ["lambda", "coroutine"])
+async def test_a_handler_returning_respond_costs_no_task(
+    server: IPCServer, path: str, handler: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``lambda r, respond, c: respond(r)`` returns what respond returns: it must not start a task.
+
+    A coroutine handler does need one (on Python < 3.12 every call starts a
+    task; from 3.12 it starts eagerly and is over at once): the count shows
+    the probe works.
+    """
+    started: list[object] = []
+    real_start_task = events.start_task
+
+    def counting_start_task(coro: Any, tasks: Any = None) -> Any:
+        started.append(coro)
+        return real_start_task(coro, tasks)
+
+    monkeypatch.setattr(events, "start_task", counting_start_task)
+    if handler == "lambda":
+        server.on("request", lambda request, respond, conn: respond(request))
+    else:
+
+        async def answer(request: Any, respond: Any, conn: IPCConnection) -> None:
+            await respond(request)
+
+        server.on("request", answer)
+    client = await IPCClient(path=path).connect()
+    for i in range(20):
+        assert await client.request(i) == i
+    assert len(started) == (0 if handler == "lambda" else 20)
+    await client.close()

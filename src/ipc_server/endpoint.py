@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Generator, Iterator
+from collections.abc import Awaitable, Iterator
 from time import perf_counter
 from typing import Any, cast
 
@@ -33,6 +33,7 @@ from .errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from .events import DONE
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder, IPCMessageType, frame
 
 __all__ = ["FEATURES", "Endpoint", "Responder"]
@@ -92,19 +93,6 @@ def remote_error(error: dict[str, Any]) -> RemoteError:
     return RemoteError(str(error.get("type")), str(error.get("message", "")))
 
 
-class _Done:
-    """An awaitable that is already complete (what ``respond`` returns without backpressure)."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
-
-
-_DONE = _Done()
-
-
 # A pending request or ping, as a plain tuple (the hot path makes one per request):
 # (future, deadline or None, started (loop time, pings only; else 0.0), timeout, own timer or None).
 # Requests whose deadlines arrive in order share one sweep timer; only a
@@ -137,11 +125,11 @@ class Responder:
         packet = endpoint._codec.encode_parts(RESPONSE, data, self._nonce)  # TypeError -> caller
         self.done = True
         if endpoint._transport is None or endpoint._aborted:
-            return _DONE  # the requester is gone; nothing to answer
+            return DONE  # the requester is gone; nothing to answer
         endpoint._write(packet)
         if endpoint._write_paused:
             return endpoint._drain()
-        return _DONE
+        return DONE
 
     def fail(self, exc: BaseException) -> None:
         """Answer with an error (a handler raised)."""

@@ -15,10 +15,10 @@ import asyncio
 import enum
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, Protocol, TypeVar, overload
 
-__all__ = ["STOP", "EventEmitter", "IPCEvents", "Stop", "start_task"]
+__all__ = ["DONE", "STOP", "EventEmitter", "IPCEvents", "Stop", "start_task"]
 
 _EAGER = sys.version_info >= (3, 12)
 
@@ -54,6 +54,24 @@ class IPCEvents:
     STATUS = "status"
     MESSAGE = "message"
     REQUEST = "request"
+
+
+class _Done:
+    """An awaitable that is already complete."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return
+        yield  # pragma: no cover - makes this a generator
+
+
+DONE = _Done()
+"""What ``respond(x)`` returns when the answer is queued and no wait is due.
+
+A listener that returns it (``lambda request, respond, conn: respond(request)``)
+counts as a plain function that returned: it costs no task.
+"""
 
 
 def _loop_running() -> bool:
@@ -214,7 +232,7 @@ class EventEmitter:
             index += 1
             try:
                 result = fn(*args)
-                if result is None:  # the common case: a plain function that returned
+                if result is None or result is DONE:  # a plain function that returned
                     if responder is not None and responder.done:
                         break
                     continue
@@ -233,7 +251,7 @@ class EventEmitter:
         """``_run_chain`` for an event with one listener and no responder (the per-message path)."""
         try:
             result = fn(*args)
-            if result is not None and hasattr(result, "__await__"):
+            if result is not None and result is not DONE and hasattr(result, "__await__"):
                 self._suspend_chain(event, fn, result, [], args, None, None)
         except Exception as exc:
             self._chain_error(event, exc, args, None)
