@@ -482,7 +482,7 @@ async def test_listener_can_use_asyncio_timeout() -> None:
     async def handler() -> None:
         try:
             await asyncio.wait_for(asyncio.Event().wait(), 0.01)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
             results.append("timed out")
         done.set()
 

@@ -669,11 +669,13 @@ async def test_py_client_pubsub_against_node_server(node_side: NodeServerSide) -
         assert await within(publisher.publish("news", message)) is True
         calls = await news.wait(index + 1)
         assert calls[index] == (message,)
-    wire = [
-        event["data"]
-        for event in node_side.node.events_named("request")
-        if isinstance(event["data"], dict) and "pub" in event["data"]
-    ]
+    # The Node peer reports its events over a pipe, which may lag the socket: wait for them.
+    published = await node_side.node.wait_events(
+        "request",
+        len(PUBLISHED_MESSAGES),
+        where=lambda event: isinstance(event["data"], dict) and "pub" in event["data"],
+    )
+    wire = [event["data"] for event in published]
     assert wire == [{"pub": "news", "message": m} for m in PUBLISHED_MESSAGES]
 
     t2 = Recorder("t2")

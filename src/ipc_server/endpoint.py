@@ -35,6 +35,7 @@ from .errors import (
 )
 from .events import DONE
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder, IPCMessageType, frame
+from .transport import release_lost
 
 __all__ = ["FEATURES", "Endpoint", "Responder"]
 
@@ -314,6 +315,8 @@ class Endpoint(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._transport is not None:
+            release_lost(self._transport)
         self._transport = None
         self._aborted = True
         if self._flush_handle is not None:

@@ -21,7 +21,14 @@ from typing import Any, NamedTuple
 from .address import Address, probe_unix_socket
 from .errors import AddressInUseError
 
-__all__ = ["Listener", "PeerCredentials", "connect", "listen", "peer_credentials"]
+__all__ = [
+    "Listener",
+    "PeerCredentials",
+    "connect",
+    "listen",
+    "peer_credentials",
+    "release_lost",
+]
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
@@ -60,6 +67,17 @@ def peer_credentials(transport: asyncio.BaseTransport) -> PeerCredentials | None
     except OSError:
         return None
     return None  # pragma: no cover - other systems
+
+
+def release_lost(transport: asyncio.BaseTransport) -> None:
+    """Mark a transport whose connection is lost as closed, where the loop does not.
+
+    Python 3.10's TLS transport is not marked closed when its peer hangs up
+    and warns ("unclosed transport") when it is collected; closing it then
+    only sets that mark. Other transports are closed already: left alone.
+    """
+    if sys.version_info < (3, 11) and not transport.is_closing():  # pragma: no cover - 3.10
+        transport.close()
 
 
 def _darwin_peer(sock: socket.socket) -> PeerCredentials:  # pragma: no cover - macOS only
