@@ -414,3 +414,24 @@ async def test_a_big_connect_payload_arrives_whole(server: IPCServer, path: str)
     assert payloads == [payload]
     assert await client.request("after") is None
     await client.close()
+
+
+async def test_topic_listeners_one_several_and_once(server: IPCServer, path: str) -> None:
+    """A topic's event reaches one listener, several, and a once-listener a single time."""
+    client = await IPCClient(path=path).connect()
+    assert await client.subscribe("news") is True
+    got: dict[str, list[Any]] = {"a": [], "b": [], "c": []}
+    client.on("news", got["a"].append)
+    for message in (1, 2):
+        await server.publish("news", message)
+    await eventually(lambda: len(got["a"]) == 2)
+    client.once("news", got["b"].append)
+    for message in (3, 4):
+        await server.publish("news", message)
+    await eventually(lambda: len(got["a"]) == 4)
+    client.off("news", got["a"].append)
+    client.on("news", got["c"].append)
+    await server.publish("news", 5)
+    await eventually(lambda: got["c"] == [5])
+    assert got == {"a": [1, 2, 3, 4], "b": [3], "c": [5]}
+    await client.close()

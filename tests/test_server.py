@@ -509,3 +509,43 @@ async def test_a_handler_returning_respond_costs_no_task(
         assert await client.request(i) == i
     assert len(started) == (0 if handler == "lambda" else 20)
     await client.close()
+
+
+async def test_message_listeners_changed_between_messages(server: IPCServer, path: str) -> None:
+    """Adding, removing and once-listeners take effect for the next message (one listener or several)."""
+    seen: list[tuple[str, Any]] = []
+
+    def first(message: Any, conn: IPCConnection) -> None:
+        seen.append(("first", message))
+
+    def second(message: Any, conn: IPCConnection) -> None:
+        seen.append(("second", message))
+
+    server.on("message", first)
+    client = await IPCClient(path=path).connect()
+
+    async def send_and_settle(message: int) -> None:
+        await client.send(message)
+        assert await client.request("sync") is None  # the server read the message before this
+
+    await send_and_settle(1)
+    server.on("message", second)
+    await send_and_settle(2)
+    server.off("message", first)
+    await send_and_settle(3)
+    server.off("message", second)
+    await send_and_settle(4)
+    server.once("message", first)
+    await send_and_settle(5)
+    await send_and_settle(6)
+    server.on("message", second)
+    await send_and_settle(7)
+    assert seen == [
+        ("first", 1),
+        ("first", 2),
+        ("second", 2),
+        ("second", 3),
+        ("first", 5),
+        ("second", 7),
+    ]
+    await client.close()

@@ -18,7 +18,7 @@ from .clientcore import (
     client_address,
     connection_packet,
     end_data,
-    published,
+    published_topic,
     read_agreement,
     request_publish,
     request_subscribe,
@@ -143,12 +143,11 @@ class _ClientProtocol(Endpoint):
             self.ready.set_exception(exc)
 
     def _on_message(self, data: Any) -> None:
-        client = self.client
-        delivery = published(data)
-        if delivery is not None:
-            client._on_published(*delivery)
+        topic = published_topic(data)
+        if topic is not None:
+            self.client._on_published(topic, data["message"])
         else:
-            client.emit("message", data)
+            self.client.emit("message", data)
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         client = self.client
@@ -576,16 +575,14 @@ class IPCClient(EventEmitter):
         if subs:
             for sub in subs:
                 sub._put(message)
-        fns = self._fns.get(topic)  # emit(), without its layer (the fanout hot path)
-        if fns is not None and topic not in RESERVED_EVENTS:
+        if topic not in RESERVED_EVENTS:
             # A topic named like a built-in event ("close", "error", ...) would
             # fire that event's listeners; such topics reach subscription() only.
-            if topic in self._has_once:
-                self._take(topic)
-            elif len(fns) == 1:
-                self._run_one(topic, fns[0], (message,))
-                return
-            self._run_chain(topic, fns, (message,))
+            solo = self._solo.get(topic)  # the fanout hot path: one listener, no chain
+            if solo is not None:
+                self._run_one(topic, solo, (message,))
+            else:
+                self.emit(topic, message)
 
     @contextlib.asynccontextmanager
     async def subscription(self, topic: str, *, maxsize: int = 0) -> AsyncIterator[Subscription]:

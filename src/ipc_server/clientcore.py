@@ -28,7 +28,7 @@ __all__ = [
     "client_address",
     "connection_packet",
     "end_data",
-    "published",
+    "published_topic",
     "read_agreement",
     "request_publish",
     "request_subscribe",
@@ -125,15 +125,16 @@ def end_data(d: Any) -> dict[str, Any]:
     return d if type(d) is dict else {"m": d, "a": False}
 
 
-def published(data: Any) -> tuple[str, Any] | None:
-    """``(topic, message)`` if a MESSAGE is a pub/sub delivery (docs/protocol.md), else None.
+def published_topic(data: Any) -> str | None:
+    """The topic if a MESSAGE is a pub/sub delivery (docs/protocol.md), else None.
 
-    The message may be falsy (0, "", None, False): it is still a delivery.
+    A delivery is ``{"pub": topic, "message": message}``; its message is
+    ``data["message"]``, and may be falsy (0, "", None, False).
     """
     if data.__class__ is dict:
         topic = data.get("pub")
         if topic.__class__ is str and "message" in data:
-            return topic, data["message"]
+            return topic
     return None
 
 

@@ -126,6 +126,9 @@ class EventEmitter:
         self._listeners: dict[str, list[tuple[Callable[..., Any], bool]]] = {}
         self._fns: dict[str, list[Callable[..., Any]]] = {}
         self._has_once: set[str] = set()
+        # The listener of each event that has exactly one, added with on():
+        # the per-message paths call it with _run_one, without a chain.
+        self._solo: dict[str, Callable[..., Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @overload
@@ -171,6 +174,10 @@ class EventEmitter:
             self._listeners.pop(event, None)
             self._fns.pop(event, None)
             self._has_once.discard(event)
+        if len(listeners) == 1 and not listeners[0][1]:
+            self._solo[event] = listeners[0][0]
+        else:
+            self._solo.pop(event, None)
 
     def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
         """Remove ``handler`` from ``event`` (every handler of it if None)."""

@@ -217,14 +217,11 @@ class IPCConnection(Endpoint):
 
     def _on_message(self, data: Any) -> None:
         server = self.server
-        fns = server._fns.get("message")  # emit(), without its layer (the oneway hot path)
-        if fns is not None:
-            if "message" in server._has_once:
-                server._take("message")
-            elif len(fns) == 1:
-                server._run_one("message", fns[0], (data, self))
-                return
-            server._run_chain("message", fns, (data, self))
+        solo = server._solo.get("message")  # the oneway hot path: one listener, no chain
+        if solo is not None:
+            server._run_one("message", solo, (data, self))
+        else:
+            server.emit("message", data, self)
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server

@@ -59,7 +59,7 @@ from .clientcore import (
     client_address,
     connection_packet,
     end_data,
-    published,
+    published_topic,
     read_agreement,
     request_publish,
     request_subscribe,
@@ -1147,9 +1147,9 @@ class IPCClient(EventEmitter):
             if conn.drain_waiters and not conn.pending:
                 self._drained(conn)
         elif t == MESSAGE:
-            delivery = published(d)
-            if delivery is not None:
-                topic, message = delivery
+            topic = published_topic(d)
+            if topic is not None:
+                message = d["message"]
                 subs = self._subscriptions.get(topic)
                 if subs:
                     for sub in subs:
