@@ -122,10 +122,11 @@ Body = bytes | bytearray | memoryview
 class FrameDecoder:
     """Splits a byte stream into packet bodies.
 
-    Contract for the driver: call ``feed`` with every chunk as it arrives;
-    it returns the list of complete bodies (possibly empty) in order. A
-    partial packet stays buffered until the rest arrives. If a tag announces
-    a body over ``max_size``, ``feed`` raises ``MessageTooLargeError``
+    Contract for the driver: call ``feed`` with every chunk as it arrives,
+    or read each chunk into ``get_buffer()`` and call ``advance`` with its
+    length; either returns the list of complete bodies (possibly empty) in
+    order. A partial packet stays buffered until the rest arrives. If a tag
+    announces a body over ``max_size``, they raise ``MessageTooLargeError``
     before a byte of it is buffered, and the decoder is then unusable (the
     stream cannot be resynchronised): close the connection.
 
@@ -209,10 +210,12 @@ class FrameDecoder:
         return self._big is not None
 
     def take(self, nbytes: int) -> bytes:
-        """The ``nbytes`` read into the shared buffer, as bytes, for whoever reads them.
+        """The ``nbytes`` just read into ``get_buffer()``, copied out as bytes.
 
-        For bytes that are not all packets yet (a preamble), when
-        ``receiving_body`` is False. Pass the packet part to ``feed``.
+        For a driver that must look at the bytes before they are packets (a
+        preamble); it passes the packet part on to ``feed``. Only while
+        ``receiving_body`` is False: a read into a body's buffer goes to
+        ``advance``.
         """
         if self._big is not None:
             raise RuntimeError("the read went into a body's buffer; call advance()")
