@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from . import __version__
 from ._loop import run as run_loop
@@ -127,24 +127,26 @@ def _octal(text: str) -> int:
     return mode
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 0 or value != value:
-        raise argparse.ArgumentTypeError(f"seconds must be >= 0, not {text}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"count must be >= 0, not {value}")
-    return value
+def _at_least_zero(parse: Callable[[str], N], what: str, name: str) -> Callable[[str], N]:
+    """An argparse ``type=`` for a number >= 0 (not NaN), with errors naming ``what``."""
+
+    def check(text: str) -> N:
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if value < 0 or value != value:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 0, not {text}")
+        return value
+
+    return check
+
+
+_seconds = _at_least_zero(float, "a number of seconds", "seconds")
+_count = _at_least_zero(int, "a count", "count")
 
 
 def _address_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -180,13 +180,7 @@ class PacketCodec:
         """
         if d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
             return self._bin_packet(t, d, n)
-        packet = {"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}
-        try:
-            body: bytes = self._pack(packet)
-        except TypeError:
-            body = self._pack_slow(packet)
-        if self._deflate is not None:
-            body = self._deflate.compress(body) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
+        body = self.encode_body({"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n})
         size = len(body)
         return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
 

@@ -89,6 +89,31 @@ def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_erro
     return codec.encode(RESPONSE, {"error": error}, nonce)
 
 
+def loss(
+    peer_end: dict[str, Any] | None,
+    close_reason: Any,
+    exc: BaseException | None,
+    destroyed: bool,
+) -> tuple[Any, ConnectionClosedError]:
+    """Why a connection is gone, and the error its waiters get.
+
+    The reason is the peer's END reason, else our own close or destroy
+    reason, else the transport's exception, else ``"connection lost"``.
+    """
+    if peer_end is not None:
+        reason: Any = peer_end.get("m")
+    elif close_reason is not None:
+        reason = close_reason
+    elif exc is not None:
+        reason = exc
+    else:
+        reason = "connection lost"
+    if destroyed:
+        return reason, ConnectionDestroyedError(reason)
+    allow = bool(peer_end.get("a")) if peer_end is not None else False
+    return reason, ConnectionClosedError(reason, allow_reconnect=allow)
+
+
 def remote_error(error: dict[str, Any]) -> RemoteError:
     """The ``RemoteError`` for a RESPONSE's ``"e"`` (``errors`` extension)."""
     return RemoteError(str(error.get("type")), str(error.get("message", "")))
@@ -323,20 +348,7 @@ class Endpoint(asyncio.BufferedProtocol):
             self._flush_handle.cancel()
             self._flush_handle = None
         self._wbuf.clear()
-        end = self._peer_end
-        if end is not None:
-            reason: Any = end.get("m")
-        elif self._close_reason is not None:
-            reason = self._close_reason
-        elif exc is not None:
-            reason = exc
-        else:
-            reason = "connection lost"
-        allow = bool(end.get("a")) if end is not None else False
-        if self._destroyed:
-            error: ConnectionClosedError = ConnectionDestroyedError(reason)
-        else:
-            error = ConnectionClosedError(reason, allow_reconnect=allow)
+        reason, error = loss(self._peer_end, self._close_reason, exc, self._destroyed)
         self._lost_exc = error
         pending = self._pending
         self._pending = {}

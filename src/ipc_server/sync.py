@@ -79,11 +79,11 @@ from .endpoint import (
     RESPONSE,
     deadline_of,
     error_answer,
+    loss,
     remote_error,
 )
 from .errors import (
     ConnectionClosedError,
-    ConnectionDestroyedError,
     HandshakeError,
     IPCError,
     MessageTooLargeError,
@@ -781,20 +781,7 @@ class IPCClient(EventEmitter):
         if conn.dead:
             return
         conn.dead = True
-        end = conn.peer_end
-        if end is not None:
-            reason: Any = end.get("m")
-        elif conn.close_reason is not None:
-            reason = conn.close_reason
-        elif exc is not None:
-            reason = exc
-        else:
-            reason = "connection lost"
-        if conn.destroyed:
-            error: ConnectionClosedError = ConnectionDestroyedError(reason)
-        else:
-            allow = bool(end.get("a")) if end is not None else False
-            error = ConnectionClosedError(reason, allow_reconnect=allow)
+        reason, error = loss(conn.peer_end, conn.close_reason, exc, conn.destroyed)
         conn.lost_exc = error
         pending = conn.pending
         conn.pending = {}
