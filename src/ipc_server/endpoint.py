@@ -278,9 +278,9 @@ class Endpoint(asyncio.BufferedProtocol):
     def _read_packets(self, bodies: list[Body]) -> None:
         """The hot path: the packets of an admitted connection without compression.
 
-        Well-formed MESSAGE, REQUEST and RESPONSE packets are handled here;
-        anything else goes through ``_read_packet``, which also reports what is
-        wrong with a malformed one. (Type codes are compared by identity: the
+        Well-formed MESSAGE, REQUEST and RESPONSE packets are handled here,
+        other well-formed packets go to ``_dispatch``; a body that is not a
+        packet goes through ``_read_packet``, which reports what is wrong. (Type codes are compared by identity: the
         decoders return the interpreter's shared small ints, and anything
         else, ``True`` included, falls through to the careful path.)
         """
@@ -306,6 +306,9 @@ class Endpoint(asyncio.BufferedProtocol):
                         if t is REQUEST:
                             self._handle_request(packet.get("d"), n)
                             continue
+                    if t.__class__ is int and 0 <= t <= 6:
+                        self._dispatch(t, packet.get("d"), n, packet)  # PING, END, ...: once decoded
+                        continue
                 except Exception as exc:
                     self._report(exc)
                     continue
