@@ -39,12 +39,12 @@ def short_socket_path(name: str = "s.sock") -> Iterator[str]:
     """
     if sys.platform == "win32":
         yield f"ipc-test-{uuid.uuid4().hex[:12]}"
-        return
-    folder = tempfile.mkdtemp(prefix="ipc", dir="/tmp")
-    try:
-        yield os.path.join(folder, name)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        folder = tempfile.mkdtemp(prefix="ipc", dir="/tmp")
+        try:
+            yield os.path.join(folder, name)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 async def within(awaitable: Awaitable[T], timeout: float = 10.0) -> T:

@@ -17,6 +17,7 @@ from ipc_server import (
     IPCServer,
     RequestTimeoutError,
 )
+from ipc_server.clientcore import backoff
 from ipc_server.codecs import CodecName
 from ipc_server.protocol import BIG_BODY
 
@@ -271,10 +272,9 @@ async def test_async_with(server: IPCServer, path: str) -> None:
     assert not await client.close()
 
 
-async def test_backoff_has_jitter_and_cap(path: str) -> None:
+def test_backoff_has_jitter_and_cap() -> None:
     """Reconnect delays double from 0.5 s, are capped by max_retry_time, and are jittered."""
-    client = IPCClient(path=path, max_retry_time=2.0)
-    delays = [client._backoff(n) for n in (1, 2, 3, 4, 5) for _ in range(50)]
+    delays = [backoff(n, 2.0) for n in (1, 2, 3, 4, 5) for _ in range(50)]
     first = delays[:50]
     assert all(0.25 <= d <= 0.5 for d in first)
     assert len(set(first)) > 10
@@ -352,9 +352,9 @@ async def test_subscription_gets_message_sent_right_after_subscribing(
     await client.connect()
     original = server._pubsub
 
-    def pubsub_then_publish(conn: Any, data: Any, respond: Any) -> None:
-        original(conn, data, respond)
-        if "sub" in data:
+    def pubsub_then_publish(conn: Any, request: Any, respond: Any) -> None:
+        original(conn, request, respond)
+        if request[0] == "sub":
             server._deliver("fast", "first!")  # same loop step as the answer
 
     server._pubsub = pubsub_then_publish  # type: ignore[method-assign]

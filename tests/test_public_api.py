@@ -25,6 +25,11 @@ PUBLIC_NAMES = (
     "AddressInUseError",
     "ProtocolError",
     "RemoteError",
+    # Beyond SPEC section 1: what users need to catch errors and type handlers.
+    "HandshakeError",
+    "MessageTooLargeError",
+    "Subscription",
+    "Respond",
 )
 
 

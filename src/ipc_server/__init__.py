@@ -7,18 +7,21 @@ ping. See the README for a tour and ``docs/`` for the guide.
 
 from __future__ import annotations
 
-from .client import IPCClient, IPCClientStatus
+from .client import IPCClient, Subscription
+from .clientcore import IPCClientStatus
 from .errors import (
     AddressInUseError,
     ConnectionClosedError,
     ConnectionDestroyedError,
+    HandshakeError,
     IPCError,
+    MessageTooLargeError,
     ProtocolError,
     RemoteError,
     RequestTimeoutError,
 )
-from .events import STOP, IPCEvents
-from .protocol import IPCMessageType
+from .events import STOP, IPCEvents, Respond
+from .packets import IPCMessageType
 from .server import IPCConnection, IPCServer
 
 __version__ = "0.1.0"
@@ -28,6 +31,7 @@ __all__ = (
     "AddressInUseError",
     "ConnectionClosedError",
     "ConnectionDestroyedError",
+    "HandshakeError",
     "IPCClient",
     "IPCClientStatus",
     "IPCConnection",
@@ -35,7 +39,10 @@ __all__ = (
     "IPCEvents",
     "IPCMessageType",
     "IPCServer",
+    "MessageTooLargeError",
     "ProtocolError",
     "RemoteError",
     "RequestTimeoutError",
+    "Respond",
+    "Subscription",
 )

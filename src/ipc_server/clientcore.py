@@ -1,180 +1,86 @@
-"""Client rules both fronts share, without I/O: the asyncio ``client.py`` and the blocking ``sync.py``.
+"""Client rules both fronts share, without I/O: the asyncio ``client.py`` and the blocking ``sync``.
 
-What goes on the wire from a client (the CONNECTION packet, the pub/sub
-requests of docs/protocol.md), how a client reads what comes back (the
-server's CONNECTION answer, a published MESSAGE, a pub/sub reply), how its
-options are checked, and the reconnect backoff. Each front drives these from
-its own I/O; neither restates them.
+``ClientCore`` is what an ``IPCClient`` is, whichever front drives it: its
+options (``options.ClientOptions``), its status and the transitions it may
+make (``TRANSITIONS``), the connect guard, what admission records, the
+verdict after a lost connection (finish, or reconnect on the ``backoff``
+schedule), the close and destroy rules, and the topics registry
+(``Topics``: explicit subscriptions, ``subscription()`` references, what to
+restore). Each front adds only its I/O: waiting, timers, threads, sockets.
+
+The front's side of the contract, the hooks ``ClientCore`` calls:
+``_emit`` (deliver an event to listeners; the asyncio front calls them, the
+blocking front queues them for its listener thread) and ``_wake_waiters``
+(calls waiting for a live connection may go on, or must fail). The blocking
+front calls every method here with its client lock held.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
+import logging
 import random
-import ssl as _ssl
-from typing import Any, NamedTuple
+from collections import deque
+from collections.abc import Iterator
+from typing import Any
 
-from .address import Address, resolve_address
-from .codecs import CodecName, json_dumps
-from .endpoint import CONNECTION, FEATURES, deadline_of
-from .protocol import frame
+from .errors import ConnectionClosedError, HandshakeError
+from .events import EventEmitter
+from .options import RETRY_BASE, ClientOptions
+from .packets import (
+    Agreement,
+    hello,
+    publish_request,
+    subscribe_request,
+    succeeded,
+    topic_list,
+    unsubscribe_request,
+)
 
 __all__ = [
-    "DEFAULT",
-    "RETRY_BASE",
-    "Agreement",
-    "Default",
+    "RESERVED_EVENTS",
+    "TRANSITIONS",
+    "ClientCore",
+    "IPCClientStatus",
+    "Mailbox",
+    "SubscriptionBase",
+    "Topics",
     "backoff",
-    "client_address",
-    "connection_packet",
-    "end_data",
-    "published_topic",
-    "read_agreement",
-    "request_publish",
-    "request_subscribe",
-    "request_unsubscribe",
-    "succeeded",
-    "topic_list",
+    "checked_topics",
 ]
 
-
-class Default(enum.Enum):
-    """Type of ``DEFAULT``."""
-
-    DEFAULT = "DEFAULT"
-
-    def __repr__(self) -> str:
-        return "DEFAULT"
+logger = logging.getLogger("ipc_server")
 
 
-DEFAULT = Default.DEFAULT
-"""The ``timeout=`` that means: the client's own default (``request_timeout``,
-``connect_timeout``)."""
+class IPCClientStatus(enum.IntEnum):
+    """The client's status; the numbers are the seed's."""
+
+    IDLE = 0
+    CONNECTING = 1
+    CONNECTED = 2
+    READY = 3
+    DISCONNECTED = 4
+    RECONNECTING = 5
 
 
-RETRY_BASE = 0.5
-"""First reconnect delay in seconds; each further attempt doubles it, up to ``max_retry_time``."""
+_S = IPCClientStatus
+TRANSITIONS: dict[IPCClientStatus, frozenset[IPCClientStatus]] = {
+    _S.IDLE: frozenset({_S.CONNECTING}),
+    _S.CONNECTING: frozenset({_S.CONNECTED, _S.DISCONNECTED, _S.IDLE}),
+    _S.CONNECTED: frozenset({_S.READY, _S.DISCONNECTED, _S.IDLE}),
+    _S.READY: frozenset({_S.DISCONNECTED, _S.IDLE}),
+    _S.DISCONNECTED: frozenset({_S.RECONNECTING, _S.IDLE}),
+    _S.RECONNECTING: frozenset({_S.CONNECTING, _S.DISCONNECTED, _S.IDLE}),
+}
+"""The status changes a client makes: ``connect`` (IDLE → CONNECTING → CONNECTED →
+READY), a loss (READY → DISCONNECTED), a reconnect attempt (DISCONNECTED →
+RECONNECTING → CONNECTING …), and closing for good (→ IDLE) from anywhere."""
 
-
-def client_address(
-    path: str | None,
-    host: str | None,
-    port: int | None,
-    *,
-    ssl: _ssl.SSLContext | None,
-    codec: str,
-    retries: int,
-    max_retry_time: float,
-    connect_timeout: float | None,
-    request_timeout: float | None,
-) -> Address:
-    """Check a client's options; return its resolved address.
-
-    Raises:
-        ValueError / TypeError: An option is out of range or of the wrong type.
-    """
-    address = resolve_address(path, host, port)
-    if ssl is not None and address.kind != "tcp":
-        raise ValueError("ssl= needs host=/port= (TLS runs over TCP)")
-    if codec not in ("json", "msgpack"):
-        raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
-    if not isinstance(retries, int) or retries < 0:
-        raise ValueError(f"retries must be an int >= 0, not {retries!r}")
-    if max_retry_time < RETRY_BASE:
-        raise ValueError(f"max_retry_time must be >= {RETRY_BASE}, not {max_retry_time!r}")
-    deadline_of(connect_timeout)
-    deadline_of(request_timeout)
-    return address
-
-
-def connection_packet(
-    payload: Any, client_id: str | None, *, compress: bool, codec: CodecName
-) -> bytes:
-    """The client's CONNECTION packet, framed (docs/protocol.md; always JSON, uncompressed)."""
-    d = {
-        "extras": payload,
-        "id": client_id,
-        "compress": compress,
-        "messagepack": codec == "msgpack",
-        "features": list(FEATURES),
-    }
-    return frame(json_dumps({"t": CONNECTION, "d": d}))
-
-
-class Agreement(NamedTuple):
-    """What the server's CONNECTION answer agreed to."""
-
-    messagepack: bool
-    compress: bool
-    remote_errors: bool
-    """Whether the server announced the ``errors`` extension."""
-
-
-def read_agreement(d: dict[str, Any]) -> Agreement:
-    """Read the ``d`` of the server's CONNECTION answer."""
-    features = d.get("features")
-    return Agreement(
-        bool(d.get("messagepack")),
-        bool(d.get("compress")),
-        isinstance(features, list) and "errors" in features,
-    )
-
-
-def end_data(d: Any) -> dict[str, Any]:
-    """An END packet's ``d`` as ``{"m": reason, "a": allow_reconnect}`` (a bare reason is allowed)."""
-    return d if type(d) is dict else {"m": d, "a": False}
-
-
-def published_topic(data: Any) -> str | None:
-    """The topic if a MESSAGE is a pub/sub delivery (docs/protocol.md), else None.
-
-    A delivery is ``{"pub": topic, "message": message}``; its message is
-    ``data["message"]``, and may be falsy (0, "", None, False).
-    """
-    if data.__class__ is dict:
-        topic = data.get("pub")
-        if topic.__class__ is str and "message" in data:
-            return topic
-    return None
-
-
-def topic_list(topic: str | list[str]) -> list[str]:
-    """The topics named by ``topic`` (one, or a non-empty list).
-
-    Raises:
-        TypeError: Anything else.
-    """
-    if isinstance(topic, str):
-        return [topic]
-    if isinstance(topic, list) and topic and all(isinstance(t, str) for t in topic):
-        return topic
-    raise TypeError("topic must be a str or a non-empty list of str")
-
-
-def request_subscribe(topic: str | list[str]) -> dict[str, Any]:
-    """The request that subscribes to ``topic`` (one or several)."""
-    return {"sub": topic}
-
-
-def request_unsubscribe(topic: str | list[str]) -> dict[str, Any]:
-    """The request that unsubscribes from ``topic`` (one or several)."""
-    return {"unsub": topic}
-
-
-def request_publish(topic: str, message: Any) -> dict[str, Any]:
-    """The request that publishes ``message`` to ``topic``.
-
-    Raises:
-        TypeError: ``topic`` is not a str.
-    """
-    if not isinstance(topic, str):
-        raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-    return {"pub": topic, "message": message}
-
-
-def succeeded(reply: Any) -> bool:
-    """Whether a pub/sub reply says ``{"result": true}``."""
-    return type(reply) is dict and reply.get("result") is True
+RESERVED_EVENTS = frozenset(
+    {"ready", "error", "close", "status", "message", "request", "connect", "disconnect"}
+)
+"""Built-in event names: messages on topics with these names are not emitted as events."""
 
 
 def backoff(attempt: int, max_retry_time: float) -> float:
@@ -185,3 +91,374 @@ def backoff(attempt: int, max_retry_time: float) -> float:
     """
     base = min(RETRY_BASE * 2.0 ** (attempt - 1), float(max_retry_time))
     return base * (0.5 + random.random() / 2)
+
+
+def checked_topics(topic: str | list[str]) -> list[str]:
+    """The topics named by ``topic`` (one, or a non-empty list).
+
+    Raises:
+        TypeError: Anything else.
+    """
+    topics = topic_list(topic)
+    if topics is None:
+        raise TypeError("topic must be a str or a non-empty list of str")
+    return topics
+
+
+# ---------------------------------------------------------------------- subscriptions
+
+
+class Mailbox:
+    """The messages of one ``subscription()``: a FIFO, bounded or not, and its end.
+
+    The end always fits: a full mailbox drops new messages, but ``end()``
+    still ends it, and once its messages are taken it stays ended.
+    """
+
+    __slots__ = ("ended", "items", "maxsize")
+
+    def __init__(self, maxsize: int = 0) -> None:
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError(f"maxsize must be an int >= 0, not {maxsize!r}")
+        self.maxsize = maxsize
+        self.items: deque[Any] = deque()
+        self.ended = False
+
+    def put(self, message: Any) -> bool:
+        """Add ``message``; False if it was dropped (full, or ended)."""
+        if self.ended or (self.maxsize and len(self.items) >= self.maxsize):
+            return False
+        self.items.append(message)
+        return True
+
+    def end(self) -> None:
+        """No message will come any more."""
+        self.ended = True
+
+    def take(self) -> tuple[bool, Any] | None:
+        """``(True, message)``, ``(False, None)`` once ended and empty, or None: wait."""
+        if self.items:
+            return True, self.items.popleft()
+        if self.ended:
+            return False, None
+        return None
+
+
+class SubscriptionBase:
+    """Messages of one topic (``subscription()``); each front adds the waiting (``_wake``).
+
+    Attributes:
+        client: The client it belongs to.
+        topic: Its topic.
+    """
+
+    def __init__(self, client: ClientCore, topic: str, maxsize: int = 0) -> None:
+        self.client = client
+        self.topic = topic
+        self._box = Mailbox(maxsize)
+
+    def _put(self, message: Any) -> None:
+        if self._box.put(message):
+            self._wake()
+
+    def _end(self) -> None:
+        self._box.end()
+        self._wake()
+
+    def _wake(self) -> None:
+        """A message or the end arrived: wake a consumer waiting for one."""
+        raise NotImplementedError
+
+
+class Topics:
+    """What a client is subscribed to, and why.
+
+    Attributes:
+        confirmed: Topics the server has confirmed, in order: restored after a reconnect.
+        explicit: Topics ``subscribe()`` asked for (kept when a ``subscription()`` ends).
+        refs: Live ``subscription()`` contexts per topic.
+        streams: The subscriptions that receive each topic's messages (lists
+            are replaced, never changed, so a reader may iterate one unlocked).
+    """
+
+    __slots__ = ("confirmed", "explicit", "refs", "streams")
+
+    def __init__(self) -> None:
+        self.confirmed: dict[str, None] = {}
+        self.explicit: set[str] = set()
+        self.refs: dict[str, int] = {}
+        self.streams: dict[str, list[SubscriptionBase]] = {}
+
+    def subscribed(self, topics: list[str], *, explicit: bool) -> None:
+        """The server confirmed a subscription to ``topics``."""
+        for t in topics:
+            self.confirmed[t] = None
+            if explicit:
+                self.explicit.add(t)
+
+    def unsubscribed(self, topics: list[str]) -> None:
+        """``unsubscribe()`` was called for ``topics``."""
+        for t in topics:
+            self.confirmed.pop(t, None)
+            self.explicit.discard(t)
+
+    def open(self, sub: SubscriptionBase) -> bool:
+        """Register a ``subscription()``; True if its topic still needs subscribing.
+
+        Registered before subscribing, so that a message published right
+        after the server's answer (even in the same read) reaches it.
+        """
+        topic = sub.topic
+        self.refs[topic] = self.refs.get(topic, 0) + 1
+        self.streams[topic] = [*self.streams.get(topic, ()), sub]
+        return topic not in self.confirmed
+
+    def close(self, sub: SubscriptionBase) -> bool:
+        """Unregister a ``subscription()``; True if its topic should be unsubscribed now.
+
+        That is when no other ``subscription()`` holds it and ``subscribe()``
+        did not ask for it.
+        """
+        topic = sub.topic
+        rest = [s for s in self.streams.get(topic, ()) if s is not sub]
+        if rest:
+            self.streams[topic] = rest
+        else:
+            self.streams.pop(topic, None)
+        count = self.refs.get(topic, 1) - 1
+        if count:
+            self.refs[topic] = count
+            return False
+        self.refs.pop(topic, None)
+        if topic in self.explicit or topic not in self.confirmed:
+            return False
+        del self.confirmed[topic]
+        return True
+
+    def end_all(self) -> None:
+        """The client closed for good: every subscription ends."""
+        for subs in self.streams.values():
+            for sub in subs:
+                sub._end()
+
+
+# ---------------------------------------------------------------------- the client
+
+
+class ClientCore(ClientOptions, EventEmitter):
+    """What both ``IPCClient`` fronts are, without I/O (see the module docstring).
+
+    Attributes:
+        id: The id the server assigned; kept across reconnects.
+        status: The client's ``IPCClientStatus``.
+        info: What the server answered in the CONNECTION exchange (id,
+            compress, messagepack, features).
+    """
+
+    def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
+        super().__post_init__(path, host, port)
+        EventEmitter.__init__(self)
+        self.id: str | None = None
+        self.status = IPCClientStatus.IDLE
+        self.info: dict[str, Any] = {}
+        self._registry = Topics()
+        self._nonces = itertools.count(1)
+        self._payload: Any = None
+        self._closed = (
+            True  # no connection wanted: closed (or closing) for good, or never connected
+        )
+        self._finished = True  # close was emitted (or there was nothing to close)
+        self._close_reason: Any = None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__module__}.{type(self).__name__} {self.address} id={self.id!r} status={self.status.name}>"
+
+    # ------------------------------------------------------------------ hooks of the front
+
+    def _emit(self, event: str, *args: Any) -> bool:
+        """Deliver ``event`` to its listeners; True if it has any."""
+        raise NotImplementedError
+
+    def _wake_waiters(self, error: BaseException | None) -> None:
+        """Wake calls waiting for a live connection: it is there (None), or never will be."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ status
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the client can send now."""
+        return self.status is IPCClientStatus.READY
+
+    def _set_status(self, status: IPCClientStatus) -> None:
+        old = self.status
+        if status is old:
+            return
+        if status not in TRANSITIONS[old]:
+            raise RuntimeError(f"client status cannot go from {old.name} to {status.name}")
+        self.status = status
+        self._emit("status", status)
+
+    def _report(self, exc: BaseException) -> None:
+        """Report a problem on ``error`` (logged when nobody listens)."""
+        if not self._emit("error", exc):
+            logger.warning("ipc_server client: %s", exc)
+
+    # ------------------------------------------------------------------ connecting
+
+    def _begin_connect(self, payload: Any) -> None:
+        """``connect()`` starts: only from an idle client.
+
+        Raises:
+            RuntimeError: The client is connected, connecting or reconnecting.
+        """
+        if self.status is not IPCClientStatus.IDLE or not self._closed:
+            raise RuntimeError(f"connect() needs an idle client; status is {self.status.name}")
+        self._payload = payload
+        self._closed = False
+        self._finished = False
+        self._close_reason = None
+
+    def _connect_failed(self) -> None:
+        """``connect()`` failed: back to idle, as if it had not been called."""
+        self._closed = True
+        self._finished = True
+        self._set_status(IPCClientStatus.IDLE)
+
+    def _hello(self) -> bytes:
+        """This client's CONNECTION packet (its payload, and its id once it has one)."""
+        return hello(self._payload, self.id, compress=self.compress, codec=self.codec)
+
+    def _admitted(self, agreement: Agreement) -> list[str]:
+        """The server answered: record its answer; return the topics to subscribe again."""
+        info = agreement.info
+        self.info = info
+        if isinstance(info.get("id"), str):
+            self.id = info["id"]
+        return list(self._registry.confirmed)
+
+    def _ready(self) -> None:
+        """Admitted (and topics restored): READY, waiters go on, ``ready`` is emitted."""
+        self._set_status(IPCClientStatus.READY)
+        self._wake_waiters(None)
+        self._emit("ready", self.info)
+
+    # ------------------------------------------------------------------ losing a connection
+
+    def _after_loss(
+        self, peer_end: dict[str, Any] | None, reason: Any, ended_here: bool
+    ) -> tuple[bool, Any]:
+        """An admitted connection is gone: ``(reconnect?, reason)``.
+
+        No reconnect when the client is closing, when the server's END did not
+        allow one, when this side ended the connection (``ended_here``: its
+        close or destroy), or when reconnecting is off. The reason is the
+        server's END reason if it sent one.
+        """
+        if self._finished:
+            return False, reason  # destroy() finished it already
+        self._set_status(IPCClientStatus.DISCONNECTED)
+        if self._closed:
+            return False, reason
+        if peer_end is not None and not peer_end.get("a"):
+            return False, peer_end.get("m")  # the server closed us for good
+        if ended_here or not self.reconnect or self.retries == 0:
+            return False, reason
+        return True, reason
+
+    def _retry_delays(self) -> Iterator[float]:
+        """The wait before each reconnect attempt, ``retries`` of them."""
+        for attempt in range(1, self.retries + 1):
+            self._set_status(IPCClientStatus.RECONNECTING)
+            yield backoff(attempt, self.max_retry_time)
+
+    def _attempt_failed(self, exc: BaseException) -> bool:
+        """A reconnect attempt failed with ``exc``: True if it is worth another one.
+
+        A refusal (``HandshakeError``: authentication, a full server) is final.
+        """
+        if isinstance(exc, HandshakeError):
+            return False
+        if not self._closed:
+            self._set_status(IPCClientStatus.DISCONNECTED)
+        return True
+
+    def _finish(self, reason: Any) -> None:
+        """Closed for good: waiters fail, subscriptions end, IDLE, ``close(reason)`` once."""
+        first = not self._finished
+        self._finished = True
+        self._closed = True
+        self._close_reason = reason
+        self._wake_waiters(ConnectionClosedError(reason))
+        self._registry.end_all()
+        self._set_status(IPCClientStatus.IDLE)
+        if first:
+            self._emit("close", reason)
+
+    def _closed_error(self) -> ConnectionClosedError:
+        """What a call on a client closed for good raises."""
+        reason = self._close_reason
+        return ConnectionClosedError(reason if reason is not None else "client is not connected")
+
+    # ------------------------------------------------------------------ closing
+
+    def _begin_close(self) -> bool:
+        """``close()`` starts; False if the client is closed or closing already."""
+        if self._closed:
+            return False
+        self._closed = True
+        return True
+
+    def _begin_destroy(self) -> bool:
+        """``destroy()`` starts; False once closed for good (it also ends a ``close()``)."""
+        if self._finished:
+            return False
+        self._closed = True
+        return True
+
+    # ------------------------------------------------------------------ pub/sub
+
+    @property
+    def topics(self) -> list[str]:
+        """Topics this client is subscribed to (restored after a reconnect)."""
+        return list(self._registry.confirmed)
+
+    @staticmethod
+    def _subscribe_request(topic: str | list[str]) -> dict[str, Any]:
+        checked_topics(topic)
+        return subscribe_request(topic)
+
+    def _subscribe_done(self, topic: str | list[str], reply: Any, *, explicit: bool = True) -> bool:
+        ok = succeeded(reply)
+        if ok:
+            self._registry.subscribed(checked_topics(topic), explicit=explicit)
+        return ok
+
+    def _unsubscribe_request(self, topic: str | list[str]) -> dict[str, Any]:
+        self._registry.unsubscribed(checked_topics(topic))
+        return unsubscribe_request(topic)
+
+    @staticmethod
+    def _publish_request(topic: str, message: Any) -> dict[str, Any]:
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        return publish_request(topic, message)
+
+    @staticmethod
+    def _subscription_topic(topic: str) -> str:
+        if not isinstance(topic, str):
+            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        return topic
+
+    def _deliver(self, topic: str, message: Any) -> None:
+        """A published message arrived: to the topic's subscriptions, then its listeners.
+
+        A topic named like a built-in event ("close", "error", ...) would fire
+        that event's listeners: such topics reach ``subscription()`` only.
+        """
+        subs = self._registry.streams.get(topic)
+        if subs:
+            for sub in subs:
+                sub._put(message)
+        if topic not in RESERVED_EVENTS:
+            self._emit(topic, message)

@@ -23,100 +23,37 @@ from collections.abc import Awaitable, Iterator
 from time import perf_counter
 from typing import Any, cast
 
-from .codecs import PacketCodec, json_dumps
+from .codecs import PacketCodec
 from .errors import (
     ConnectionClosedError,
-    ConnectionDestroyedError,
     IPCError,
     MessageTooLargeError,
     ProtocolError,
-    RemoteError,
     RequestTimeoutError,
 )
-from .events import DONE
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder, IPCMessageType, frame
+from .events import DONE, Respond
+from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
+from .packets import (
+    MESSAGE,
+    PING,
+    PONG,
+    REQUEST,
+    RESPONSE,
+    PacketDispatcher,
+    end,
+    error_answer,
+    loss,
+    read_error,
+)
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder
 from .transport import release_lost
 
-__all__ = ["FEATURES", "Endpoint", "Responder"]
+__all__ = ["Endpoint", "Responder"]
 
 logger = logging.getLogger("ipc_server")
 
-CONNECTION = IPCMessageType.CONNECTION.value
-MESSAGE = IPCMessageType.MESSAGE.value
-REQUEST = IPCMessageType.REQUEST.value
-RESPONSE = IPCMessageType.RESPONSE.value
-PING = IPCMessageType.PING.value
-PONG = IPCMessageType.PONG.value
-END = IPCMessageType.END.value
-
-FEATURES: tuple[str, ...] = ("errors",)
-"""Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
-
-``errors``: a failed request handler answers with a RESPONSE carrying
-``"e": {"type": ..., "message": ...}``, read as ``RemoteError``.
-"""
-
 FLUSH_SIZE = 256 * 1024
 """Queued bytes that are written at once rather than at the end of the loop iteration."""
-
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_CLOSE_TIMEOUT = 10.0
-DEFAULT_MAX_QUEUED = 64 * 1024 * 1024
-"""Default bound on bytes queued for a peer that does not read (see ``max_queued``)."""
-
-
-def deadline_of(timeout: float | None) -> float | None:
-    """Validate a timeout in seconds; ``0`` or ``None`` mean forever (returns None)."""
-    if timeout is None or timeout == 0:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if timeout < 0:
-        raise ValueError(f"timeout must be >= 0, not {timeout!r}")
-    return float(timeout)
-
-
-def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_errors: bool) -> bytes:
-    """The RESPONSE that tells the requester its request failed with ``exc``, framed.
-
-    A peer that announced the ``errors`` extension reads ``"e"`` as a
-    ``RemoteError``; any other peer gets ``{"error": {...}}`` as the answer,
-    a value it can read.
-    """
-    error = {"type": type(exc).__name__, "message": str(exc)}
-    if remote_errors:
-        return frame(codec.encode_body({"t": RESPONSE, "d": None, "n": nonce, "e": error}))
-    return codec.encode(RESPONSE, {"error": error}, nonce)
-
-
-def loss(
-    peer_end: dict[str, Any] | None,
-    close_reason: Any,
-    exc: BaseException | None,
-    destroyed: bool,
-) -> tuple[Any, ConnectionClosedError]:
-    """Why a connection is gone, and the error its waiters get.
-
-    The reason is the peer's END reason, else our own close or destroy
-    reason, else the transport's exception, else ``"connection lost"``.
-    """
-    if peer_end is not None:
-        reason: Any = peer_end.get("m")
-    elif close_reason is not None:
-        reason = close_reason
-    elif exc is not None:
-        reason = exc
-    else:
-        reason = "connection lost"
-    if destroyed:
-        return reason, ConnectionDestroyedError(reason)
-    allow = bool(peer_end.get("a")) if peer_end is not None else False
-    return reason, ConnectionClosedError(reason, allow_reconnect=allow)
-
-
-def remote_error(error: dict[str, Any]) -> RemoteError:
-    """The ``RemoteError`` for a RESPONSE's ``"e"`` (``errors`` extension)."""
-    return RemoteError(str(error.get("type")), str(error.get("message", "")))
 
 
 # A pending request or ping, as a plain tuple (the hot path makes one per request):
@@ -126,23 +63,20 @@ def remote_error(error: dict[str, Any]) -> RemoteError:
 _Pending = tuple[asyncio.Future[Any], "float | None", float, float, "asyncio.TimerHandle | None"]
 
 
-class Responder:
-    """The ``respond`` callable handed to ``request`` listeners.
+class Responder(Respond):
+    """The ``respond`` callable of the asyncio ends (see ``ipc_server.Respond``).
 
-    Call it once with the answer; ``await respond(value)`` waits only when the
-    connection is over its write high-water mark. It can also be called
-    without ``await`` from a plain function listener.
-
-    Attributes:
-        done: Whether an answer was sent.
+    ``await respond(value)`` waits only when the connection is over its
+    write high-water mark; a plain function listener may call it without
+    ``await``.
     """
 
-    __slots__ = ("_endpoint", "_nonce", "done")
+    __slots__ = ("_endpoint", "_nonce")
 
     def __init__(self, endpoint: Endpoint, nonce: Any) -> None:
+        self.done = False
         self._endpoint = endpoint
         self._nonce = nonce
-        self.done = False
 
     def __call__(self, data: Any = None) -> Awaitable[None]:
         if self.done:
@@ -158,7 +92,6 @@ class Responder:
         return DONE
 
     def fail(self, exc: BaseException) -> None:
-        """Answer with an error (a handler raised)."""
         if self.done:
             return
         self.done = True
@@ -167,13 +100,8 @@ class Responder:
             return
         endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))
 
-    def finish(self) -> None:
-        """End of the listener chain: answer ``None`` if nobody answered (never a hang)."""
-        if not self.done:
-            self(None)
 
-
-class Endpoint(asyncio.BufferedProtocol):
+class Endpoint(PacketDispatcher, asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 
     Subclass hooks: ``_on_preamble`` (bytes before packets),
@@ -307,7 +235,9 @@ class Endpoint(asyncio.BufferedProtocol):
                             self._handle_request(packet.get("d"), n)
                             continue
                     if t.__class__ is int and 0 <= t <= 6:
-                        self._dispatch(t, packet.get("d"), n, packet)  # PING, END, ...: once decoded
+                        self._dispatch(
+                            t, packet.get("d"), n, packet
+                        )  # PING, END, ...: once decoded
                         continue
                 except Exception as exc:
                     self._report(exc)
@@ -329,7 +259,10 @@ class Endpoint(asyncio.BufferedProtocol):
             self._report(exc)  # drop this packet, keep the connection
             return True
         try:
-            self._dispatch(t, d, n, packet)
+            if self._handshaken:
+                self._dispatch(t, d, n, packet)
+            else:
+                self._on_connection_packet(t, d, n)
         except Exception as exc:
             # A packet we cannot act on (say, a PING whose data is too deep
             # to echo) is reported; it must not kill the connection.
@@ -352,7 +285,15 @@ class Endpoint(asyncio.BufferedProtocol):
             self._flush_handle = None
         self._wbuf.clear()
         reason, error = loss(self._peer_end, self._close_reason, exc, self._destroyed)
-        self._lost_exc = error
+        self._fail_all(error)
+        if not self._lost.done():
+            self._lost.set_result(None)
+        self._on_lost(reason, exc)
+
+    def _fail_all(self, error: ConnectionClosedError) -> None:
+        """The connection is gone (or going): every pending request and writer gets ``error``."""
+        if self._lost_exc is None:
+            self._lost_exc = error
         pending = self._pending
         self._pending = {}
         if self._sweep_handle is not None:
@@ -364,9 +305,6 @@ class Endpoint(asyncio.BufferedProtocol):
             if not future.done():
                 future.set_exception(error)
         self._wake_writers(error)
-        if not self._lost.done():
-            self._lost.set_result(None)
-        self._on_lost(reason, exc)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -380,34 +318,26 @@ class Endpoint(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ dispatch
 
-    def _dispatch(self, t: int, d: Any, n: Any, packet: dict[str, Any]) -> None:
-        if not self._handshaken:
-            self._on_connection_packet(t, d, n)
+    def _on_ping(self, d: Any, n: str) -> None:
+        self._write(self._codec.encode(PONG, d, n))
+
+    def _on_pong(self, n: str) -> None:
+        entry = self._pending.pop(n, None)
+        if entry is None:
             return
-        if REQUEST <= t <= PONG and type(n) is not str:
-            # Nonces are strings (docs/protocol.md): anything else can be neither paired nor echoed.
-            self._report(ProtocolError(f"packet of type {t} with a nonce that is not a string"))
-            return
-        if t == REQUEST:
-            self._handle_request(d, n)
-        elif t == RESPONSE:
-            self._on_response(n, packet)
-        elif t == MESSAGE:
-            self._on_message(d)
-        elif t == PING:
-            self._write(self._codec.encode(PONG, d, n))
-        elif t == PONG:
-            entry = self._pending.pop(n, None)
-            if entry is None:
-                return
-            if entry[4] is not None:
-                entry[4].cancel()
-            if not entry[0].done():
-                entry[0].set_result(perf_counter() - entry[2])
-        elif t == END:
-            self._peer_end = d if type(d) is dict else {"m": d, "a": False}
-        elif t == CONNECTION:
-            self._report(ProtocolError("unexpected CONNECTION packet after the handshake"))
+        if entry[4] is not None:
+            entry[4].cancel()
+        if not entry[0].done():
+            entry[0].set_result(perf_counter() - entry[2])
+
+    def _on_end(self, d: dict[str, Any]) -> None:
+        self._peer_end = d
+
+    def _on_bad_packet(self, exc: ProtocolError) -> None:
+        self._report(exc)
+
+    def _on_request_packet(self, d: Any, n: str) -> None:
+        self._handle_request(d, n)
 
     def _handle_request(self, d: Any, n: str) -> None:
         respond = Responder(self, n)
@@ -426,9 +356,9 @@ class Endpoint(asyncio.BufferedProtocol):
         future = entry[0]
         if future.done():
             return
-        error = packet.get("e")
-        if error is not None and type(error) is dict:
-            future.set_exception(remote_error(error))
+        error = read_error(packet) if "e" in packet else None
+        if error is not None:
+            future.set_exception(error)
         else:
             future.set_result(packet.get("d"))
 
@@ -547,27 +477,56 @@ class Endpoint(asyncio.BufferedProtocol):
                 "connection is closing" if self._closing else "not connected"
             )
 
-    async def send(self, data: Any) -> None:
+    async def send(self, data: Any, *, timeout: float | None = None) -> None:
         """Send a one-way message (the peer's ``message`` event).
 
-        Waits only when the connection is over its write high-water mark.
-        """
-        if self._queue_message(data):
-            await self._drain()
+        Waits only while the connection is over its write high-water mark, at
+        most ``timeout`` seconds (0/None: as long as it takes).
 
-    def _queue_message(self, data: Any) -> bool:
-        """Queue a MESSAGE; True when the sender must wait for the drain."""
+        Raises:
+            RequestTimeoutError: Still over the high-water mark after ``timeout``.
+            ConnectionClosedError: The connection is closed or closing.
+        """
         if self._transport is None or self._closing:
             self._check_open()
         self._write(self._codec.encode_parts(MESSAGE, data))
-        return self._write_paused
+        if self._write_paused:
+            await self._wait_drain(timeout, "send")
+
+    async def _wait_drain(self, timeout: float | None, what: str) -> None:
+        limit = check_timeout(timeout)
+        if limit is None:
+            await self._drain()
+            return
+        try:
+            await asyncio.wait_for(self._drain(), limit)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise RequestTimeoutError(limit, what) from None
+
+    def write_shared(self, t: int, data: Any, cache: dict[str | None, bytes | list[bytes]]) -> bool:
+        """Queue a packet encoded once per codec (fan-out); False if this connection is closing.
+
+        Connections whose codecs have the same ``PacketCodec.key`` share the
+        encoded bytes kept in ``cache`` (start with an empty dict per packet).
+        """
+        if self._closing or self._transport is None:
+            return False
+        codec = self._codec
+        key = codec.key
+        packet = cache.get(key) if key is not None else None
+        if packet is None:
+            packet = codec.encode_parts(t, data)
+            if key is not None:
+                cache[key] = packet
+        self._write(packet)
+        return True
 
     def _start_request(
         self, t: int, data: Any, timeout: float | None
     ) -> tuple[Any, asyncio.Future[Any]]:
         if self._transport is None or self._closing:
             self._check_open()
-        seconds = timeout if timeout.__class__ is float and timeout > 0 else deadline_of(timeout)
+        seconds = timeout if timeout.__class__ is float and timeout > 0 else check_timeout(timeout)
         nonce = str(next(self._nonces))
         packet = self._codec.encode_parts(t, data, nonce)
         loop = self._loop
@@ -661,27 +620,27 @@ class Endpoint(asyncio.BufferedProtocol):
         if self._closing or self._transport is None:
             if self._transport is not None:
                 # Another close() is under way: wait for it, within this one's bound.
-                await asyncio.wait([self._lost], timeout=deadline_of(timeout))
+                await asyncio.wait([self._lost], timeout=check_timeout(timeout))
             return False
         self._closing = True
         self._close_reason = reason
-        seconds = deadline_of(timeout)
+        seconds = check_timeout(timeout)
         loop = self._loop
         deadline = None if seconds is None else loop.time() + seconds
         waits: list[Any] = [entry[0] for entry in self._pending.values()]
         waits.extend(self._tasks)
         if waits:
-            await asyncio.wait(waits, timeout=seconds)
-        transport = self._current_transport()
-        if transport is None:
-            return True
-        self._flush()
-        if self._handshaken:
-            transport.write(self._codec.encode(END, {"m": reason, "a": bool(allow_reconnect)}))
-        else:
-            transport.write(
-                frame(json_dumps({"t": END, "d": {"m": reason, "a": bool(allow_reconnect)}}))
+            # Until every answer is in, or the connection is lost (a destroy() ends the wait).
+            answered = asyncio.ensure_future(asyncio.wait(waits))
+            await asyncio.wait(
+                [answered, self._lost], timeout=seconds, return_when="FIRST_COMPLETED"
             )
+            answered.cancel()
+        transport = self._current_transport()
+        if transport is None or self._aborted:
+            return True  # lost or destroyed meanwhile
+        self._flush()
+        transport.write(end(self._codec if self._handshaken else None, reason, allow_reconnect))
         if transport.can_write_eof():
             # Half-close: the peer reads all we sent, then hangs up (as net-ipc does).
             transport.write_eof()
@@ -704,6 +663,8 @@ class Endpoint(asyncio.BufferedProtocol):
         if self._close_reason is None:
             self._close_reason = reason
         self._abort()
+        # Waiters learn it now, not when the loop reports the loss.
+        self._fail_all(loss(self._peer_end, self._close_reason, None, True)[1])
         return True
 
     def _abort(self) -> None:
@@ -746,11 +707,7 @@ class Endpoint(asyncio.BufferedProtocol):
             and not (self._aborted or self._eof_sent)
             and getattr(self, "_preamble", None) is None  # it speaks our framing
         ):
-            d = {"m": str(exc), "a": False}
-            if self._handshaken:
-                transport.write(self._codec.encode(END, d))
-            else:
-                transport.write(frame(json_dumps({"t": END, "d": d})))
+            transport.write(end(self._codec if self._handshaken else None, str(exc)))
         self._abort()
 
     # ------------------------------------------------------------------ hooks for subclasses

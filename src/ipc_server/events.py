@@ -11,14 +11,15 @@ Python 3.12+ that task starts eagerly: a handler that answers at once
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import enum
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, TypeVar, overload
 
-__all__ = ["DONE", "STOP", "EventEmitter", "IPCEvents", "Stop", "start_task"]
+__all__ = ["DONE", "STOP", "EventEmitter", "IPCEvents", "Respond", "Stop", "start_task"]
 
 _EAGER = sys.version_info >= (3, 12)
 
@@ -107,14 +108,36 @@ def start_task(
     return task
 
 
-class Answer(Protocol):
-    """What a ``request`` chain answers through (the ``respond`` callable)."""
+class Respond(abc.ABC):
+    """The ``respond`` callable handed to ``request`` listeners.
 
-    done: bool
+    Call it once with the answer: ``await respond(value)`` in a coroutine
+    listener, or ``respond(value)`` in a plain one (the awaitable it returns
+    waits only while the connection is over its write high-water mark; in
+    the blocking client it is already done). A second call raises
+    ``RuntimeError``. If no listener answers, the requester gets ``None``.
 
-    def fail(self, exc: BaseException) -> None: ...
+    Attributes:
+        done: Whether an answer was sent.
+    """
 
-    def finish(self) -> None: ...
+    __slots__ = ("done",)
+
+    def __init__(self) -> None:
+        self.done = False
+
+    @abc.abstractmethod
+    def __call__(self, data: Any = None) -> Awaitable[None]:
+        """Answer the request with ``data``."""
+
+    @abc.abstractmethod
+    def fail(self, exc: BaseException) -> None:
+        """Answer with an error: a listener raised ``exc`` (the requester gets ``RemoteError``)."""
+
+    def finish(self) -> None:
+        """End of the listener chain: answer ``None`` if nobody answered (never a hang)."""
+        if not self.done:
+            self(None)
 
 
 class EventEmitter:
@@ -208,6 +231,10 @@ class EventEmitter:
         Exceptions from listeners are reported on the ``error`` event (see
         ``_listener_failed``), never raised here.
         """
+        solo = self._solo.get(event)
+        if solo is not None:  # the per-message path: one listener, no chain
+            self._run_one(event, solo, args)
+            return True
         fns = self._fns.get(event)
         if fns is None:
             return False
@@ -216,12 +243,33 @@ class EventEmitter:
         self._run_chain(event, fns, args)
         return True
 
+    def emit_request(
+        self,
+        event: str,
+        args: tuple[Any, ...],
+        respond: Respond,
+        tasks: set[asyncio.Task[Any]] | None = None,
+    ) -> None:
+        """Run the listener chain of a request until one answers through ``respond``.
+
+        With no listener, or none that answers, the requester gets ``None``.
+        A listener's exception is reported on ``error`` and sent to the
+        requester (``respond.fail``). A chain that suspends finishes in a task
+        kept in ``tasks`` (default: the emitter's own), so that its owner can
+        wait for it or cancel it.
+        """
+        fns = self._take(event)
+        if fns is None:
+            respond.finish()
+        else:
+            self._run_chain(event, fns, args, respond, tasks)
+
     def _run_chain(
         self,
         event: str,
         fns: list[Callable[..., Any]],
         args: tuple[Any, ...],
-        responder: Answer | None = None,
+        responder: Respond | None = None,
         tasks: set[asyncio.Task[Any]] | None = None,
     ) -> None:
         """Run ``fns`` in order until one returns ``STOP``.
@@ -270,7 +318,7 @@ class EventEmitter:
         awaitable: Awaitable[Any],
         rest: list[Callable[..., Any]],
         args: tuple[Any, ...],
-        responder: Answer | None,
+        responder: Respond | None,
         tasks: set[asyncio.Task[Any]] | None,
     ) -> None:
         """A coroutine listener: it and the ``rest`` of the chain run in a task of their own.
@@ -291,7 +339,7 @@ class EventEmitter:
         first: Awaitable[Any],
         rest: list[Callable[..., Any]],
         args: tuple[Any, ...],
-        responder: Answer | None,
+        responder: Respond | None,
     ) -> None:
         try:
             try:
@@ -316,7 +364,7 @@ class EventEmitter:
                 responder.finish()
 
     def _chain_error(
-        self, event: str, exc: BaseException, args: tuple[Any, ...], responder: Answer | None
+        self, event: str, exc: BaseException, args: tuple[Any, ...], responder: Respond | None
     ) -> None:
         self._listener_failed(event, exc, args)
         if responder is not None:

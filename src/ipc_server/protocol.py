@@ -12,7 +12,6 @@ last has the high bit clear, the last has it set (5 is ``0x85``, 300 is
 
 from __future__ import annotations
 
-import enum
 import threading
 from dataclasses import dataclass
 
@@ -26,7 +25,6 @@ __all__ = [
     "Body",
     "ClientPreamble",
     "FrameDecoder",
-    "IPCMessageType",
     "ServerPreamble",
     "encode_tag",
     "frame",
@@ -52,18 +50,6 @@ RECV_SIZE = 256 * 1024
 
 BIG_BODY = 64 * 1024
 """Bodies at least this long are received into a buffer of their final size."""
-
-
-class IPCMessageType(enum.IntEnum):
-    """Packet types, the ``t`` field of every packet."""
-
-    CONNECTION = 0
-    MESSAGE = 1
-    REQUEST = 2
-    RESPONSE = 3
-    PING = 4
-    PONG = 5
-    END = 6
 
 
 def encode_tag(length: int) -> bytes:

@@ -10,34 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
-import ssl as _ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from .address import Address, resolve_address
-from .codecs import CodecName, json_dumps
-from .endpoint import (
-    CONNECTION,
-    DEFAULT_MAX_QUEUED,
-    DEFAULT_TIMEOUT,
-    FEATURES,
-    MESSAGE,
-    Endpoint,
-    Responder,
-    deadline_of,
-)
+from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, start_task
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble, frame
+from .options import DEFAULT_TIMEOUT, ServerOptions, check_timeout
+from .packets import (
+    MESSAGE,
+    Hello,
+    answer,
+    delivery,
+    end,
+    pubsub_reply,
+    read_hello,
+    read_pubsub,
+    topic_list,
+)
+from .protocol import ServerPreamble
 from .transport import Listener, PeerCredentials, listen, peer_credentials
 
 __all__ = ["SERVER_CLOSED", "IPCConnection", "IPCServer"]
 
-SERVER_CLOSED = "server closed"
+logger = logging.getLogger("ipc_server")
 
-Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
+SERVER_CLOSED = "server closed"
 
 
 def _default_id() -> str:
@@ -63,7 +64,7 @@ class IPCConnection(Endpoint):
             max_queued=server.max_queued,
         )
         self.server = server
-        self.id: str = server._id_factory()
+        self.id: str = server._new_id()
         self.connected_at: float | None = None
         self.peer: PeerCredentials | None = None
         self.payload: Any = None
@@ -90,7 +91,7 @@ class IPCConnection(Endpoint):
             server._report_error(HandshakeError(f"client refused: {reason}"), self)
             self._refuse(reason)
             return
-        seconds = deadline_of(server.handshake_timeout)
+        seconds = check_timeout(server.handshake_timeout)
         if seconds is not None:
             self._hs_timer = self._loop.call_later(seconds, self._handshake_expired, seconds)
 
@@ -108,8 +109,7 @@ class IPCConnection(Endpoint):
         self._closing = True
         if transport is None:
             return
-        body = json_dumps({"t": 6, "d": {"m": reason, "a": False}})
-        transport.write(frame(body))
+        transport.write(end(None, reason))
         if transport.can_write_eof():
             transport.write_eof()
         else:
@@ -148,26 +148,21 @@ class IPCConnection(Endpoint):
     def _on_connection_packet(self, t: int, d: Any, n: Any) -> None:
         if self._registered or self._closing:
             return
-        if t != CONNECTION:
-            self._fatal(ProtocolError(f"packet of type {t} before the CONNECTION exchange"))
-            return
-        if type(d) is not dict:
-            self._fatal(ProtocolError("CONNECTION packet without its data object"))
+        try:
+            hello = read_hello(t, d)
+        except ProtocolError as exc:
+            self._fatal(exc)
             return
         self._registered = True  # no second CONNECTION is processed
-        server = self.server
-        cid = d.get("id")
-        if isinstance(cid, str) and cid:
-            self.id = cid
-        elif isinstance(cid, (int, float)) and not isinstance(cid, bool) and cid:
-            self.id = str(cid)
-        self.payload = d.get("extras")
-        if server.authenticate is None:
-            self._admit(d, n)
+        if hello.claimed_id is not None:
+            self.id = hello.claimed_id
+        self.payload = hello.payload
+        if self.server.authenticate is None:
+            self._admit(hello, n)
         else:
-            start_task(self._authenticate(d, n), self._tasks)
+            start_task(self._authenticate(hello, n), self._tasks)
 
-    async def _authenticate(self, d: dict[str, Any], n: Any) -> None:
+    async def _authenticate(self, hello: Hello, n: Any) -> None:
         server = self.server
         assert server.authenticate is not None
         try:
@@ -180,33 +175,32 @@ class IPCConnection(Endpoint):
         if self._transport is None:
             return
         if verdict is True or verdict is None:
-            self._admit(d, n)
+            self._admit(hello, n)
             return
         reason = verdict if isinstance(verdict, str) and verdict else "authentication failed"
         server._report_error(HandshakeError(f"client refused: {reason}"), self)
         self._refuse(reason)
 
-    def _admit(self, d: dict[str, Any], n: Any) -> None:
+    def _admit(self, hello: Hello, n: Any) -> None:
         server = self.server
-        transport = self._transport
-        if transport is None:
+        if self._transport is None:
             return
         if self._hs_timer is not None:
             self._hs_timer.cancel()
             self._hs_timer = None
-        compress = bool(d.get("compress")) and server.compress
-        messagepack = bool(d.get("messagepack")) and server.codec == "msgpack"
-        asked = d.get("features")
-        features = [f for f in FEATURES if isinstance(asked, list) and f in asked]
-        reply: dict[str, Any] = {"id": self.id, "compress": compress, "messagepack": messagepack}
-        if features:
-            reply["features"] = features
-        packet = {"t": CONNECTION, "d": reply}
-        if n is not None:
-            packet["n"] = n
-        self._write(frame(json_dumps(packet)))
+        compress = hello.compress and server.compress
+        messagepack = hello.messagepack and server.codec == "msgpack"
+        self._write(
+            answer(
+                self.id,
+                compress=compress,
+                messagepack=messagepack,
+                features=hello.features,
+                nonce=n,
+            )
+        )
         self._codec.configure(messagepack=messagepack, compress=compress)
-        self.remote_errors = "errors" in features
+        self.remote_errors = "errors" in hello.features
         self._handshaken = True
         self.connected_at = time.time()
         server._handshaking.discard(self)
@@ -216,25 +210,16 @@ class IPCConnection(Endpoint):
     # ------------------------------------------------------------------ events
 
     def _on_message(self, data: Any) -> None:
-        server = self.server
-        solo = server._solo.get("message")  # the oneway hot path: one listener, no chain
-        if solo is not None:
-            server._run_one("message", solo, (data, self))
-        else:
-            server.emit("message", data, self)
+        self.server.emit("message", data, self)
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server
-        if type(data) is dict and ("pub" in data or "sub" in data or "unsub" in data):
-            server._pubsub(self, data, respond)
-            return
-        fns = server._fns.get("request")
-        if fns is None:
-            respond(None)
-            return
-        if "request" in server._has_once:
-            server._take("request")
-        server._run_chain("request", fns, (data, respond, self), respond, self._tasks)
+        if data.__class__ is dict:
+            pubsub = read_pubsub(data)
+            if pubsub is not None:
+                server._pubsub(self, pubsub, respond)
+                return
+        server.emit_request("request", (data, respond, self), respond, self._tasks)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if self._hs_timer is not None:
@@ -256,7 +241,7 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-class IPCServer(EventEmitter):
+class IPCServer(ServerOptions, EventEmitter):
     """An IPC server: one listener, many client connections.
 
     Events: ``ready(address)``, ``error(error, connection)`` (connection may
@@ -264,71 +249,14 @@ class IPCServer(EventEmitter):
     reason)``, ``close()``, ``message(message, connection)``,
     ``request(request, respond, connection)``.
 
-    Args:
-        path: Unix socket path or name (docs/guide.md, Addresses); Windows pipe name.
-        host: TCP host (selects TCP).
-        port: TCP port (0 picks a free one; see ``address``).
-        ssl: An ``ssl.SSLContext`` for TLS over TCP.
-        max_connections: Refuse clients beyond this many (None: no limit).
-        handshake_timeout: Seconds a new connection has to finish the
-            CONNECTION exchange (0/None: forever).
-        max_message_size: Largest packet body accepted, before and after inflating.
-        max_queued: Bytes that may queue for one client that does not read
-            before it is disconnected.
-        socket_mode: File mode of the Unix socket (None leaves it to the umask).
-        id_factory: Makes connection ids (default: 16 random hex digits).
-        codec: ``"msgpack"`` (agree to msgpack when a client asks) or ``"json"`` (decline).
-        compress: Agree to compression when a client asks.
-        authenticate: ``fn(payload, connection)`` (plain or async) called
-            before a client is admitted: return True/None to admit, False or a
-            reason string to refuse (the client gets END with the reason).
-        retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
+    The keyword options are those of ``ipc_server.options.ServerOptions``
+    (docs/guide.md lists them with their defaults).
     """
 
-    def __init__(
-        self,
-        *,
-        path: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        ssl: _ssl.SSLContext | None = None,
-        max_connections: int | None = None,
-        handshake_timeout: float | None = 10.0,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_queued: int = DEFAULT_MAX_QUEUED,
-        socket_mode: int | None = 0o600,
-        id_factory: Callable[[], str] | None = None,
-        codec: CodecName = "msgpack",
-        compress: bool = True,
-        authenticate: Authenticate | None = None,
-        retries: int = 3,
-    ) -> None:
-        super().__init__()
-        self.address: Address = resolve_address(path, host, port)
-        if ssl is not None and self.address.kind != "tcp":
-            raise ValueError("ssl= needs host=/port= (TLS runs over TCP)")
-        if codec not in ("json", "msgpack"):
-            raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
-        if max_connections is not None and (
-            not isinstance(max_connections, int) or max_connections < 1
-        ):
-            raise ValueError(
-                f"max_connections must be a positive int or None, not {max_connections!r}"
-            )
-        if not isinstance(max_message_size, int) or max_message_size < 1:
-            raise ValueError(f"max_message_size must be a positive int, not {max_message_size!r}")
-        deadline_of(handshake_timeout)
-        self.ssl = ssl
-        self.max_connections = max_connections
-        self.handshake_timeout = handshake_timeout
-        self.max_message_size = max_message_size
-        self.max_queued = max_queued
-        self.socket_mode = socket_mode
-        self.codec: CodecName = codec
-        self.compress = compress
-        self.authenticate = authenticate
-        self.retries = retries
-        self._id_factory = id_factory or _default_id
+    def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
+        super().__post_init__(path, host, port)
+        EventEmitter.__init__(self)
+        self._new_id = self.id_factory or _default_id
         self._listener: Listener | None = None
         self._connections: dict[IPCConnection, None] = {}
         self._handshaking: set[IPCConnection] = set()
@@ -390,14 +318,14 @@ class IPCServer(EventEmitter):
         self._closing = True
         listener.close()
         for conn in list(self._handshaking):
-            conn._abort()
+            conn.destroy(SERVER_CLOSED)
         conns = list(self._connections)
         if conns:
             await asyncio.gather(
                 *(c.close(SERVER_CLOSED, allow_reconnect, timeout=timeout) for c in conns),
                 return_exceptions=True,
             )
-        seconds = deadline_of(timeout)
+        seconds = check_timeout(timeout)
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
             await asyncio.wait_for(listener.wait_closed(), seconds)
         self._listener = None
@@ -415,8 +343,6 @@ class IPCServer(EventEmitter):
 
     def _report_error(self, exc: BaseException, connection: IPCConnection | None) -> None:
         if not self.emit("error", exc, connection):
-            from .events import logger
-
             logger.warning("ipc_server: %s (connection %s)", exc, getattr(connection, "id", None))
 
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
@@ -428,34 +354,37 @@ class IPCServer(EventEmitter):
 
     # ------------------------------------------------------------------ pub/sub (docs/protocol.md)
 
-    def _pubsub(self, conn: IPCConnection, data: dict[str, Any], respond: Responder) -> None:
-        if "pub" in data:
-            topic = data["pub"]
-            if isinstance(topic, str):
-                self._deliver(topic, data.get("message"))
-                respond({"result": True})
+    def _pubsub(
+        self, conn: IPCConnection, request: tuple[str, Any, Any], respond: Responder
+    ) -> None:
+        """Answer a pub/sub request (``packets.read_pubsub``): subscribe, unsubscribe, publish."""
+        kind, named, message = request
+        if kind == "pub":
+            if isinstance(named, str):
+                self._deliver(named, message)
+                respond(pubsub_reply(True))
             else:
-                respond({"result": False})
-        elif "sub" in data:
-            topics = _topic_list(data["sub"])
+                respond(pubsub_reply(False))
+            return
+        topics = topic_list(named)
+        if kind == "sub":
             if topics is None:
-                respond({"result": False})
+                respond(pubsub_reply(False))
                 return
             for topic in topics:
                 self._topics.setdefault(topic, {})[conn] = None
                 conn.topics.add(topic)
-            respond({"result": True})
-        else:
-            topics = _topic_list(data["unsub"])
-            result = False
-            for topic in topics or ():
-                subscribers = self._topics.get(topic)
-                if subscribers is not None and subscribers.pop(conn, 0) is None:
-                    result = True
-                    if not subscribers:
-                        del self._topics[topic]
-                conn.topics.discard(topic)
-            respond({"result": result})
+            respond(pubsub_reply(True))
+            return
+        result = False
+        for topic in topics or ():
+            subscribers = self._topics.get(topic)
+            if subscribers is not None and subscribers.pop(conn, 0) is None:
+                result = True
+                if not subscribers:
+                    del self._topics[topic]
+            conn.topics.discard(topic)
+        respond(pubsub_reply(result))
 
     def _forget_topics(self, conn: IPCConnection) -> None:
         for topic in conn.topics:
@@ -475,7 +404,7 @@ class IPCServer(EventEmitter):
         subscribers = self._topics.get(topic)
         if not subscribers:
             return 0
-        self._write_all(list(subscribers), MESSAGE, {"pub": topic, "message": message})
+        self._write_all(list(subscribers), MESSAGE, delivery(topic, message))
         return len(subscribers)
 
     def _write_all(self, conns: Iterable[IPCConnection], t: int, data: Any) -> int:
@@ -483,17 +412,8 @@ class IPCServer(EventEmitter):
         encoded: dict[str | None, bytes | list[bytes]] = {}
         count = 0
         for conn in conns:
-            if conn._closing or conn._transport is None:
-                continue
-            codec = conn._codec
-            key = codec.key
-            packet = encoded.get(key) if key is not None else None
-            if packet is None:
-                packet = codec.encode_parts(t, data)
-                if key is not None:
-                    encoded[key] = packet
-            conn._write(packet)
-            count += 1
+            if conn.write_shared(t, data, encoded):
+                count += 1
         return count
 
     async def publish(self, topic: str, message: Any = None) -> int:
@@ -543,11 +463,3 @@ class IPCServer(EventEmitter):
         """Start reading from every connection again."""
         for conn in self._connections:
             conn.resume()
-
-
-def _topic_list(value: Any) -> list[str] | None:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    return None

@@ -25,6 +25,7 @@ __all__ = [
     "Listener",
     "PeerCredentials",
     "connect",
+    "dial",
     "listen",
     "peer_credentials",
     "release_lost",
@@ -289,6 +290,44 @@ async def connect(
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return result
+
+
+def dial(
+    address: Address, *, ssl: _ssl.SSLContext | None = None, timeout: float | None = 10.0
+) -> socket.socket:
+    """Open a blocking connection to ``address`` (the blocking client's), within ``timeout``.
+
+    Raises:
+        TimeoutError: Not connected in time.
+        OSError: Refused, not found, and the like.
+        NotImplementedError: A Windows named pipe (the blocking client speaks
+            Unix sockets and TCP only).
+    """
+    if address.kind == "unix":
+        assert address.path is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address.path)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if address.kind == "tcp":
+        host = address.host or "127.0.0.1"
+        sock = socket.create_connection((host, address.port or 0), timeout=timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if ssl is not None:
+                return ssl.wrap_socket(sock, server_hostname=address.host)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise NotImplementedError(
+        "the blocking IPCClient does not support Windows named pipes; "
+        "use host=/port= or the asyncio IPCClient"
+    )
 
 
 # ---------------------------------------------------------------------- Windows named pipes

@@ -23,7 +23,7 @@ import ipc_server
 import ipc_server.client
 import ipc_server.sync
 from ipc_server import IPCClientStatus
-from ipc_server.clientcore import Default
+from ipc_server.options import Default
 
 from .polling import DEADLINE, wait_until
 

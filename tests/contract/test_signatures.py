@@ -11,7 +11,7 @@ import pytest
 import ipc_server
 import ipc_server.client
 import ipc_server.sync
-from ipc_server.clientcore import DEFAULT
+from ipc_server.options import DEFAULT
 
 from .adapters import FRONTS
 
@@ -42,7 +42,7 @@ TARGET = {
 }
 """What both clients have: parameter names, kinds (``*``: keyword-only after it) and defaults.
 
-``DEFAULT`` is ``ipc_server.clientcore.DEFAULT`` (the client's own default, such as
+``DEFAULT`` is ``ipc_server.options.DEFAULT`` (the client's own default, such as
 ``request_timeout``); timeouts are finite by default.
 """
 
@@ -58,7 +58,7 @@ def described(fn: Callable[..., Any]) -> str:
         params = params[1:]
     for p in params:
         if repr(p.default) == "DEFAULT":
-            assert p.default is DEFAULT, f"{p.name}'s default is not ipc_server.clientcore.DEFAULT"
+            assert p.default is DEFAULT, f"{p.name}'s default is not ipc_server.options.DEFAULT"
     return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
 
 

@@ -2,7 +2,7 @@
 
 Imported as ``ipc_server.sync.IPCServer``. It also keeps the deadlock guard
 that stops a blocking client call made on the loop thread of the very server
-it talks to.
+it talks to (``check_not_serving``).
 """
 
 from __future__ import annotations
@@ -11,26 +11,24 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
-import ssl as _ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar, overload
 
-from ._loop import new_event_loop
-from .address import Address
-from .codecs import CodecName
-from .endpoint import (
-    DEFAULT_MAX_QUEUED,
+from .._loop import new_event_loop
+from ..address import Address
+from ..options import (
     DEFAULT_TIMEOUT,
-    deadline_of,
+    BlockingServerOptions,
+    ServerOptions,
+    address_args,
+    check_timeout,
+    option_values,
 )
-from .protocol import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-)
-from .server import Authenticate, IPCConnection
-from .server import IPCServer as AsyncIPCServer
+from ..server import IPCConnection
+from ..server import IPCServer as AsyncIPCServer
 
-__all__ = ["IPCServer"]
+__all__ = ["IPCServer", "check_not_serving", "serving_threads"]
 
 logger = logging.getLogger("ipc_server")
 
@@ -46,10 +44,18 @@ _LOOP_OWNERS: dict[int, IPCServer] = {}
 """Loop thread id -> the blocking IPCServer whose private loop runs there."""
 
 
-def _check_not_serving(address: Address, what: str) -> None:
+def serving_threads() -> bool:
+    """Whether any blocking server runs in this process (the guard has work to do)."""
+    return bool(_LOOP_OWNERS)
+
+
+def check_not_serving(address: Address, what: str) -> None:
     """Refuse a blocking client call on the loop thread of the sync server it talks to.
 
     The call would block that loop, and the loop is what must answer it.
+
+    Raises:
+        RuntimeError: Naming the call, and what to do instead.
     """
     if not _LOOP_OWNERS:
         return
@@ -76,7 +82,7 @@ def _run_now(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("operation suspended; it cannot run inline")  # pragma: no cover
 
 
-class IPCServer:
+class IPCServer(BlockingServerOptions):
     """The asyncio ``ipc_server.server.IPCServer``, run on a private loop thread.
 
     For code without asyncio: ``start`` returns once the server listens;
@@ -93,47 +99,17 @@ class IPCServer:
     arguments) belong to the loop: from other threads, use
     ``server.run(connection.request(data))``.
 
-    Args: as the asyncio IPCServer, plus ``loop_factory`` (default: uvloop's
-    loop when uvloop is installed, else asyncio's).
+    The keyword options are those of the asyncio server
+    (``ipc_server.options.ServerOptions``), plus ``loop_factory``
+    (``ipc_server.options.BlockingServerOptions``).
     """
 
-    def __init__(
-        self,
-        *,
-        path: str | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        ssl: _ssl.SSLContext | None = None,
-        max_connections: int | None = None,
-        handshake_timeout: float | None = 10.0,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        max_queued: int = DEFAULT_MAX_QUEUED,
-        socket_mode: int | None = 0o600,
-        id_factory: Callable[[], str] | None = None,
-        codec: CodecName = "msgpack",
-        compress: bool = True,
-        authenticate: Authenticate | None = None,
-        retries: int = 3,
-        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
-    ) -> None:
+    def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
+        super().__post_init__(path, host, port)
         self.aio = AsyncIPCServer(
-            path=path,
-            host=host,
-            port=port,
-            ssl=ssl,
-            max_connections=max_connections,
-            handshake_timeout=handshake_timeout,
-            max_message_size=max_message_size,
-            max_queued=max_queued,
-            socket_mode=socket_mode,
-            id_factory=id_factory,
-            codec=codec,
-            compress=compress,
-            authenticate=authenticate,
-            retries=retries,
+            **address_args(self.address), **option_values(self, ServerOptions)
         )
         """The asyncio server this wraps (use it from async handlers, on its loop)."""
-        self._loop_factory = loop_factory
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -164,8 +140,8 @@ class IPCServer:
             )
 
     def _new_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop_factory is not None:
-            return self._loop_factory()
+        if self.loop_factory is not None:
+            return self.loop_factory()
         return new_event_loop()
 
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -235,7 +211,7 @@ class IPCServer:
             AddressInUseError: A live server owns the address.
             RuntimeError: Already started.
         """
-        seconds = deadline_of(timeout)
+        seconds = check_timeout(timeout)
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("server already started")
@@ -271,7 +247,7 @@ class IPCServer:
         self._guard("close")
         if self._loop is None:
             return
-        seconds = deadline_of(timeout)
+        seconds = check_timeout(timeout)
         bound = None if seconds is None else 2 * seconds + 1.0  # connections, then the listener
         try:
             self._wait_for(lambda: self.aio.close(allow_reconnect, timeout=timeout), bound, "close")
@@ -302,7 +278,7 @@ class IPCServer:
         self, data: Any, timeout: float | None = DEFAULT_TIMEOUT
     ) -> list[tuple[IPCConnection, Any]]:
         """Request ``data`` from every connection: ``[(connection, reply or exception)]``."""
-        seconds = deadline_of(timeout)
+        seconds = check_timeout(timeout)
         bound = None if seconds is None else seconds + 1.0
         return self._wait_for(lambda: self.aio.survey(data, timeout), bound, "survey")
 
@@ -310,7 +286,7 @@ class IPCServer:
         self, data: Any = None, timeout: float | None = DEFAULT_TIMEOUT
     ) -> list[tuple[IPCConnection, Any]]:
         """Ping every connection: ``[(connection, seconds or exception)]``."""
-        seconds = deadline_of(timeout)
+        seconds = check_timeout(timeout)
         bound = None if seconds is None else seconds + 1.0
         return self._wait_for(lambda: self.aio.ping(data, timeout), bound, "ping")
 
@@ -321,7 +297,7 @@ class IPCServer:
         """
         if (self._loop is None or self._on_loop_thread()) and inspect.iscoroutine(awaitable):
             awaitable.close()  # never to run: no "never awaited" warning
-        return self._wait_for(lambda: awaitable, deadline_of(timeout), "run")
+        return self._wait_for(lambda: awaitable, check_timeout(timeout), "run")
 
     def pause(self) -> None:
         """Stop reading from every connection."""
@@ -345,11 +321,6 @@ class IPCServer:
     def is_ready(self) -> bool:
         """Whether the server is listening."""
         return self.aio.is_ready
-
-    @property
-    def address(self) -> Address:
-        """The address as configured."""
-        return self.aio.address
 
     @property
     def bound_address(self) -> str:

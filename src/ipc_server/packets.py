@@ -1,0 +1,388 @@
+"""The packet vocabulary, once (docs/protocol.md): what each packet dict holds.
+
+``protocol.py`` cuts bytes into bodies and ``codecs.py`` turns bodies into
+dicts; this module says what those dicts mean. It builds and reads the
+CONNECTION hello and answer, END, the error answer, and the pub/sub
+requests and deliveries, and routes a decoded packet to the handler method
+of its type (``dispatch``). Both drivers (the asyncio ``Endpoint`` and the
+blocking connection) and both ends use it; nothing else builds or takes
+apart a packet dict. No I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, NamedTuple
+
+from .codecs import CodecName, PacketCodec, json_dumps
+from .errors import (
+    ConnectionClosedError,
+    ConnectionDestroyedError,
+    HandshakeError,
+    ProtocolError,
+    RemoteError,
+)
+from .protocol import frame
+
+__all__ = [
+    "CONNECTION",
+    "END",
+    "FEATURES",
+    "MESSAGE",
+    "PING",
+    "PONG",
+    "REQUEST",
+    "RESPONSE",
+    "Agreement",
+    "Hello",
+    "IPCMessageType",
+    "PacketDispatcher",
+    "answer",
+    "delivery",
+    "end",
+    "error_answer",
+    "hello",
+    "loss",
+    "publish_request",
+    "published_topic",
+    "pubsub_reply",
+    "read_answer",
+    "read_end",
+    "read_error",
+    "read_hello",
+    "read_pubsub",
+    "subscribe_request",
+    "succeeded",
+    "topic_list",
+    "unsubscribe_request",
+]
+
+
+class IPCMessageType(enum.IntEnum):
+    """Packet types, the ``t`` field of every packet."""
+
+    CONNECTION = 0
+    MESSAGE = 1
+    REQUEST = 2
+    RESPONSE = 3
+    PING = 4
+    PONG = 5
+    END = 6
+
+
+# Plain ints for the hot paths (an IntEnum member compares slower).
+CONNECTION = IPCMessageType.CONNECTION.value
+MESSAGE = IPCMessageType.MESSAGE.value
+REQUEST = IPCMessageType.REQUEST.value
+RESPONSE = IPCMessageType.RESPONSE.value
+PING = IPCMessageType.PING.value
+PONG = IPCMessageType.PONG.value
+END = IPCMessageType.END.value
+
+FEATURES: tuple[str, ...] = ("errors",)
+"""Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
+
+``errors``: a failed request handler answers with a RESPONSE carrying
+``"e": {"type": ..., "message": ...}``, read as ``RemoteError``.
+"""
+
+
+# ---------------------------------------------------------------------- CONNECTION
+
+
+def hello(payload: Any, client_id: str | None, *, compress: bool, codec: CodecName) -> bytes:
+    """The client's CONNECTION packet, framed (always JSON, uncompressed)."""
+    d = {
+        "extras": payload,
+        "id": client_id,
+        "compress": compress,
+        "messagepack": codec == "msgpack",
+        "features": list(FEATURES),
+    }
+    return frame(json_dumps({"t": CONNECTION, "d": d}))
+
+
+class Hello(NamedTuple):
+    """What a client's CONNECTION packet asks for (read by ``read_hello``)."""
+
+    payload: Any
+    """What the client passed to ``connect()`` (``extras``)."""
+    claimed_id: str | None
+    """The id the client asks to keep (a reconnecting client), or None."""
+    compress: bool
+    messagepack: bool
+    features: tuple[str, ...]
+    """The extensions both ends know (ours that the client announced)."""
+
+
+def read_hello(t: int, d: Any) -> Hello:
+    """Read the first packet a client sends.
+
+    Raises:
+        ProtocolError: It is not a CONNECTION packet with its data object.
+    """
+    if t != CONNECTION:
+        raise ProtocolError(f"packet of type {t} before the CONNECTION exchange")
+    if type(d) is not dict:
+        raise ProtocolError("CONNECTION packet without its data object")
+    cid = d.get("id")
+    claimed: str | None = None
+    if isinstance(cid, str) and cid:
+        claimed = cid
+    elif isinstance(cid, (int, float)) and not isinstance(cid, bool) and cid:
+        claimed = str(cid)  # net-ipc peers may send a number
+    asked = d.get("features")
+    features = tuple(f for f in FEATURES if isinstance(asked, list) and f in asked)
+    return Hello(
+        d.get("extras"), claimed, bool(d.get("compress")), bool(d.get("messagepack")), features
+    )
+
+
+def answer(
+    conn_id: str, *, compress: bool, messagepack: bool, features: tuple[str, ...], nonce: Any
+) -> bytes:
+    """The server's CONNECTION answer, framed (JSON, uncompressed): what it agreed to."""
+    d: dict[str, Any] = {"id": conn_id, "compress": compress, "messagepack": messagepack}
+    if features:
+        d["features"] = list(features)
+    packet: dict[str, Any] = {"t": CONNECTION, "d": d}
+    if nonce is not None:
+        packet["n"] = nonce
+    return frame(json_dumps(packet))
+
+
+class Agreement(NamedTuple):
+    """What the server's CONNECTION answer agreed to."""
+
+    info: dict[str, Any]
+    """The answer's ``d`` as it came (id, compress, messagepack, features)."""
+    messagepack: bool
+    compress: bool
+    remote_errors: bool
+    """Whether the server announced the ``errors`` extension."""
+
+
+def read_answer(t: int, d: Any) -> Agreement:
+    """Read the server's first packet.
+
+    Raises:
+        HandshakeError: The server refused the client (an END before the answer).
+        ProtocolError: Anything else than the CONNECTION answer.
+    """
+    if t == END:
+        raise HandshakeError(read_end(d).get("m"))  # refused before admission
+    if t != CONNECTION or type(d) is not dict:
+        raise ProtocolError(f"expected the CONNECTION answer, got packet type {t}")
+    features = d.get("features")
+    return Agreement(
+        d,
+        bool(d.get("messagepack")),
+        bool(d.get("compress")),
+        isinstance(features, list) and "errors" in features,
+    )
+
+
+# ---------------------------------------------------------------------- END
+
+
+def end(codec: PacketCodec | None, reason: Any, allow_reconnect: bool = False) -> bytes:
+    """The END packet, framed; ``codec`` None before the CONNECTION exchange (plain JSON).
+
+    A reason the codec cannot carry is sent as ``str(reason)``.
+    """
+    d = {"m": reason, "a": bool(allow_reconnect)}
+    try:
+        if codec is None:
+            return frame(json_dumps({"t": END, "d": d}))
+        return codec.encode(END, d)
+    except TypeError:
+        d["m"] = str(reason)
+        if codec is None:
+            return frame(json_dumps({"t": END, "d": d}))
+        return codec.encode(END, d)
+
+
+def read_end(d: Any) -> dict[str, Any]:
+    """An END packet's ``d`` as ``{"m": reason, "a": allow_reconnect}`` (a bare reason is allowed)."""
+    return d if type(d) is dict else {"m": d, "a": False}
+
+
+def loss(
+    peer_end: dict[str, Any] | None,
+    close_reason: Any,
+    exc: BaseException | None,
+    destroyed: bool,
+) -> tuple[Any, ConnectionClosedError]:
+    """Why a connection is gone, and the error its waiters get (both drivers, both ends).
+
+    The reason is the peer's END reason, else our own close or destroy
+    reason, else the transport's exception, else ``"connection lost"``.
+    """
+    if peer_end is not None:
+        reason: Any = peer_end.get("m")
+    elif close_reason is not None:
+        reason = close_reason
+    elif exc is not None:
+        reason = exc
+    else:
+        reason = "connection lost"
+    if destroyed:
+        return reason, ConnectionDestroyedError(reason)
+    allow = bool(peer_end.get("a")) if peer_end is not None else False
+    return reason, ConnectionClosedError(reason, allow_reconnect=allow)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_errors: bool) -> bytes:
+    """The RESPONSE that tells the requester its request failed with ``exc``, framed.
+
+    A peer that announced the ``errors`` extension reads ``"e"`` as a
+    ``RemoteError``; any other peer gets ``{"error": {...}}`` as the answer,
+    a value it can read.
+    """
+    error = {"type": type(exc).__name__, "message": str(exc)}
+    if remote_errors:
+        return frame(codec.encode_body({"t": RESPONSE, "d": None, "n": nonce, "e": error}))
+    return codec.encode(RESPONSE, {"error": error}, nonce)
+
+
+def read_error(packet: dict[str, Any]) -> RemoteError | None:
+    """The ``RemoteError`` a RESPONSE carries (``errors`` extension), or None."""
+    error = packet.get("e")
+    if error is None or type(error) is not dict:
+        return None
+    return RemoteError(str(error.get("type")), str(error.get("message", "")))
+
+
+# ---------------------------------------------------------------------- pub/sub
+
+
+def topic_list(value: Any) -> list[str] | None:
+    """The topics ``value`` names (a str, or a non-empty list of str); None if it names none."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None
+
+
+def subscribe_request(topic: str | list[str]) -> dict[str, Any]:
+    """The request that subscribes to ``topic`` (one or several)."""
+    return {"sub": topic}
+
+
+def unsubscribe_request(topic: str | list[str]) -> dict[str, Any]:
+    """The request that unsubscribes from ``topic`` (one or several)."""
+    return {"unsub": topic}
+
+
+def publish_request(topic: str, message: Any) -> dict[str, Any]:
+    """The request that publishes ``message`` to ``topic``."""
+    return {"pub": topic, "message": message}
+
+
+def read_pubsub(data: Any) -> tuple[str, Any, Any] | None:
+    """``(kind, topics or topic, message)`` if a request is a pub/sub one, else None.
+
+    ``kind`` is ``"sub"``, ``"unsub"`` or ``"pub"``; the second item is what
+    the request named, unchecked (``topic_list`` reads it).
+    """
+    if type(data) is not dict:
+        return None
+    if "pub" in data:
+        return "pub", data["pub"], data.get("message")
+    if "sub" in data:
+        return "sub", data["sub"], None
+    if "unsub" in data:
+        return "unsub", data["unsub"], None
+    return None
+
+
+def pubsub_reply(ok: bool) -> dict[str, Any]:
+    """The answer to a pub/sub request."""
+    return {"result": ok}
+
+
+def succeeded(reply: Any) -> bool:
+    """Whether a pub/sub reply says ``{"result": true}``."""
+    return type(reply) is dict and reply.get("result") is True
+
+
+def delivery(topic: str, message: Any) -> dict[str, Any]:
+    """The MESSAGE data that delivers a published message to a subscriber."""
+    return {"pub": topic, "message": message}
+
+
+def published_topic(data: Any) -> str | None:
+    """The topic if a MESSAGE is a pub/sub delivery, else None.
+
+    A delivery is ``{"pub": topic, "message": message}``; its message is
+    ``data["message"]``, and may be falsy (0, "", None, False).
+    """
+    if data.__class__ is dict:
+        topic = data.get("pub")
+        if topic.__class__ is str and "message" in data:
+            return topic
+    return None
+
+
+# ---------------------------------------------------------------------- dispatch
+
+
+class PacketDispatcher:
+    """Routes each decoded packet of an admitted connection to the hook of its type.
+
+    Both drivers inherit it (the asyncio ``Endpoint``, the blocking
+    connection) and define the hooks; ``_dispatch`` is the one place that
+    knows which type goes where.
+    """
+
+    __slots__ = ()
+
+    def _dispatch(self, t: int, d: Any, n: Any, packet: dict[str, Any]) -> None:
+        """Hand a decoded packet to the hook of its type."""
+        if REQUEST <= t <= PONG and n.__class__ is not str:
+            # Nonces are strings (docs/protocol.md): anything else can be neither paired nor echoed.
+            self._on_bad_packet(
+                ProtocolError(f"packet of type {t} with a nonce that is not a string")
+            )
+        elif t == REQUEST:
+            self._on_request_packet(d, n)
+        elif t == RESPONSE:
+            self._on_response(n, packet)
+        elif t == MESSAGE:
+            self._on_message(d)
+        elif t == PING:
+            self._on_ping(d, n)
+        elif t == PONG:
+            self._on_pong(n)
+        elif t == END:
+            self._on_end(read_end(d))
+        else:
+            self._on_bad_packet(ProtocolError("unexpected CONNECTION packet after the handshake"))
+
+    # The hooks, one per packet type.
+
+    def _on_message(self, d: Any) -> None:
+        raise NotImplementedError
+
+    def _on_request_packet(self, d: Any, n: str) -> None:
+        raise NotImplementedError
+
+    def _on_response(self, n: str, packet: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _on_ping(self, d: Any, n: str) -> None:
+        raise NotImplementedError
+
+    def _on_pong(self, n: str) -> None:
+        raise NotImplementedError
+
+    def _on_end(self, d: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _on_bad_packet(self, exc: ProtocolError) -> None:
+        """A well-formed packet that cannot be acted on: report it, keep the connection."""
+        raise NotImplementedError

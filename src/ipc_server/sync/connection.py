@@ -1,0 +1,572 @@
+"""The blocking client's connection: one socket, its codec, its request table, its writes.
+
+``handshake`` runs the preamble and the CONNECTION exchange on a fresh
+socket. A ``Connection`` then drives the sans-I/O core over the
+non-blocking socket: ``pump`` reads and dispatches (as the reader of
+``reader.ReadRoles``), ``transmit`` writes, ``call`` makes a request and
+waits for its answer, ``close_gracefully`` is the END exchange, and
+``lose`` ends it. What the connection receives for its owner (messages,
+requests, the loss) goes to the callbacks it was made with.
+
+Everything but the socket writes (under ``wlock``) is changed with
+``lock`` (the client's lock) held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl as _ssl
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple, cast
+
+from ..codecs import PacketCodec
+from ..errors import (
+    ConnectionClosedError,
+    HandshakeError,
+    IPCError,
+    MessageTooLargeError,
+    ProtocolError,
+    RequestTimeoutError,
+)
+from ..events import DONE, Respond
+from ..options import DEFAULT_TIMEOUT
+from ..packets import (
+    PING,
+    PONG,
+    RESPONSE,
+    Agreement,
+    PacketDispatcher,
+    end,
+    error_answer,
+    loss,
+    read_answer,
+    read_error,
+)
+from ..protocol import BINARY_PREAMBLE, Body, ClientPreamble, FrameDecoder, upgrade_request
+from .reader import BG, ReadRoles, Waiter, poller
+
+__all__ = ["Connection", "Opened", "SyncRespond", "handshake"]
+
+RECV_SIZE = 65536  # below malloc's mmap threshold: a fresh buffer per recv stays cheap
+
+SEND_TIMEOUT = DEFAULT_TIMEOUT
+"""Bound on writing the client's own answers (PONG, RESPONSE) to a server that does not read."""
+
+_monotonic = time.monotonic
+
+
+class Opened(NamedTuple):
+    """A socket after the CONNECTION exchange."""
+
+    agreement: Agreement
+    codec: PacketCodec
+    decoder: FrameDecoder
+    early: list[Body]
+    """Packets that came with the CONNECTION answer (dispatched once the connection is in place)."""
+
+
+def handshake(
+    sock: socket.socket,
+    hello: bytes,
+    deadline: float | None,
+    *,
+    upgrade: tuple[str, str] | None,
+    max_message_size: int,
+) -> Opened:
+    """The preamble and the CONNECTION exchange, blocking (nobody else uses ``sock`` yet).
+
+    ``upgrade`` is ``(host, token)`` for the HTTP upgrade preamble, None for ``IPC``.
+
+    Raises:
+        HandshakeError: The server refused the client, or the upgrade.
+        ProtocolError: The server answered with something else.
+        TimeoutError: ``deadline`` passed.
+        ConnectionClosedError: The server hung up.
+    """
+
+    def recv() -> bytes:
+        if deadline is not None:
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                raise TimeoutError("connect timed out during the handshake")
+            sock.settimeout(remaining)
+        chunk = sock.recv(RECV_SIZE)
+        if not chunk:
+            raise ConnectionClosedError("connection lost during the handshake")
+        return chunk
+
+    if deadline is not None:
+        sock.settimeout(max(0.001, deadline - _monotonic()))
+    rest = b""
+    if upgrade is not None:
+        sock.sendall(upgrade_request(*upgrade))
+        preamble = ClientPreamble()
+        consumed = None
+        while consumed is None:
+            try:
+                consumed = preamble.feed(recv())
+            except ProtocolError as exc:
+                raise HandshakeError(str(exc)) from exc
+        rest = bytes(preamble.data[consumed:])
+        sock.sendall(hello)
+    else:
+        sock.sendall(BINARY_PREAMBLE + hello)
+    decoder = FrameDecoder(max_message_size)
+    codec = PacketCodec(max_message_size)
+    bodies = decoder.feed(rest) if rest else []
+    while not bodies:
+        bodies = decoder.feed(recv())
+    t, d, _, _ = codec.decode(bodies[0])
+    agreement = read_answer(t, d)
+    codec.configure(messagepack=agreement.messagepack, compress=agreement.compress)
+    sock.setblocking(False)
+    return Opened(agreement, codec, decoder, bodies[1:])
+
+
+class _Broken(Exception):
+    """A write failed: the connection is gone (handled by the caller, outside the write lock)."""
+
+
+class SendTimeout(Exception):
+    """Nothing could be written before the deadline (the caller raises RequestTimeoutError)."""
+
+
+GONE = object()
+"""What ``Connection.call`` returns when the connection was gone before anything was sent."""
+
+
+class SyncRespond(Respond):
+    """The ``respond`` callable of the blocking client (see ``ipc_server.Respond``).
+
+    It returns once the answer is written (the awaitable it returns is done).
+    """
+
+    __slots__ = ("_conn", "_lock", "_nonce")
+
+    def __init__(self, conn: Connection, nonce: Any) -> None:
+        self.done = False
+        self._conn = conn
+        self._nonce = nonce
+        self._lock = threading.Lock()
+
+    def _claim(self) -> bool:
+        with self._lock:
+            if self.done:
+                return False
+            self.done = True
+            return True
+
+    def __call__(self, data: Any = None) -> Awaitable[None]:
+        if not self._claim():
+            raise RuntimeError("this request was already answered")
+        conn = self._conn
+        if conn.dead:
+            return DONE  # the requester is gone; nothing to answer
+        try:
+            conn.transmit(RESPONSE, data, self._nonce, _monotonic() + SEND_TIMEOUT)
+        except TypeError:
+            self.done = False  # not encodable: nothing was sent, the chain may still answer
+            raise
+        except SendTimeout:
+            raise IPCError("could not answer the server: it does not read") from None
+        return DONE
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._claim() or self._conn.dead:
+            return
+        conn = self._conn
+        with contextlib.suppress(IPCError, OSError, SendTimeout):
+            conn.transmit_with(
+                lambda: error_answer(conn.codec, self._nonce, exc, conn.remote_errors),
+                _monotonic() + SEND_TIMEOUT,
+            )
+
+    def finish(self) -> None:
+        if not self.done:
+            with contextlib.suppress(RuntimeError, IPCError, OSError):
+                self(None)
+
+
+class Connection(ReadRoles, PacketDispatcher):
+    """One admitted connection of the blocking client.
+
+    Args:
+        sock: The socket, after ``handshake``.
+        opened: What ``handshake`` returned.
+        lock: The client's lock.
+        on_message: ``fn(data)`` for a MESSAGE (lock held).
+        on_request: ``fn(connection, data, nonce)`` for a REQUEST (lock held).
+        on_lost: ``fn(connection, reason)`` once the connection is gone (lock held).
+        report: ``fn(error)`` for a problem worth the ``error`` event.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        opened: Opened,
+        lock: threading.Lock,
+        *,
+        on_message: Callable[[Any], None],
+        on_request: Callable[[Connection, Any, str], None],
+        on_lost: Callable[[Connection, Any], None],
+        report: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(sock, lock)
+        self.codec = opened.codec
+        self.decoder = opened.decoder
+        self.remote_errors = opened.agreement.remote_errors
+        self.on_message = on_message
+        self.on_request = on_request
+        self.on_lost = on_lost
+        self.report = report
+        self.pending: dict[str, Waiter] = {}
+        self.outbox: list[tuple[int, Any, Any]] = []  # PONGs and answers, written after unlocking
+        self.drain_waiters: list[Waiter] = []  # done when no request is pending
+        self.lost_waiters: list[Waiter] = []  # done when the connection is gone
+        self.wlock = threading.Lock()
+        self.w_poll = poller(sock, True)
+        self.closing = False
+        self.destroyed = False
+        self.close_reason: Any = None
+        self.peer_end: dict[str, Any] | None = None
+        self.lost_exc: ConnectionClosedError | None = None
+
+    # ------------------------------------------------------------------ reading
+
+    def pump(self) -> None:
+        sock = self.sock
+        try:
+            if self.io_lock is None:
+                data = sock.recv(RECV_SIZE)
+            else:
+                with self.io_lock:
+                    data = sock.recv(RECV_SIZE)
+                    while cast(_ssl.SSLSocket, sock).pending():
+                        data += sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError, _ssl.SSLWantReadError, _ssl.SSLWantWriteError):
+            return
+        except OSError as exc:
+            self.lose(exc)
+            return
+        if not data:
+            self.lose(None)
+            return
+        try:
+            bodies = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.fatal(exc)
+            return
+        for body in bodies:
+            if self.dead:
+                break
+            self.dispatch_body(body)
+
+    def dispatch_body(self, body: Body) -> None:
+        """Decode one packet and hand it to whom it belongs (lock held)."""
+        try:
+            t, d, n, packet = self.codec.decode(body)
+        except MessageTooLargeError as exc:
+            self.fatal(exc)
+            return
+        except ProtocolError as exc:
+            if self.codec.compress:
+                self.fatal(exc)  # the shared inflate stream cannot be trusted any more
+            else:
+                self.report(exc)  # drop this packet, keep the connection
+            return
+        self._dispatch(t, d, n, packet)
+
+    def _on_response(self, n: str, packet: dict[str, Any]) -> None:
+        w = self.pending.pop(n, None)
+        if w is None:
+            return  # late answer to a request that timed out: drop it
+        error = read_error(packet) if "e" in packet else None
+        if error is not None:
+            w.error = error
+        else:
+            w.value = packet.get("d")
+        w.done = True
+        if w.parked:
+            self.complete(w)
+        if self.drain_waiters and not self.pending:
+            self.drained()
+
+    def _on_message(self, d: Any) -> None:
+        self.on_message(d)
+
+    def _on_request_packet(self, d: Any, n: str) -> None:
+        self.on_request(self, d, n)
+
+    def _on_ping(self, d: Any, n: str) -> None:
+        self.outbox.append((PONG, d, n))
+
+    def _on_pong(self, n: str) -> None:
+        w = self.pending.pop(n, None)
+        if w is not None:
+            w.value = time.perf_counter() - w.started
+            self.complete(w)
+
+    def _on_end(self, d: dict[str, Any]) -> None:
+        self.peer_end = d
+
+    def _on_bad_packet(self, exc: ProtocolError) -> None:
+        self.report(exc)
+
+    def has_outbox(self) -> bool:
+        return bool(self.outbox)
+
+    def answer_later(self, t: int, d: Any, n: Any) -> None:
+        """Queue a packet to write once the lock is released (lock held)."""
+        self.outbox.append((t, d, n))
+
+    def flush_outbox(self) -> None:
+        with self.lock:
+            out = self.outbox
+            self.outbox = []
+        deadline = _monotonic() + SEND_TIMEOUT
+        for t, d, n in out:
+            try:
+                self.transmit(t, d, n, deadline)
+            except (IPCError, OSError, SendTimeout) as exc:
+                if not self.dead:
+                    self.report(
+                        exc
+                        if not isinstance(exc, SendTimeout)
+                        else IPCError("could not answer the server: it does not read")
+                    )
+                return
+
+    # ------------------------------------------------------------------ the end
+
+    def fatal(self, exc: BaseException) -> None:
+        """The stream is broken: report it and drop the connection (lock held)."""
+        self.report(exc)
+        if self.close_reason is None:
+            self.close_reason = exc
+        self.lose(exc)
+
+    def lose(self, exc: BaseException | None) -> None:
+        """The connection is gone: fail what waits on it, then tell the owner (lock held; idempotent)."""
+        if self.dead:
+            return
+        self.dead = True
+        reason, error = loss(self.peer_end, self.close_reason, exc, self.destroyed)
+        self.lost_exc = error
+        pending = self.pending
+        self.pending = {}
+        for w in pending.values():
+            w.error = error
+            self.complete(w)
+        for w in self.drain_waiters + self.lost_waiters:
+            self.complete(w)
+        self.drain_waiters = []
+        self.lost_waiters = []
+        self.outbox = []
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes every thread polling it
+        if self.reader is BG:
+            self.reader = None
+        self.release_sock()
+        self.on_lost(self, reason)
+
+    def drained(self) -> None:
+        """No request is pending any more: wake ``close_gracefully`` (lock held)."""
+        for w in self.drain_waiters:
+            self.complete(w)
+        self.drain_waiters = []
+
+    def forget(self, nonce: str) -> None:
+        """Drop a pending entry the caller gave up on (lock held)."""
+        self.pending.pop(nonce, None)
+        if not self.pending and self.drain_waiters:
+            self.drained()
+
+    # ------------------------------------------------------------------ writing
+
+    def transmit(self, t: int, d: Any, n: Any, deadline: float | None) -> None:
+        """Encode and write one packet.
+
+        Raises:
+            TypeError: ``d`` cannot be encoded.
+            ConnectionClosedError: The connection is gone.
+            SendTimeout: Nothing could be written before ``deadline``.
+        """
+        codec = self.codec
+        if codec.compress:
+            # One deflate stream per direction: encode in the order of writing.
+            self.transmit_with(lambda: codec.encode(t, d, n), deadline)
+            return
+        data = codec.encode(t, d, n)
+        wlock = self.wlock
+        if not wlock.acquire(False) and not wlock.acquire(True, _left(deadline)):
+            raise SendTimeout
+        try:
+            if self.io_lock is None and not self.dead:
+                # Inlined first attempt: a small packet nearly always leaves in one send().
+                try:
+                    sent = self.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    raise _Broken(exc) from exc
+                if sent < len(data):
+                    self._write(data, deadline, sent)
+            else:
+                self._write(data, deadline)
+        except _Broken as broken:
+            wlock.release()
+            self._broken(broken)
+        else:
+            wlock.release()
+
+    def transmit_with(self, encode: Callable[[], bytes], deadline: float | None) -> None:
+        """Write what ``encode()`` makes, encoding under the write lock."""
+        wlock = self.wlock
+        if not wlock.acquire(False) and not wlock.acquire(True, _left(deadline)):
+            raise SendTimeout
+        try:
+            self._write(encode(), deadline)
+        except _Broken as broken:
+            wlock.release()
+            self._broken(broken)
+        else:
+            wlock.release()
+
+    def _write(self, data: bytes, deadline: float | None, sent: int = 0) -> None:
+        """Write ``data`` from byte ``sent`` on (write lock held). Raises _Broken, SendTimeout."""
+        if self.dead:
+            raise _Broken(None)
+        sock = self.sock
+        io = self.io_lock
+        size = len(data)
+        view = memoryview(data) if size > 0x10000 else data  # small: sliced at most once
+        while True:
+            try:
+                if io is None:
+                    sent += sock.send(view[sent:] if sent else data)
+                else:
+                    with io:
+                        sent += sock.send(view[sent:] if sent else data)
+            except (
+                BlockingIOError,
+                InterruptedError,
+                _ssl.SSLWantWriteError,
+                _ssl.SSLWantReadError,
+            ):
+                pass
+            except OSError as exc:
+                raise _Broken(exc) from exc
+            if sent >= size:
+                return
+            if deadline is None:
+                self.w_poll(None)
+                continue
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                if sent:
+                    # Part of a packet is on the wire: the stream cannot go on.
+                    raise _Broken(IPCError("send timed out in the middle of a packet"))
+                raise SendTimeout
+            self.w_poll(remaining)
+
+    def _broken(self, broken: _Broken) -> None:
+        """A write failed: read what the server said last (its END), drop the connection, raise."""
+        cause = broken.args[0] if broken.args else None
+        with self.lock:
+            if not self.dead:
+                # The END that explains the failure, if it came. Safe whoever reads:
+                # the connection is dropped next, which wakes a polling reader.
+                self.pump()
+            self.lose(cause if isinstance(cause, BaseException) else None)
+        assert self.lost_exc is not None
+        raise self.lost_exc from cause if isinstance(cause, BaseException) else None
+
+    # ------------------------------------------------------------------ a request and its answer
+
+    def call(
+        self, t: int, data: Any, nonce: str, deadline: float | None, seconds: float | None
+    ) -> Any:
+        """A REQUEST or PING and its answer; ``GONE`` if the connection was gone before sending.
+
+        Raises:
+            RequestTimeoutError: No answer (or no room to send) before ``deadline``.
+            ConnectionClosedError: The connection closed meanwhile (or is closing).
+            RemoteError: The server's handler raised.
+        """
+        w = Waiter()
+        lock = self.lock
+        with lock:
+            if self.dead:
+                return GONE
+            if self.closing:
+                raise ConnectionClosedError("connection is closing")
+            self.pending[nonce] = w
+            # Nobody else waits: this thread will read its own answer (no thread hop).
+            # An idle connection is the background thread's, and is taken from it.
+            lead = self.take_role(w)
+        done = False
+        try:
+            if t == PING:
+                w.started = time.perf_counter()
+            self.transmit(t, data, nonce, deadline)
+            if lead:
+                done = self.lead(w, deadline)  # gives the role up again
+        except BaseException as exc:
+            with lock:
+                if lead and self.reader is w:  # the send failed before lead took over
+                    self.step_down()
+                    self.release_sock()
+                self.forget(nonce)
+            if isinstance(exc, SendTimeout):
+                raise RequestTimeoutError(seconds or 0.0, "send") from None
+            raise
+        if not done and not self.wait(w, deadline):
+            with lock:
+                if not w.done:
+                    self.forget(nonce)
+            if not w.done:
+                if self.lost_exc is not None:  # the connection died under us
+                    raise self.lost_exc
+                raise RequestTimeoutError(seconds or 0.0, "ping" if t == PING else "request")
+        if w.error is not None:
+            raise w.error
+        return w.value
+
+    # ------------------------------------------------------------------ closing
+
+    def close_gracefully(self, reason: Any, deadline: float | None) -> None:
+        """Answers to pending requests first, then END, then the socket (or drop it at ``deadline``)."""
+        lock = self.lock
+        drained = Waiter()
+        with lock:
+            if self.pending and not self.dead:
+                self.drain_waiters.append(drained)
+            else:
+                drained.done = True
+        if not drained.done:
+            self.wait(drained, deadline)
+        with contextlib.suppress(IPCError, OSError, SendTimeout):
+            self.transmit_with(lambda: end(self.codec, reason), deadline)
+        gone = Waiter()
+        with lock:
+            if self.dead:
+                gone.done = True
+            else:
+                self.lost_waiters.append(gone)
+        if not gone.done and self.io_lock is None:
+            # Half-close: the server reads all we sent, then hangs up (as net-ipc does).
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+            self.wait(gone, deadline)
+        # TLS cannot half-close (asyncio closes such a transport after END too).
+        if not gone.done:
+            with lock:
+                self.lose(None)
+
+
+def _left(deadline: float | None) -> float:
+    """Seconds to ``deadline`` for ``Lock.acquire`` (-1: no deadline)."""
+    return -1.0 if deadline is None else max(0.0, deadline - _monotonic())
