@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from ipc_server.demo import DEADLINE
+from ipc_server.cli.demo import DEADLINE
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix socket paths")
 
@@ -135,7 +135,7 @@ def sock_path() -> Iterator[str]:
 def test_actor_exits_when_the_director_goes(sock_path: str) -> None:
     """A demo actor whose stdin closes (director gone) closes its server and exits."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ipc_server.demo", "server", "--path", sock_path],
+        [sys.executable, "-m", "ipc_server.cli.demo_actors", "server", "--path", sock_path],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -1,18 +1,17 @@
 """``ipc-server demo``: a server and three clients in separate processes, narrated.
 
 This process is the director. It starts every actor as
-``python -m ipc_server.demo server|client ...`` on a temporary socket, tells
-them what to do with JSON lines on their stdin, and narrates what they
-report as JSON lines on their stdout. The script: clients connect with a
-payload; request/response (and a handler that raises); the server surveys the
-clients; pub/sub between clients; a client process is killed; the server
-closes with ``allow_reconnect=True`` and a new server process takes its place,
-the clients reconnect by themselves and their subscription still works; then
-the server closes for good and every process exits.
+``python -m ipc_server.cli.demo_actors server|client ...`` on a temporary
+socket, tells them what to do with JSON lines on their stdin, and narrates
+what they report as JSON lines on their stdout. The script: clients connect
+with a payload; request/response (and a handler that raises); the server
+surveys the clients; pub/sub between clients; a client process is killed; the
+server closes with ``allow_reconnect=True`` and a new server process takes its
+place, the clients reconnect by themselves and their subscription still works;
+then the server closes for good and every process exits.
 
 Every wait has a deadline, the whole demo is bounded by ``DEADLINE``, and
-every actor exits by itself after ``ACTOR_LIFETIME`` or when the director
-goes away (its stdin closes).
+every actor exits by itself (see ``ipc_server.cli.demo_actors``).
 """
 
 from __future__ import annotations
@@ -25,18 +24,26 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, TextIO
 
-from ._loop import run as run_loop
-from .cli import to_json
-from .client import IPCClient
-from .errors import IPCError, RemoteError
-from .server import IPCConnection, IPCServer
+from .._loop import run as run_loop
+from .output import (
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    PROG,
+    Output,
+    isatty,
+    report_error,
+    to_json,
+)
 
-__all__ = ["ACTOR_LIFETIME", "DEADLINE", "run_demo"]
+__all__ = ("ACTORS", "DEADLINE", "STEP_TIMEOUT", "cmd_demo", "run_demo")
+
+ACTORS = "ipc_server.cli.demo_actors"
+"""The module each actor process runs (``python -m``)."""
 
 DEADLINE = 14.0
 """Seconds the whole demo may take before it gives up (exit 3)."""
@@ -44,206 +51,16 @@ DEADLINE = 14.0
 STEP_TIMEOUT = 5.0
 """Seconds any one expected event may take."""
 
-ACTOR_LIFETIME = 30.0
-"""Seconds after which an actor process exits whatever happens."""
-
 CLIENTS = ("alice", "bob", "carol")
 
 
 class DemoFailed(Exception):
     """The demo did not go as scripted."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
 
-
-# ====================================================================== actors (child processes)
-
-
-def _say(event: str, **fields: Any) -> None:
-    """Report one event to the director."""
-    sys.stdout.write(to_json({"event": event, **fields}) + "\n")
-    sys.stdout.flush()
-
-
-def _read_commands(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[dict[str, Any]]) -> None:
-    """Thread: stdin lines to the loop (portable; a pipe on Windows cannot be read by asyncio)."""
-
-    def put(item: dict[str, Any]) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is already gone
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-    for line in sys.stdin:
-        try:
-            command = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(command, dict):
-            put(command)
-    put({"cmd": "eof"})
-
-
-def _commands() -> asyncio.Queue[dict[str, Any]]:
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    threading.Thread(target=_read_commands, args=(loop, queue), daemon=True).start()
-    return queue
-
-
-async def _server_actor(path: str) -> int:
-    server = IPCServer(path=path)
-
-    @server.on("ready")
-    def _ready(address: str) -> None:
-        _say("ready", address=address, pid=os.getpid())
-
-    @server.on("connect")
-    def _connect(conn: IPCConnection, payload: Any) -> None:
-        pid = conn.peer.pid if conn.peer is not None else None
-        _say("connect", id=conn.id, payload=payload, pid=pid)
-
-    @server.on("disconnect")
-    def _disconnect(conn: IPCConnection, reason: Any) -> None:
-        _say("disconnect", id=conn.id, reason=str(reason))
-
-    @server.on("error")
-    def _error(error: BaseException, conn: IPCConnection | None) -> None:
-        cid = conn.id if conn is not None else None
-        _say("error", id=cid, type=type(error).__name__, error=str(error))
-
-    @server.on("request")
-    async def _request(request: Any, respond: Any, conn: IPCConnection) -> None:
-        _say("request", id=conn.id, data=request)
-        if isinstance(request, dict):
-            args = request.get("args") or [0, 0]
-            if request.get("cmd") == "add":
-                await respond(sum(args))
-                return
-            if request.get("cmd") == "divide":
-                await respond(args[0] / args[1])  # 1/0 raises: the client gets a RemoteError
-                return
-        await respond({"echo": request})
-
-    await server.start()
-    commands = _commands()
-    while True:
-        command = await commands.get()
-        cmd = command.get("cmd")
-        if cmd == "survey":
-            answers = await server.survey(command.get("data"), timeout=3.0)
-            results = [
-                {"id": conn.id, "reply": reply}
-                if not isinstance(reply, BaseException)
-                else {"id": conn.id, "error": f"{type(reply).__name__}: {reply}"}
-                for conn, reply in answers
-            ]
-            _say("survey", results=results)
-        elif cmd == "topics":
-            topics = {topic: [c.id for c in conns] for topic, conns in server.topics.items()}
-            _say("topics", topics=topics)
-        elif cmd in ("close", "eof"):
-            allow = bool(command.get("allow_reconnect"))
-            await server.close(allow_reconnect=allow, timeout=3.0)
-            _say("closed", allow_reconnect=allow)
-            return 0 if cmd == "close" else 1
-
-
-async def _client_actor(path: str, name: str) -> int:
-    # A short retry cap so that it is back soon after the new server is up.
-    client = IPCClient(
-        path=path, retries=20, max_retry_time=1.0, connect_timeout=3.0, request_timeout=3.0
-    )
-    commands = _commands()
-    readies = 0
-
-    @client.on("ready")
-    def _ready(info: dict[str, Any]) -> None:
-        nonlocal readies
-        readies += 1
-        _say("ready", id=client.id, again=readies > 1, topics=client.topics)
-
-    @client.on("status")
-    def _status(status: Any) -> None:
-        _say("status", status=status.name)
-
-    @client.on("close")
-    def _close(reason: Any) -> None:
-        _say("close", reason=str(reason))
-        commands.put_nowait({"cmd": "closed"})
-
-    @client.on("error")
-    def _error(error: BaseException) -> None:
-        _say("error", type=type(error).__name__, error=str(error))
-
-    @client.on("message")
-    def _message(message: Any) -> None:
-        _say("message", topic=None, data=message)
-
-    @client.on("request")
-    async def _asked(request: Any, respond: Any) -> None:
-        answer = {"name": name, "pid": os.getpid(), "topics": client.topics}
-        await respond(answer)
-        _say("asked", data=request, answer=answer)
-
-    await client.connect({"name": name, "pid": os.getpid()})
-    while True:
-        command = await commands.get()
-        cmd = command.get("cmd")
-        if cmd == "request":
-            started = time.perf_counter()
-            try:
-                reply = await client.request(command.get("data"))
-            except RemoteError as exc:
-                _say("remote_error", type=exc.type, message=exc.message)
-                continue
-            ms = (time.perf_counter() - started) * 1000.0
-            _say("reply", data=reply, ms=round(ms, 3))
-        elif cmd == "subscribe":
-            topic = str(command.get("topic"))
-            client.on(
-                topic, lambda message, topic=topic: _say("message", topic=topic, data=message)
-            )
-            ok = await client.subscribe(topic)
-            _say("subscribed", topic=topic, ok=ok)
-        elif cmd == "publish":
-            topic, data = str(command.get("topic")), command.get("data")
-            ok = await client.publish(topic, data)
-            _say("published", topic=topic, data=data, ok=ok)
-        elif cmd == "closed":
-            return 0
-        elif cmd == "eof":
-            client.destroy("director gone")
-            return 1
-
-
-def actor_main(argv: list[str] | None = None) -> int:
-    """Entry point of an actor process (``python -m ipc_server.demo server|client``)."""
-    parser = argparse.ArgumentParser(prog="python -m ipc_server.demo")
-    parser.add_argument("role", choices=("server", "client"))
-    parser.add_argument("--path", required=True)
-    parser.add_argument("--name", default="client")
-    args = parser.parse_args(argv)
-    actor: Awaitable[int] = (
-        _server_actor(args.path) if args.role == "server" else _client_actor(args.path, args.name)
-    )
-    try:
-        return run_loop(_bounded(actor, ACTOR_LIFETIME))
-    except (asyncio.TimeoutError, TimeoutError):
-        _say("gave_up", after=ACTOR_LIFETIME)
-        return 3
-    except (OSError, IPCError) as exc:  # e.g. no server at the path
-        _say("failed", type=type(exc).__name__, error=str(exc))
-        return 1
-    except KeyboardInterrupt:
-        return 1
-
-
-async def _bounded(actor: Awaitable[int], seconds: float) -> int:
-    return await asyncio.wait_for(actor, seconds)
-
-
-# ====================================================================== the director
 
 _COLORS = {"demo": "1", "server": "36", "alice": "32", "bob": "33", "carol": "35"}
 
@@ -255,7 +72,7 @@ class Director:
         self.path = path
         self.json_lines = json_lines
         self.stream = stream
-        self.color = not json_lines and _isatty(stream) and "NO_COLOR" not in os.environ
+        self.color = not json_lines and isatty(stream) and "NO_COLOR" not in os.environ
         self.loop = asyncio.get_running_loop()
         self.t0 = self.loop.time()
         self.deadline = self.t0 + DEADLINE
@@ -386,7 +203,7 @@ class Director:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "ipc_server.demo",
+            ACTORS,
             *argv,
             "--path",
             self.path,
@@ -447,7 +264,7 @@ class Director:
             remaining = limit - self.loop.time()
             if remaining <= 0:
                 what = f"{actor} {event}" + (f" {to_json(match)}" if match else "")
-                raise DemoFailed(f"timed out waiting for {what}", 3)
+                raise DemoFailed(f"timed out waiting for {what}", EXIT_TIMEOUT)
             self.changed.clear()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), remaining)
@@ -463,7 +280,7 @@ class Director:
             if ok(ev):
                 return ev
             if self.loop.time() >= limit:
-                raise DemoFailed(f"{actor} never reported the expected {event}", 3)
+                raise DemoFailed(f"{actor} never reported the expected {event}", EXIT_TIMEOUT)
             await asyncio.sleep(0.05)
 
     async def cleanup(self) -> None:
@@ -478,13 +295,6 @@ class Director:
         for task in self.readers:
             task.cancel()
         await asyncio.gather(*self.readers, return_exceptions=True)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
 
 
 async def _script(d: Director) -> None:
@@ -570,7 +380,7 @@ async def _direct(json_lines: bool, stream: TextIO) -> int:
         await _script(d)
     except DemoFailed as exc:
         d.line("demo", "failed", f"FAILED: {exc}", error=str(exc))
-        print(f"ipc-server demo: error: {exc}", file=sys.stderr, flush=True)
+        report_error(f"{PROG} demo", str(exc))
         return exc.code
     finally:
         await d.cleanup()
@@ -585,7 +395,7 @@ async def _direct(json_lines: bool, stream: TextIO) -> int:
         f"done in {seconds:.1f} s: every process exited cleanly",
         seconds=round(seconds, 2),
     )
-    return 0
+    return EXIT_OK
 
 
 def run_demo(*, json_lines: bool, stream: TextIO | None = None) -> int:
@@ -594,11 +404,10 @@ def run_demo(*, json_lines: bool, stream: TextIO | None = None) -> int:
     try:
         return run_loop(_direct(json_lines, out))
     except KeyboardInterrupt:
-        print("ipc-server demo: interrupted", file=sys.stderr, flush=True)
-        return 1
+        print(f"{PROG} demo: interrupted", file=sys.stderr, flush=True)
+        return EXIT_ERROR
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        sys.exit(actor_main())
-    sys.exit(run_demo(json_lines=not _isatty(sys.stdout)))
+def cmd_demo(args: argparse.Namespace, out: Output) -> int:
+    """``ipc-server demo``: run the demo, narrated to ``out`` as JSON lines or text."""
+    return run_demo(json_lines=out.json, stream=out.stream)

@@ -21,11 +21,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from . import __version__
-from .cli import EXIT_OK, EXIT_TIMEOUT, CommandError, Output, _isatty, _shut
-from .client import IPCClient
+from .. import __version__
+from ..client import IPCClient
+from .commands import shut
+from .output import EXIT_OK, EXIT_TIMEOUT, CommandError, Output, isatty
 
-__all__ = ["BENCH_PAYLOAD", "BENCH_WORKLOADS", "BenchSizes", "cmd_bench", "workload_list"]
+__all__ = ("BENCH_PAYLOAD", "BENCH_WORKLOADS", "BenchSizes", "cmd_bench", "workload_list")
 
 
 # The ~200-byte JSON-like dict of the benchmark suite (benchmarks/config.py).
@@ -81,7 +82,7 @@ class Progress:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.enabled = _isatty(self.stream)
+        self.enabled = isatty(self.stream)
         self.label = ""
         self.total = 1
         self._last = 0.0
@@ -277,7 +278,7 @@ async def _bench_fanout(
         rate = _rate(total, time.perf_counter() - t0)
     finally:
         for sub in subscribers:
-            await _shut(sub)
+            await shut(sub)
     return {
         "value": rate,
         "unit": "deliveries/s",
@@ -310,6 +311,7 @@ async def _bench_big(client: IPCClient, sizes: BenchSizes, bar: Progress) -> dic
 
 
 async def cmd_bench(args: argparse.Namespace, out: Output) -> int:
+    """``ipc-server bench``: start the server, run the chosen workloads, report each result."""
     sizes = BENCH_QUICK if args.quick else BENCH_FULL
     workloads = args.workloads or list(BENCH_WORKLOADS)
     folder = tempfile.mkdtemp(prefix="ipc") if os.name != "nt" else None
@@ -349,7 +351,7 @@ async def cmd_bench(args: argparse.Namespace, out: Output) -> int:
                 fields = {k: v for k, v in result.items() if k not in ("value", "detail")}
                 out.emit("result", "", workload=name, **fields)
     finally:
-        await _shut(client)
+        await shut(client)
         if proc is not None:
             await _stop_process(proc)
         for task in drains:
@@ -395,6 +397,7 @@ def _bench_table(
 
 
 def workload_list(text: str) -> list[str]:
+    """The ``--workloads`` argument: names from ``BENCH_WORKLOADS``, separated by commas."""
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [n for n in names if n not in BENCH_WORKLOADS]
     if unknown or not names:

@@ -1,0 +1,92 @@
+"""What every ``ipc-server`` command shares: exit codes, where results go, how errors read.
+
+Results are JSON lines (one object with an ``"event"`` key per line) when
+stdout is not a terminal, readable text on one; ``--format`` overrides.
+Errors go to stderr as ``ipc-server COMMAND: error: ...``. Exit codes: 0 ok,
+1 error (no server, refused, remote error), 2 usage, 3 timeout.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from typing import Any, TextIO
+
+__all__ = (
+    "EXIT_ERROR",
+    "EXIT_OK",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "PROG",
+    "CommandError",
+    "Output",
+    "clock",
+    "isatty",
+    "report_error",
+    "to_json",
+)
+
+PROG = "ipc-server"
+"""The command's name, as it introduces its errors."""
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+
+def to_json(value: Any) -> str:
+    """One compact JSON line; values JSON cannot hold (bytes, ext types) are shown, not lost."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=_jsonable)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(obj).hex()}
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return repr(obj)
+
+
+def isatty(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal (False for streams that cannot tell, or closed ones)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Output:
+    """Where results go: JSON lines (not a terminal) or readable text (a terminal)."""
+
+    def __init__(self, fmt: str = "auto", stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stdout
+        """The stream results are written to (stdout by default)."""
+        self.json = fmt == "json" or (fmt == "auto" and not isatty(self.stream))
+        """Whether results are JSON lines rather than text."""
+
+    def emit(self, event: str, text: str, **fields: Any) -> None:
+        """Write one result: ``{"event": event, **fields}`` as JSON, or ``text``."""
+        line = to_json({"event": event, **fields}) if self.json else text
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def clock() -> str:
+    """The time of day to the millisecond (``HH:MM:SS.mmm``), for log lines."""
+    return _dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+
+
+class CommandError(Exception):
+    """A failure the command reports on stderr and turns into an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+        """The exit code of the command (EXIT_ERROR unless told)."""
+
+
+def report_error(prog: str, message: str) -> None:
+    """Write ``prog: error: message`` to stderr."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
