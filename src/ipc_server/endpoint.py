@@ -26,7 +26,6 @@ from typing import Any, cast
 from .codecs import PacketCodec
 from .errors import (
     ConnectionClosedError,
-    IPCError,
     MessageTooLargeError,
     ProtocolError,
     RequestTimeoutError,
@@ -47,14 +46,11 @@ from .packets import (
 )
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder
 from .transport import release_lost
+from .writes import Writes
 
 __all__ = ["Endpoint", "Responder"]
 
 logger = logging.getLogger("ipc_server")
-
-FLUSH_SIZE = 256 * 1024
-"""Queued bytes that are written at once rather than at the end of the loop iteration."""
-
 
 # A pending request or ping, as a plain tuple (the hot path makes one per request):
 # (future, deadline or None, started (loop time, pings only; else 0.0), timeout, own timer or None).
@@ -101,7 +97,7 @@ class Responder(Respond):
         endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))
 
 
-class Endpoint(PacketDispatcher, asyncio.BufferedProtocol):
+class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 
     Subclass hooks: ``_on_preamble`` (bytes before packets),
@@ -124,14 +120,7 @@ class Endpoint(PacketDispatcher, asyncio.BufferedProtocol):
         self._pending: dict[Any, _Pending] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_deadline = 0.0
-        self._wbuf: list[bytes] = []
-        self._wbuf_size = 0
-        self._burst = False  # a write went out since data last came in: gather the next ones
-        self._flush_handle: asyncio.Handle | None = None
-        self._dispatching = False
-        self._write_paused = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
-        self._max_queued = max_queued
+        self._init_writes(max_queued)
         self._handshaken = False
         self._closing = False
         self._aborted = False
@@ -306,16 +295,6 @@ class Endpoint(PacketDispatcher, asyncio.BufferedProtocol):
                 future.set_exception(error)
         self._wake_writers(error)
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() > self._max_queued:
-            self._overflow(transport.get_write_buffer_size())
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._wake_writers(None)
-
     # ------------------------------------------------------------------ dispatch
 
     def _on_ping(self, d: Any, n: str) -> None:
@@ -362,107 +341,6 @@ class Endpoint(PacketDispatcher, asyncio.BufferedProtocol):
         else:
             future.set_result(packet.get("d"))
 
-    # ------------------------------------------------------------------ writing
-
-    def _write(self, data: bytes | list[bytes]) -> None:
-        """Send framed bytes, coalescing bursts into few ``transport.write`` calls.
-
-        The first write after the peer was last heard from goes out at once
-        (lowest latency for request/response); further writes gather and
-        leave together at the end of the loop iteration, or as soon as
-        ``FLUSH_SIZE`` bytes are waiting. A list (a big payload from
-        ``PacketCodec.encode_parts``) goes out at once with ``writelines``,
-        after what was gathered before it.
-        """
-        if isinstance(data, list):
-            self._write_parts(data)
-            return
-        if self._dispatching or self._burst:
-            self._wbuf.append(data)
-            size = self._wbuf_size = self._wbuf_size + len(data)
-            if size >= FLUSH_SIZE:
-                # A producer that never yields must still reach the transport,
-                # so that pause_writing (and with it send()'s wait) can happen.
-                self._flush()
-            elif self._flush_handle is None and not self._dispatching:
-                self._flush_handle = self._loop.call_soon(self._flush_scheduled)
-            return
-        transport = self._transport
-        if transport is None or self._aborted or self._eof_sent:
-            return
-        transport.write(data)
-        self._burst = True
-        if self._write_paused:
-            self._check_queued(transport)
-
-    def _write_parts(self, parts: list[bytes]) -> None:
-        self._flush()
-        transport = self._transport
-        if transport is None or self._aborted or self._eof_sent:
-            return
-        transport.writelines(parts)
-        self._burst = True
-        if self._write_paused:
-            self._check_queued(transport)
-
-    def _flush_scheduled(self) -> None:
-        self._flush_handle = None
-        self._flush()
-
-    def _flush(self) -> None:
-        buf = self._wbuf
-        if not buf:
-            return
-        self._wbuf_size = 0
-        transport = self._transport
-        if transport is None:
-            buf.clear()
-            return
-        if self._aborted or self._eof_sent:
-            buf.clear()
-            return
-        if len(buf) == 1:
-            transport.write(buf[0])
-        else:
-            transport.write(b"".join(buf))
-        buf.clear()
-        if self._write_paused:
-            self._check_queued(transport)
-
-    def _drain(self) -> asyncio.Future[None]:
-        """A future done when the transport is below its high-water mark again."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        if self._lost_exc is not None:
-            waiter.set_exception(self._lost_exc)
-        elif not self._write_paused:
-            waiter.set_result(None)
-        else:
-            self._drain_waiters.append(waiter)
-        return waiter
-
-    def _wake_writers(self, exc: BaseException | None) -> None:
-        waiters = self._drain_waiters
-        self._drain_waiters = []
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
-
-    def _check_queued(self, transport: asyncio.WriteTransport) -> None:
-        # pause_writing fires once, when the high-water mark is crossed; a peer
-        # that never reads is caught by checking again on every later write.
-        size = transport.get_write_buffer_size()
-        if size > self._max_queued:
-            self._overflow(size)
-
-    def _overflow(self, size: int) -> None:
-        reason = f"peer is not reading: {size} bytes queued, over max_queued={self._max_queued}"
-        self._report(IPCError(reason))
-        self.destroy(reason)
-
     # ------------------------------------------------------------------ public operations
 
     def _current_transport(self) -> asyncio.Transport | None:
@@ -492,34 +370,6 @@ class Endpoint(PacketDispatcher, asyncio.BufferedProtocol):
         self._write(self._codec.encode_parts(MESSAGE, data))
         if self._write_paused:
             await self._wait_drain(timeout, "send")
-
-    async def _wait_drain(self, timeout: float | None, what: str) -> None:
-        limit = check_timeout(timeout)
-        if limit is None:
-            await self._drain()
-            return
-        try:
-            await asyncio.wait_for(self._drain(), limit)
-        except (asyncio.TimeoutError, TimeoutError):
-            raise RequestTimeoutError(limit, what) from None
-
-    def write_shared(self, t: int, data: Any, cache: dict[str | None, bytes | list[bytes]]) -> bool:
-        """Queue a packet encoded once per codec (fan-out); False if this connection is closing.
-
-        Connections whose codecs have the same ``PacketCodec.key`` share the
-        encoded bytes kept in ``cache`` (start with an empty dict per packet).
-        """
-        if self._closing or self._transport is None:
-            return False
-        codec = self._codec
-        key = codec.key
-        packet = cache.get(key) if key is not None else None
-        if packet is None:
-            packet = codec.encode_parts(t, data)
-            if key is not None:
-                cache[key] = packet
-        self._write(packet)
-        return True
 
     def _start_request(
         self, t: int, data: Any, timeout: float | None

@@ -1,29 +1,23 @@
-"""Every option of the servers and clients, once: names, types, defaults and checks.
+"""The clients' options, once, and the checks every option goes through.
 
-``ServerOptions`` and ``ClientOptions`` are keyword-only dataclasses; the
-asyncio and blocking classes inherit them, so each option is typed, given
-its default and checked in one place, and ``inspect.signature`` shows the
-same constructor for both fronts. The timeout helpers (``DEFAULT``,
-``check_timeout``) are here too: every blocking and asyncio call reads its
-``timeout=`` through them.
+``ClientOptions`` is a keyword-only dataclass that both clients inherit, so
+each option is typed, given its default and checked in one place, and
+``inspect.signature`` shows the same constructor for both fronts (the
+server's options are ``server.ServerOptions``, built the same way). The
+timeout helpers (``DEFAULT``, ``check_timeout``) are here too: every
+blocking and asyncio call reads its ``timeout=`` through them.
 """
 
 from __future__ import annotations
 
 import enum
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import InitVar, dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .address import Address, resolve_address
 from .codecs import CODECS, CodecName
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE
-
-if TYPE_CHECKING:
-    import asyncio
-
-    from .server import IPCConnection
 
 __all__ = [
     "DEFAULT",
@@ -32,13 +26,13 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "RETRY_BASE",
     "AsyncClientOptions",
-    "Authenticate",
-    "BlockingServerOptions",
     "ClientOptions",
     "Default",
-    "ServerOptions",
     "address_args",
+    "check_codec",
+    "check_size",
     "check_timeout",
+    "checked_address",
     "option_values",
 ]
 
@@ -85,17 +79,17 @@ def check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def _check_codec(codec: str) -> None:
+def check_codec(codec: str) -> None:
     if codec not in CODECS:
         raise ValueError(f"codec must be 'json' or 'msgpack', not {codec!r}")
 
 
-def _check_size(name: str, value: int) -> None:
+def check_size(name: str, value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, not {value!r}")
 
 
-def _address(
+def checked_address(
     path: str | None, host: str | None, port: int | None, ssl: _ssl.SSLContext | None
 ) -> Address:
     address = resolve_address(path, host, port)
@@ -104,7 +98,7 @@ def _address(
     return address
 
 
-def option_values(options: ServerOptions | ClientOptions, cls: type[Any]) -> dict[str, Any]:
+def option_values(options: object, cls: type[Any]) -> dict[str, Any]:
     """The options of ``cls`` (a dataclass here) as set on ``options``, by name.
 
     ``path``, ``host`` and ``port`` are not among them: they make ``address``.
@@ -117,74 +111,6 @@ def address_args(address: Address) -> dict[str, Any]:
     if address.kind == "tcp":
         return {"host": address.host, "port": address.port}
     return {"path": address.path}
-
-
-Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
-"""``fn(payload, connection)``, plain or async: True/None admits, False or a reason refuses."""
-
-
-@dataclass(kw_only=True, eq=False, repr=False)
-class ServerOptions:
-    """The options of ``IPCServer`` (asyncio) and ``ipc_server.sync.IPCServer``.
-
-    Args:
-        path: Unix socket path or name (docs/guide.md, Addresses); Windows pipe name.
-        host: TCP host (selects TCP).
-        port: TCP port (0 picks a free one; see ``port`` of the started server).
-        ssl: An ``ssl.SSLContext`` for TLS over TCP.
-        max_connections: Refuse clients beyond this many (None: no limit).
-        handshake_timeout: Seconds a new connection has to finish the
-            CONNECTION exchange (0/None: forever).
-        max_message_size: Largest packet body accepted, before and after inflating.
-        max_queued: Bytes that may queue for one client that does not read
-            before it is disconnected.
-        socket_mode: File mode of the Unix socket (None leaves it to the umask).
-        id_factory: Makes connection ids (default: 16 random hex digits).
-        codec: ``"msgpack"`` (agree to msgpack when a client asks) or ``"json"`` (decline).
-        compress: Agree to compression when a client asks.
-        authenticate: ``fn(payload, connection)`` (plain or async) called
-            before a client is admitted: return True/None to admit, False or a
-            reason string to refuse (the client gets END with the reason).
-        retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
-    """
-
-    path: InitVar[str | None] = None
-    host: InitVar[str | None] = None
-    port: InitVar[int | None] = None
-    ssl: _ssl.SSLContext | None = None
-    max_connections: int | None = None
-    handshake_timeout: float | None = 10.0
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    max_queued: int = DEFAULT_MAX_QUEUED
-    socket_mode: int | None = 0o600
-    id_factory: Callable[[], str] | None = None
-    codec: CodecName = "msgpack"
-    compress: bool = True
-    authenticate: Authenticate | None = None
-    retries: int = 3
-    address: Address = field(init=False)
-    """The address as configured (``bound_address`` tells where a started server listens)."""
-
-    def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
-        self.address = _address(path, host, port, self.ssl)
-        _check_codec(self.codec)
-        if self.max_connections is not None:
-            _check_size("max_connections", self.max_connections)
-        _check_size("max_message_size", self.max_message_size)
-        _check_size("max_queued", self.max_queued)
-        check_timeout(self.handshake_timeout)
-
-
-@dataclass(kw_only=True, eq=False, repr=False)
-class BlockingServerOptions(ServerOptions):
-    """``ServerOptions`` and what only the blocking server has.
-
-    Args:
-        loop_factory: Makes the loop its thread runs (default: uvloop's loop
-            when uvloop is installed, else asyncio's).
-    """
-
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
 
 
 @dataclass(kw_only=True, eq=False, repr=False)
@@ -227,13 +153,13 @@ class ClientOptions:
     """The server's address."""
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
-        self.address = _address(path, host, port, self.ssl)
-        _check_codec(self.codec)
+        self.address = checked_address(path, host, port, self.ssl)
+        check_codec(self.codec)
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"retries must be an int >= 0, not {self.retries!r}")
         if self.max_retry_time < RETRY_BASE:
             raise ValueError(f"max_retry_time must be >= {RETRY_BASE}, not {self.max_retry_time!r}")
-        _check_size("max_message_size", self.max_message_size)
+        check_size("max_message_size", self.max_message_size)
         check_timeout(self.connect_timeout)
         check_timeout(self.request_timeout)
 
@@ -251,4 +177,4 @@ class AsyncClientOptions(ClientOptions):
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
         super().__post_init__(path, host, port)
-        _check_size("max_queued", self.max_queued)
+        check_size("max_queued", self.max_queued)

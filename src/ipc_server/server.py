@@ -12,14 +12,25 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import ssl as _ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
+from .address import Address
+from .codecs import CodecName
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, start_task
-from .options import DEFAULT_TIMEOUT, ServerOptions, check_timeout
+from .options import (
+    DEFAULT_MAX_QUEUED,
+    DEFAULT_TIMEOUT,
+    check_codec,
+    check_size,
+    check_timeout,
+    checked_address,
+)
 from .packets import (
     MESSAGE,
     Hello,
@@ -31,14 +42,70 @@ from .packets import (
     read_pubsub,
     topic_list,
 )
-from .protocol import ServerPreamble
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
 from .transport import Listener, PeerCredentials, listen, peer_credentials
 
-__all__ = ["SERVER_CLOSED", "IPCConnection", "IPCServer"]
+__all__ = ["SERVER_CLOSED", "Authenticate", "IPCConnection", "IPCServer", "ServerOptions"]
 
 logger = logging.getLogger("ipc_server")
 
 SERVER_CLOSED = "server closed"
+
+
+Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
+"""``fn(payload, connection)``, plain or async: True/None admits, False or a reason refuses."""
+
+
+@dataclass(kw_only=True, eq=False, repr=False)
+class ServerOptions:
+    """The options of ``IPCServer`` (asyncio) and ``ipc_server.sync.IPCServer``.
+
+    Args:
+        path: Unix socket path or name (docs/guide.md, Addresses); Windows pipe name.
+        host: TCP host (selects TCP).
+        port: TCP port (0 picks a free one; see ``port`` of the started server).
+        ssl: An ``ssl.SSLContext`` for TLS over TCP.
+        max_connections: Refuse clients beyond this many (None: no limit).
+        handshake_timeout: Seconds a new connection has to finish the
+            CONNECTION exchange (0/None: forever).
+        max_message_size: Largest packet body accepted, before and after inflating.
+        max_queued: Bytes that may queue for one client that does not read
+            before it is disconnected.
+        socket_mode: File mode of the Unix socket (None leaves it to the umask).
+        id_factory: Makes connection ids (default: 16 random hex digits).
+        codec: ``"msgpack"`` (agree to msgpack when a client asks) or ``"json"`` (decline).
+        compress: Agree to compression when a client asks.
+        authenticate: ``fn(payload, connection)`` (plain or async) called
+            before a client is admitted: return True/None to admit, False or a
+            reason string to refuse (the client gets END with the reason).
+        retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
+    """
+
+    path: InitVar[str | None] = None
+    host: InitVar[str | None] = None
+    port: InitVar[int | None] = None
+    ssl: _ssl.SSLContext | None = None
+    max_connections: int | None = None
+    handshake_timeout: float | None = 10.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_queued: int = DEFAULT_MAX_QUEUED
+    socket_mode: int | None = 0o600
+    id_factory: Callable[[], str] | None = None
+    codec: CodecName = "msgpack"
+    compress: bool = True
+    authenticate: Authenticate | None = None
+    retries: int = 3
+    address: Address = field(init=False)
+    """The address as configured (``bound_address`` tells where a started server listens)."""
+
+    def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
+        self.address = checked_address(path, host, port, self.ssl)
+        check_codec(self.codec)
+        if self.max_connections is not None:
+            check_size("max_connections", self.max_connections)
+        check_size("max_message_size", self.max_message_size)
+        check_size("max_queued", self.max_queued)
+        check_timeout(self.handshake_timeout)
 
 
 def _default_id() -> str:
@@ -249,7 +316,7 @@ class IPCServer(ServerOptions, EventEmitter):
     reason)``, ``close()``, ``message(message, connection)``,
     ``request(request, respond, connection)``.
 
-    The keyword options are those of ``ipc_server.options.ServerOptions``
+    The keyword options are those of ``ServerOptions``
     (docs/guide.md lists them with their defaults).
     """
 

@@ -13,22 +13,16 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from .._loop import new_event_loop
 from ..address import Address
-from ..options import (
-    DEFAULT_TIMEOUT,
-    BlockingServerOptions,
-    ServerOptions,
-    address_args,
-    check_timeout,
-    option_values,
-)
-from ..server import IPCConnection
+from ..options import DEFAULT_TIMEOUT, address_args, check_timeout, option_values
+from ..server import IPCConnection, ServerOptions
 from ..server import IPCServer as AsyncIPCServer
 
-__all__ = ["IPCServer", "check_not_serving", "serving_threads"]
+__all__ = ["BlockingServerOptions", "IPCServer", "check_not_serving", "serving_threads"]
 
 logger = logging.getLogger("ipc_server")
 
@@ -71,6 +65,18 @@ def check_not_serving(address: Address, what: str) -> None:
 # ---------------------------------------------------------------------- the server
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
+class BlockingServerOptions(ServerOptions):
+    """``ServerOptions`` and what only the blocking server has.
+
+    Args:
+        loop_factory: Makes the loop its thread runs (default: uvloop's loop
+            when uvloop is installed, else asyncio's).
+    """
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+
+
 def _run_now(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine that never suspends (publish, broadcast) to its end, here and now."""
     try:
@@ -100,8 +106,8 @@ class IPCServer(BlockingServerOptions):
     ``server.run(connection.request(data))``.
 
     The keyword options are those of the asyncio server
-    (``ipc_server.options.ServerOptions``), plus ``loop_factory``
-    (``ipc_server.options.BlockingServerOptions``).
+    (``ipc_server.server.ServerOptions``), plus ``loop_factory``
+    (``BlockingServerOptions``).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
