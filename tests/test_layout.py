@@ -184,3 +184,59 @@ def test_modules_are_short() -> None:
     assert not long, f"modules over {MAX_LINES} lines: " + ", ".join(
         f"{name} ({count})" for name, count in sorted(long.items())
     )
+
+
+def defined_names(tree: ast.Module) -> set[str]:
+    """Attribute names a module defines: methods, class attributes, slots, ``self.x = ...``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    names.add(target.id)
+                    if target.id == "__slots__" and node.value is not None:
+                        names.update(
+                            e.value
+                            for e in ast.walk(node.value)
+                            if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                        )
+    return names
+
+
+def private_reaches(path: Path) -> Iterator[str]:
+    """``line: expression`` for each read of another module's ``_private`` attribute.
+
+    ``self._x``, ``cls._x`` and ``super()._x`` are a class's own; ``obj._x``
+    is allowed when this module defines ``_x`` (classes of one module may share
+    what is private to that module). Anything else reaches into another
+    module's internals.
+    """
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    own = defined_names(tree)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        name = node.attr
+        if not name.startswith("_") or name.startswith("__") or name in own:
+            continue
+        value = node.value
+        if isinstance(value, ast.Name) and value.id in ("self", "cls"):
+            continue
+        if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "super":
+            continue
+        yield f"{node.lineno}: {ast.unparse(node)}"
+
+
+def test_no_private_reaches() -> None:
+    """No module reads another module's private attributes: each seam is a public method."""
+    found = [
+        f"{name}:{reach}"
+        for name, path in MODULES.items()
+        for reach in private_reaches(path)
+    ]
+    assert not found, "reads of another module's private attributes:\n  " + "\n  ".join(found)

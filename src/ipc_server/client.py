@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from .clientcore import ClientCore, IPCClientStatus, SubscriptionBase
@@ -21,6 +21,7 @@ from .errors import (
     ProtocolError,
     RequestTimeoutError,
 )
+from .events import settle
 from .options import (
     DEFAULT,
     DEFAULT_CLOSE_TIMEOUT,
@@ -31,7 +32,6 @@ from .options import (
 )
 from .packets import (
     Agreement,
-    published_topic,
     read_answer,
     subscribe_request,
     succeeded,
@@ -58,13 +58,20 @@ def _left(deadline: float | None, floor: float = 0.0) -> float | None:
 class _ClientProtocol(Endpoint):
     """The client's end of one connection attempt."""
 
-    def __init__(self, client: IPCClient, hello: bytes, nonces: Iterator[int]) -> None:
+    def __init__(
+        self,
+        client: IPCClient,
+        hello: bytes,
+        nonces: Iterator[int],
+        on_message: Callable[[Any], None],
+    ) -> None:
         super().__init__(
             max_message_size=client.max_message_size,
             max_queued=client.max_queued,
             nonces=nonces,
         )
         self.client = client
+        self._deliver_message = on_message
         self._hello = hello
         self._preamble = ClientPreamble() if client.handshake else None
         self.ready: asyncio.Future[Agreement] = self._loop.create_future()
@@ -119,7 +126,7 @@ class _ClientProtocol(Endpoint):
             self.ready.set_exception(exc)
 
     def _on_message(self, data: Any) -> None:
-        self.client._message_arrived(data)
+        self._deliver_message(data)
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         self.client._request_arrived(data, respond, self._tasks)
@@ -211,13 +218,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
     def _wake_waiters(self, error: BaseException | None) -> None:
         waiters = self._ready_waiters
         self._ready_waiters = []
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if error is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(error)
+        settle(waiters, error)
 
     def _set_status(self, status: IPCClientStatus) -> None:
         # The live connection, read by send() and request() without an enum lookup.
@@ -228,13 +229,6 @@ class IPCClient(AsyncClientOptions, ClientCore):
 
     def _connection_opened(self) -> None:
         self._set_status(IPCClientStatus.CONNECTED)
-
-    def _message_arrived(self, data: Any) -> None:
-        topic = published_topic(data)
-        if topic is not None:
-            self._deliver(topic, data["message"])
-        else:
-            self.emit("message", data)
 
     def _request_arrived(
         self, data: Any, respond: Responder, tasks: set[asyncio.Task[Any]]
@@ -291,7 +285,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._set_status(IPCClientStatus.CONNECTING)
         limit = check_timeout(timeout)
         deadline = None if limit is None else asyncio.get_running_loop().time() + limit
-        proto = _ClientProtocol(self, self._hello(), self._nonces)
+        proto = _ClientProtocol(self, self._hello(), self._nonces, self._message_arrived)
         self._proto = proto
         try:
             await open_transport(lambda: proto, self.address, ssl=self.ssl, timeout=limit)

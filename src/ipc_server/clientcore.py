@@ -32,6 +32,7 @@ from .packets import (
     Agreement,
     hello,
     publish_request,
+    published_topic,
     subscribe_request,
     succeeded,
     topic_list,
@@ -449,6 +450,14 @@ class ClientCore(ClientOptions, EventEmitter):
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
         return topic
+
+    def _message_arrived(self, data: Any) -> None:
+        """A MESSAGE arrived: a pub/sub delivery (``_deliver``), or the ``message`` event."""
+        topic = published_topic(data)
+        if topic is not None:
+            self._deliver(topic, data["message"])
+        else:
+            self._emit("message", data)
 
     def _deliver(self, topic: str, message: Any) -> None:
         """A published message arrived: to the topic's subscriptions, then its listeners.

@@ -101,17 +101,19 @@ class PacketCodec:
         compress: Whether bodies go through the shared raw-deflate stream.
         max_size: Limit for a body after inflating, in bytes.
         key: Connections with the same key can share encoded packets (None: never).
+        loads: Decodes an uncompressed body to its packet (``decode`` without
+            the checks: for a driver's fast path, which checks the result itself).
     """
 
     __slots__ = (
         "_bin_parts",
         "_deflate",
         "_inflate",
-        "_loads",
         "_pack",
         "_pack_slow",
         "compress",
         "key",
+        "loads",
         "max_size",
         "messagepack",
     )
@@ -122,7 +124,7 @@ class PacketCodec:
         self.compress = False
         self._pack: Any = orjson.dumps
         self._pack_slow: Any = json_dumps
-        self._loads: Any = orjson.loads
+        self.loads: Any = orjson.loads
         self._deflate: Any = None
         self._inflate: Any = None
         self._bin_parts = False
@@ -134,11 +136,11 @@ class PacketCodec:
         self.compress = compress
         if messagepack:
             self._pack = self._pack_slow = msgpack_packer().pack
-            self._loads = _msgpack_loads
+            self.loads = _msgpack_loads
         else:
             self._pack = orjson.dumps
             self._pack_slow = json_dumps
-            self._loads = orjson.loads
+            self.loads = orjson.loads
         self._bin_parts = messagepack and not compress
         self.key = None if compress else "msgpack" if messagepack else "json"
         if compress:
@@ -212,7 +214,7 @@ class PacketCodec:
                 raise MessageTooLargeError(len(raw), self.max_size, "inflated packet")
             body = raw
         try:
-            packet = self._loads(body)
+            packet = self.loads(body)
         except Exception as exc:
             kind = "msgpack" if self.messagepack else "JSON"
             raise ProtocolError(f"packet is not valid {kind}: {exc}") from exc

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, cast
 
@@ -30,7 +30,6 @@ from .errors import (
     ProtocolError,
     RequestTimeoutError,
 )
-from .events import DONE, Respond
 from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
 from .packets import (
     MESSAGE,
@@ -40,13 +39,12 @@ from .packets import (
     RESPONSE,
     PacketDispatcher,
     end,
-    error_answer,
     loss,
     read_error,
 )
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder
 from .transport import release_lost
-from .writes import Writes
+from .writes import Responder, Writes
 
 __all__ = ["Endpoint", "Responder"]
 
@@ -57,44 +55,6 @@ logger = logging.getLogger("ipc_server")
 # Requests whose deadlines arrive in order share one sweep timer; only a
 # request with a shorter timeout than the one before it gets its own timer.
 _Pending = tuple[asyncio.Future[Any], "float | None", float, float, "asyncio.TimerHandle | None"]
-
-
-class Responder(Respond):
-    """The ``respond`` callable of the asyncio ends (see ``ipc_server.Respond``).
-
-    ``await respond(value)`` waits only when the connection is over its
-    write high-water mark; a plain function listener may call it without
-    ``await``.
-    """
-
-    __slots__ = ("_endpoint", "_nonce")
-
-    def __init__(self, endpoint: Endpoint, nonce: Any) -> None:
-        self.done = False
-        self._endpoint = endpoint
-        self._nonce = nonce
-
-    def __call__(self, data: Any = None) -> Awaitable[None]:
-        if self.done:
-            raise RuntimeError("this request was already answered")
-        endpoint = self._endpoint
-        packet = endpoint._codec.encode_parts(RESPONSE, data, self._nonce)  # TypeError -> caller
-        self.done = True
-        if endpoint._transport is None or endpoint._aborted:
-            return DONE  # the requester is gone; nothing to answer
-        endpoint._write(packet)
-        if endpoint._write_paused:
-            return endpoint._drain()
-        return DONE
-
-    def fail(self, exc: BaseException) -> None:
-        if self.done:
-            return
-        self.done = True
-        endpoint = self._endpoint
-        if endpoint._transport is None or endpoint._aborted:
-            return
-        endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))
 
 
 class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
@@ -177,7 +137,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
     def _read_bodies(self, bodies: list[Body]) -> None:
         self._dispatching = True
         try:
-            if self._handshaken and self._codec._inflate is None:
+            if self._handshaken and not self._codec.compress:
                 self._read_packets(bodies)
             else:
                 for body in bodies:
@@ -201,7 +161,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         decoders return the interpreter's shared small ints, and anything
         else, ``True`` included, falls through to the careful path.)
         """
-        loads = self._codec._loads
+        loads = self._codec.loads
         for body in bodies:
             if self._aborted:
                 return

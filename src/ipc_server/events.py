@@ -19,7 +19,16 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar, overload
 
-__all__ = ["DONE", "STOP", "EventEmitter", "IPCEvents", "Respond", "Stop", "start_task"]
+__all__ = [
+    "DONE",
+    "STOP",
+    "EventEmitter",
+    "IPCEvents",
+    "Respond",
+    "Stop",
+    "settle",
+    "start_task",
+]
 
 _EAGER = sys.version_info >= (3, 12)
 
@@ -73,6 +82,17 @@ DONE = _Done()
 A listener that returns it (``lambda request, respond, conn: respond(request)``)
 counts as a plain function that returned: it costs no task.
 """
+
+
+def settle(futures: list[asyncio.Future[Any]], error: BaseException | None) -> None:
+    """Resolve each future not done yet: with None, or with ``error``."""
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 def _loop_running() -> bool:

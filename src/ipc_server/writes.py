@@ -5,18 +5,22 @@ while a read is being dispatched, or several in one loop iteration, leave
 in one ``transport.write``; ``pause_writing`` / ``resume_writing`` make
 senders wait (``_drain``); a peer that lets more than ``max_queued`` bytes
 pile up is dropped; ``write_shared`` encodes a fan-out once per codec.
+``Responder``, the asyncio ``respond`` callable, writes through it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from .codecs import PacketCodec
 from .errors import IPCError, RequestTimeoutError
+from .events import DONE, Respond, settle
 from .options import check_timeout
+from .packets import RESPONSE, error_answer
 
-__all__ = ["FLUSH_SIZE", "Writes"]
+__all__ = ["FLUSH_SIZE", "Responder", "Writes"]
 
 FLUSH_SIZE = 256 * 1024
 """Queued bytes that are written at once rather than at the end of the loop iteration."""
@@ -26,6 +30,7 @@ class Writes:
     """Coalesced writes and backpressure for one connection (a mixin of ``Endpoint``)."""
 
     # Set by the protocol that inherits this (endpoint.Endpoint).
+    remote_errors: bool
     _loop: asyncio.AbstractEventLoop
     _transport: asyncio.Transport | None
     _codec: PacketCodec
@@ -139,13 +144,7 @@ class Writes:
     def _wake_writers(self, exc: BaseException | None) -> None:
         waiters = self._drain_waiters
         self._drain_waiters = []
-        for waiter in waiters:
-            if waiter.done():
-                continue
-            if exc is None:
-                waiter.set_result(None)
-            else:
-                waiter.set_exception(exc)
+        settle(waiters, exc)
 
     def _check_queued(self, transport: asyncio.WriteTransport) -> None:
         # pause_writing fires once, when the high-water mark is crossed; a peer
@@ -186,3 +185,41 @@ class Writes:
                 cache[key] = packet
         self._write(packet)
         return True
+
+
+class Responder(Respond):
+    """The ``respond`` callable of the asyncio ends (see ``ipc_server.Respond``).
+
+    ``await respond(value)`` waits only when the connection is over its
+    write high-water mark; a plain function listener may call it without
+    ``await``.
+    """
+
+    __slots__ = ("_endpoint", "_nonce")
+
+    def __init__(self, endpoint: Writes, nonce: Any) -> None:
+        self.done = False
+        self._endpoint = endpoint
+        self._nonce = nonce
+
+    def __call__(self, data: Any = None) -> Awaitable[None]:
+        if self.done:
+            raise RuntimeError("this request was already answered")
+        endpoint = self._endpoint
+        packet = endpoint._codec.encode_parts(RESPONSE, data, self._nonce)  # TypeError -> caller
+        self.done = True
+        if endpoint._transport is None or endpoint._aborted:
+            return DONE  # the requester is gone; nothing to answer
+        endpoint._write(packet)
+        if endpoint._write_paused:
+            return endpoint._drain()
+        return DONE
+
+    def fail(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        self.done = True
+        endpoint = self._endpoint
+        if endpoint._transport is None or endpoint._aborted:
+            return
+        endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))

@@ -27,7 +27,6 @@ from ..packets import (
     PING,
     REQUEST,
     RESPONSE,
-    published_topic,
     subscribe_request,
     succeeded,
     unsubscribe_request,
@@ -243,13 +242,6 @@ class IPCClient(ClientCore):
                 self._set_status(status)
 
     # ------------------------------------------------------------------ what the connection tells
-
-    def _message_arrived(self, data: Any) -> None:
-        topic = published_topic(data)
-        if topic is not None:
-            self._deliver(topic, data["message"])
-        else:
-            self._emit("message", data)
 
     def _request_arrived(self, conn: Connection, data: Any, nonce: str) -> None:
         if "request" in self._fns:
@@ -486,12 +478,10 @@ class IPCClient(ClientCore):
     def subscription(
         self, topic: str, *, maxsize: int = 0, timeout: float | Default | None = DEFAULT
     ) -> Iterator[Subscription]:
-        """Subscribe on entry and yield a blocking iterator of the topic's messages.
+        """A blocking iterator of the topic's messages, as ``ipc_server.IPCClient.subscription``.
 
-        On exit it unsubscribes, unless the topic is still wanted elsewhere
-        (another live ``subscription()`` or an explicit ``subscribe``).
-        ``maxsize`` bounds the queue (0: unbounded; when full, new messages
-        are dropped). ``timeout`` bounds the subscribe and unsubscribe requests.
+        Subscribed on entry and, unless the topic is still wanted elsewhere,
+        unsubscribed on exit; ``maxsize`` and ``timeout`` mean the same.
         """
         sub = Subscription(self, self._subscription_topic(topic), maxsize)
         registry = self._registry
