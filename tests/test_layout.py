@@ -234,9 +234,5 @@ def private_reaches(path: Path) -> Iterator[str]:
 
 def test_no_private_reaches() -> None:
     """No module reads another module's private attributes: each seam is a public method."""
-    found = [
-        f"{name}:{reach}"
-        for name, path in MODULES.items()
-        for reach in private_reaches(path)
-    ]
+    found = [f"{name}:{reach}" for name, path in MODULES.items() for reach in private_reaches(path)]
     assert not found, "reads of another module's private attributes:\n  " + "\n  ".join(found)
