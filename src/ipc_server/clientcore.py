@@ -452,19 +452,15 @@ class ClientCore(ClientOptions, EventEmitter):
         return topic
 
     def _message_arrived(self, data: Any) -> None:
-        """A MESSAGE arrived: a pub/sub delivery (``_deliver``), or the ``message`` event."""
+        """A MESSAGE arrived: a pub/sub delivery, or the ``message`` event."""
         topic = published_topic(data)
-        if topic is not None:
-            self._deliver(topic, data["message"])
-        else:
+        if topic is None:
             self._emit("message", data)
-
-    def _deliver(self, topic: str, message: Any) -> None:
-        """A published message arrived: to the topic's subscriptions, then its listeners.
-
-        A topic named like a built-in event ("close", "error", ...) would fire
-        that event's listeners: such topics reach ``subscription()`` only.
-        """
+            return
+        # A published message: to the topic's subscriptions, then its listeners.
+        # A topic named like a built-in event ("close", "error", ...) would fire
+        # that event's listeners: such topics reach subscription() only.
+        message = data["message"]
         subs = self._registry.streams.get(topic)
         if subs:
             for sub in subs:

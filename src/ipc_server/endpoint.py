@@ -180,8 +180,13 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
                         if t is RESPONSE:
                             self._on_response(n, packet)
                             continue
-                        if t is REQUEST:
-                            self._handle_request(packet.get("d"), n)
+                        if t is REQUEST:  # _handle_request, inlined
+                            respond = Responder(self, n)
+                            try:
+                                self._on_request(packet.get("d"), respond)
+                            except Exception as exc:
+                                self._report(exc)
+                                respond.fail(exc)  # the requester gets an error, never a hang
                             continue
                     if t.__class__ is int and 0 <= t <= 6:
                         self._dispatch(
@@ -325,11 +330,22 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             RequestTimeoutError: Still over the high-water mark after ``timeout``.
             ConnectionClosedError: The connection is closed or closing.
         """
+        if self.send_nowait(data):
+            await self.drain(timeout=timeout)
+
+    def send_nowait(self, data: Any) -> bool:
+        """Queue a one-way message without waiting (from a plain function, say).
+
+        Returns True when the connection is over its write high-water mark:
+        a sender that can wait should then ``await drain()``.
+
+        Raises:
+            ConnectionClosedError: The connection is closed or closing.
+        """
         if self._transport is None or self._closing:
             self._check_open()
         self._write(self._codec.encode_parts(MESSAGE, data))
-        if self._write_paused:
-            await self._wait_drain(timeout, "send")
+        return self._write_paused
 
     def _start_request(
         self, t: int, data: Any, timeout: float | None

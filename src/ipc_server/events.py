@@ -17,7 +17,7 @@ import enum
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast, overload
 
 __all__ = [
     "DONE",
@@ -72,8 +72,8 @@ class _Done:
     __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, None]:
-        return
-        yield  # pragma: no cover - makes this a generator
+        # An empty iterator: awaiting it finishes at once, without making a generator.
+        return cast(Generator[Any, None, None], iter(()))
 
 
 DONE = _Done()
@@ -252,8 +252,13 @@ class EventEmitter:
         ``_listener_failed``), never raised here.
         """
         solo = self._solo.get(event)
-        if solo is not None:  # the per-message path: one listener, no chain
-            self._run_one(event, solo, args)
+        if solo is not None:  # the per-message path: one listener, no chain (_run_one inlined)
+            try:
+                result = solo(*args)
+                if result is not None and result is not DONE and hasattr(result, "__await__"):
+                    self._suspend_chain(event, solo, result, [], args, None, None)
+            except Exception as exc:
+                self._chain_error(event, exc, args, None)
             return True
         fns = self._fns.get(event)
         if fns is None:
@@ -278,11 +283,25 @@ class EventEmitter:
         kept in ``tasks`` (default: the emitter's own), so that its owner can
         wait for it or cancel it.
         """
-        fns = self._take(event)
+        solo = self._solo.get(event)
+        if solo is not None:  # the per-request path: one listener, no chain (_run_chain inlined)
+            try:
+                result = solo(*args)
+                if result is not None and result is not DONE and hasattr(result, "__await__"):
+                    self._suspend_chain(event, solo, result, [], args, respond, tasks)
+                    return
+            except Exception as exc:
+                self._chain_error(event, exc, args, respond)
+            if not respond.done:
+                respond.finish()
+            return
+        fns = self._fns.get(event)
         if fns is None:
             respond.finish()
-        else:
-            self._run_chain(event, fns, args, respond, tasks)
+            return
+        if event in self._has_once:
+            self._take(event)
+        self._run_chain(event, fns, args, respond, tasks)
 
     def _run_chain(
         self,

@@ -31,6 +31,7 @@ __all__ = [
     "MESSAGE",
     "PING",
     "PONG",
+    "PUBSUB_KEYS",
     "REQUEST",
     "RESPONSE",
     "Agreement",
@@ -281,6 +282,10 @@ def unsubscribe_request(topic: str | list[str]) -> dict[str, Any]:
 def publish_request(topic: str, message: Any) -> dict[str, Any]:
     """The request that publishes ``message`` to ``topic``."""
     return {"pub": topic, "message": message}
+
+
+PUBSUB_KEYS = frozenset({"sub", "unsub", "pub"})
+"""A request dict with none of these keys is not a pub/sub request (a cheap first test)."""
 
 
 def read_pubsub(data: Any) -> tuple[str, Any, Any] | None:

@@ -33,6 +33,7 @@ from .options import (
 )
 from .packets import (
     MESSAGE,
+    PUBSUB_KEYS,
     Hello,
     answer,
     delivery,
@@ -281,7 +282,7 @@ class IPCConnection(Endpoint):
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server
-        if data.__class__ is dict:
+        if data.__class__ is dict and not PUBSUB_KEYS.isdisjoint(data):
             pubsub = read_pubsub(data)
             if pubsub is not None:
                 server._pubsub(self, pubsub, respond)

@@ -158,7 +158,13 @@ class Writes:
         self._report(IPCError(reason))
         self.destroy(reason)
 
-    async def _wait_drain(self, timeout: float | None, what: str) -> None:
+    async def drain(self, *, timeout: float | None = None, what: str = "send") -> None:
+        """Wait until the connection is below its write high-water mark again.
+
+        Raises:
+            RequestTimeoutError: Still over it after ``timeout`` seconds (0/None: no bound).
+            ConnectionClosedError: The connection is gone.
+        """
         limit = check_timeout(timeout)
         if limit is None:
             await self._drain()
