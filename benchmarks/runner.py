@@ -212,6 +212,10 @@ WORKLOAD_DOCS: dict[str, str] = {
     "seq_rtt": "one request in flight, {seq_n:,} timed round trips (after {seq_warmup:,} "
     "warm-up): median and p99 latency",
     "pipelined": "{pipe_window:,} requests in flight, {pipe_total:,} in all: requests/s",
+    "gather_async": "batches of `asyncio.gather` of {gather_batch:,} `client.request()` calls, "
+    "{gather_total:,} requests in all, against an `async def` handler that awaits `respond`: "
+    "requests/s",
+    "gather_plain": "the same batches against a plain-function handler: requests/s",
     "oneway": "{oneway_n:,} one-way sends, the server counts them; the clock stops when a "
     "final request confirms the count: messages/s",
     "fanout": "{fanout_subs} subscribers (one client process), {fanout_n:,} publishes by the "
@@ -234,6 +238,20 @@ NOTES = [
     "function handler; a coroutine handler costs one task per request on Python < 3.12), "
     "`await client.request(data)`, `await client.send(data)`, `client.subscribe`, "
     "`server.publish`. Pipelining is 1,000 coroutines each awaiting its requests in turn.",
+    "gather_async and gather_plain are what users mostly write: `await asyncio.gather(*("
+    "client.request(x) for x in items))`, one batch after the other, so each batch waits for "
+    "its slowest reply. `ours-*` answer gather_async with "
+    "`async def on_request(request, respond, connection): await respond(request)` and "
+    "gather_plain with the plain function above. The floor's `request()` returns a future, "
+    "so its gather makes no Task per request; its server has no handler layer and answers "
+    "both the same way. pyzmq (blocking DEALER/ROUTER) sends a batch, then reads its "
+    "replies; it has no handler layer either, so both columns are the same code. "
+    "pyzmq-asyncio runs both ends on `zmq.asyncio` (uvloop): the client gathers request "
+    "coroutines that each send and await a future resolved in order by a reader task, the "
+    "server loops on `await recv_multipart()` / `await send_multipart()`. net-ipc awaits "
+    "`Promise.all` of 1,000 `client.request()`, against "
+    "`async (req, respond) => { await respond(req); }` (gather_async) or "
+    "`(req, respond) => respond(req)` (gather_plain).",
     "`ours-sync` is the blocking client against the asyncio server on uvloop; `ours-msgpack` "
     'is `IPCClient(codec="msgpack")` against the same server on uvloop.',
     "The floor is a bare asyncio.BufferedProtocol (4-byte length prefix, one kind byte, "
@@ -261,8 +279,8 @@ NOTES = [
     "connections: the client reads /proc/<server pid>/status VmRSS before and after opening "
     "the connections (0.3 s settle each time). The delta includes allocator slack; treat it "
     "as an estimate.",
-    "Fanout, pipelined, oneway and seq_rtt each run a warm-up first; big does one untimed "
-    "round trip.",
+    "Fanout, pipelined, gather_*, oneway and seq_rtt each run a warm-up first; big does one "
+    "untimed round trip.",
 ]
 
 
