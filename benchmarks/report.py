@@ -319,8 +319,9 @@ def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[
     fig, axes = plt.subplots(
         rows, cols, figsize=(4.2 * cols, 0.35 * len(systems) * rows + 1.6), squeeze=False
     )
-    palette = plt.get_cmap("tab10")
-    colours = {s.name: palette(i % 10) for i, s in enumerate(systems)}
+    # tab10 repeats after ten systems; tab20 has twenty distinct colours
+    palette = plt.get_cmap("tab10" if len(systems) <= 10 else "tab20")
+    colours = {s.name: palette(i % palette.N) for i, s in enumerate(systems)}
     for ax, metric in zip(axes.flat, metrics, strict=False):
         names = [s.name for s in systems if s.name in rat[metric.key]]
         values = [rat[metric.key][n] for n in names]
