@@ -531,9 +531,10 @@ def _outcomes(raw: dict[str, Any]) -> dict[tuple[str, str], list[Outcome]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
+        lists = {s.name: ",".join(w for w in WORKLOADS if s.runs(w)) for s in SYSTEMS}
+        width = max(len(text) for text in lists.values())
         for s in SYSTEMS:
-            runs = [w for w in WORKLOADS if s.runs(w)]
-            print(f"{s.name:<16} {','.join(runs):<50} {s.description}")
+            print(f"{s.name:<16} {lists[s.name]:<{width}} {s.description}")
         return 0
     if args.report is not None:  # re-render a earlier run's raw results
         raw: dict[str, Any] = json.loads(args.report.read_text(encoding="utf-8"))
