@@ -10,7 +10,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-WORKLOADS: tuple[str, ...] = ("seq_rtt", "pipelined", "oneway", "fanout", "big", "connections")
+WORKLOADS: tuple[str, ...] = (
+    "seq_rtt",
+    "pipelined",
+    "gather_async",
+    "gather_plain",
+    "oneway",
+    "fanout",
+    "big",
+    "connections",
+)
+GATHER = ("gather_async", "gather_plain")
 
 # The ~200-byte JSON-like dict carried by every workload except `big` (212 bytes as JSON).
 PAYLOAD: dict[str, Any] = {
@@ -42,6 +52,9 @@ class Params:
     pipe_total: int = 200_000  # pipelined: requests in all
     pipe_window: int = 1_000  # pipelined: requests in flight
     pipe_warmup: int = 2_000
+    gather_batch: int = 1_000  # gather_*: requests per gather (one batch)
+    gather_total: int = 200_000  # gather_*: requests in all
+    gather_warmup: int = 2_000
     oneway_n: int = 500_000  # oneway: sends
     oneway_warmup: int = 2_000
     fanout_subs: int = 10  # fanout: subscribers
@@ -69,6 +82,9 @@ QUICK = Params(
     pipe_total=2_000,
     pipe_window=100,
     pipe_warmup=200,
+    gather_batch=100,
+    gather_total=2_000,
+    gather_warmup=200,
     oneway_n=5_000,
     oneway_warmup=200,
     fanout_subs=10,
@@ -95,6 +111,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("seq_rtt_p50", "seq_rtt", "p50_us", "seq_rtt median", f"{MICRO}s", False),
     Metric("seq_rtt_p99", "seq_rtt", "p99_us", "seq_rtt p99", f"{MICRO}s", False),
     Metric("pipelined", "pipelined", "rate", "pipelined", "req/s", True),
+    Metric("gather_async", "gather_async", "rate", "gather_async", "req/s", True),
+    Metric("gather_plain", "gather_plain", "rate", "gather_plain", "req/s", True),
     Metric("oneway", "oneway", "rate", "oneway", "msg/s", True),
     Metric("fanout", "fanout", "rate", "fanout", "deliveries/s", True),
     Metric("big", "big", "mb_per_s", "big", "MB/s", True),
@@ -182,12 +200,26 @@ SYSTEMS: tuple[System, ...] = (
         "PUSH/PULL, XPUB/SUB)",
     ),
     System(
+        "pyzmq-asyncio",
+        "python",
+        "zmq_impl",
+        "pyzmq with zmq.asyncio on uvloop, both ends, DEALER/ROUTER over ipc://, orjson bodies",
+        {"asyncio": True, "uvloop": True},
+        _only(GATHER, "zmq.asyncio is measured for the gather workloads only"),
+    ),
+    System(
         "mpconn",
         "python",
         "mpconn",
         "multiprocessing.connection Listener/Client (AF_UNIX), send_bytes/recv_bytes "
         "with orjson bodies",
         na={
+            **dict.fromkeys(
+                GATHER,
+                "a blocking API: nothing to gather, and one thread cannot write a batch of "
+                "requests before reading the replies without deadlocking on full socket "
+                "buffers (pipelined uses a second thread for that)",
+            ),
             "fanout": "no publish/subscribe in multiprocessing.connection",
             "connections": "Listener has no multiplexing server (one blocking "
             "accept()/recv per connection)",

@@ -83,13 +83,13 @@ def raise_fd_limit(wanted: int = 65536) -> None:
         pass
 
 
-def _command(system: System, spec: dict[str, Any]) -> list[str]:
+def _command(system: System, spec: dict[str, Any], python: str | None) -> list[str]:
     if system.kind == "node":
         node = shutil.which("node")
         if node is None:
             raise RuntimeError("node not found on PATH")
         return [node, str(NODE_SCRIPT), json.dumps({**spec, "mode": system.impl})]
-    return [sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
+    return [python or sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
 
 
 def _spawn(cmd: list[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -156,8 +156,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def run_pair(system: System, workload: str, params: Params) -> Outcome:
-    """Start the server, run the client against it, return what the client measured."""
+def run_pair(system: System, workload: str, params: Params, python: str | None = None) -> Outcome:
+    """Start the server, run the client against it, return what the client measured.
+
+    Python workers run on `python` (default: this interpreter).
+    """
     sockdir = tempfile.mkdtemp(prefix="ipcb", dir="/tmp")
     procs: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
@@ -170,12 +173,13 @@ def run_pair(system: System, workload: str, params: Params) -> Outcome:
     with tempfile.TemporaryFile() as server_err, tempfile.TemporaryFile() as client_err:
         stage = "server"
         try:
-            server = _spawn(_command(system, {**spec, "role": "server"}), server_err)
+            server = _spawn(_command(system, {**spec, "role": "server"}, python), server_err)
             procs.append(server)
             _wait_ready(server, timeout=min(60.0, params.deadline_s))
             stage = "client"
             client = _spawn(
-                _command(system, {**spec, "role": "client", "server_pid": server.pid}), client_err
+                _command(system, {**spec, "role": "client", "server_pid": server.pid}, python),
+                client_err,
             )
             procs.append(client)
             try:

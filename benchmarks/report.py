@@ -183,11 +183,13 @@ def terminal_report(table: Table, systems: Sequence[System], refs: dict[str, str
                 lines.append(f"  {name:<{width}}not run")
     # the compact matrix of ratios
     keys = [m.key for m in METRICS if m.key in table]
-    heads = {m.key: m.key.replace("seq_rtt_", "seq ") for m in METRICS}
-    colw = max(9, *(len(heads[k]) + 2 for k in keys)) if keys else 9
+    heads = {
+        m.key: m.key.replace("seq_rtt_", "seq ").replace("gather_", "gather ") for m in METRICS
+    }
+    colw = {k: max(8, len(heads[k]) + 2) for k in keys}
     lines.append("")
     lines.append(f"Ratios ({TIMES}, >1 = better than the column's reference, marked *)")
-    lines.append(f"  {'system':<{width}}" + "".join(f"{heads[k]:>{colw}}" for k in keys))
+    lines.append(f"  {'system':<{width}}" + "".join(f"{heads[k]:>{colw[k]}}" for k in keys))
     for name in names:
         cells = []
         for key in keys:
@@ -202,22 +204,38 @@ def terminal_report(table: Table, systems: Sequence[System], refs: dict[str, str
                 text = "n/a"
             else:
                 text = "-"
-            cells.append(f"{text:>{colw}}")
+            cells.append(f"{text:>{colw[key]}}")
         lines.append(f"  {name:<{width}}" + "".join(cells))
     return "\n".join(lines) + "\n"
 
 
-def markdown_tables(table: Table, systems: Sequence[System], refs: dict[str, str]) -> str:
-    rat = ratios(table, refs)
-    metrics = [m for m in METRICS if m.key in table]
-    out: list[str] = []
-    out.append(f"### Absolute figures (median of runs, min{DASH}max below)\n")
-    out.append(
+# The Markdown tables come in two groups, so that neither grows too wide to read.
+TABLE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Requests", ("seq_rtt_p50", "seq_rtt_p99", "pipelined", "gather_async", "gather_plain")),
+    ("Messages, big payloads, memory", ("oneway", "fanout", "big", "connections")),
+)
+
+
+def _groups(table: Table) -> list[tuple[str, list[Metric]]]:
+    by_key = {m.key: m for m in METRICS}
+    grouped = {key for _, keys in TABLE_GROUPS for key in keys}
+    groups = [
+        (title, [by_key[k] for k in keys if k in table and k in by_key])
+        for title, keys in TABLE_GROUPS
+    ]
+    rest = [m for m in METRICS if m.key in table and m.key not in grouped]
+    if rest:
+        groups.append(("Other", rest))
+    return [(title, metrics) for title, metrics in groups if metrics]
+
+
+def _absolute_rows(table: Table, systems: Sequence[System], metrics: list[Metric]) -> list[str]:
+    out = [
         "| system | "
         + " | ".join(f"{m.title}<br>{m.unit}, {direction(m).split()[0]}" for m in metrics)
-        + " |"
-    )
-    out.append("| --- |" + " ---: |" * len(metrics))
+        + " |",
+        "| --- |" + " ---: |" * len(metrics),
+    ]
     for system in systems:
         cells = []
         for m in metrics:
@@ -232,14 +250,20 @@ def markdown_tables(table: Table, systems: Sequence[System], refs: dict[str, str
             else:
                 cells.append("-")
         out.append(f"| {system.name} | " + " | ".join(cells) + " |")
-    out.append("")
-    out.append(f"### Ratios ({TIMES}, >1 = better than the reference)\n")
-    out.append(
-        "Each column is divided by its reference (marked **bold**): value / reference when "
-        "higher is better, reference / value when lower is better.\n"
-    )
-    out.append("| system | " + " | ".join(m.title for m in metrics) + " |")
-    out.append("| --- |" + " ---: |" * len(metrics))
+    return out
+
+
+def _ratio_rows(
+    table: Table,
+    systems: Sequence[System],
+    metrics: list[Metric],
+    rat: dict[str, dict[str, float]],
+    refs: dict[str, str],
+) -> list[str]:
+    out = [
+        "| system | " + " | ".join(m.title for m in metrics) + " |",
+        "| --- |" + " ---: |" * len(metrics),
+    ]
     for system in systems:
         cells = []
         for m in metrics:
@@ -250,7 +274,28 @@ def markdown_tables(table: Table, systems: Sequence[System], refs: dict[str, str
             else:
                 cells.append({"error": "error", "n/a": "n/a"}.get(cell.status, "-"))
         out.append(f"| {system.name} | " + " | ".join(cells) + " |")
-    out.append("")
+    return out
+
+
+def markdown_tables(table: Table, systems: Sequence[System], refs: dict[str, str]) -> str:
+    rat = ratios(table, refs)
+    groups = _groups(table)
+    out: list[str] = []
+    out.append(f"### Absolute figures (median of runs, min{DASH}max below)\n")
+    for title, metrics in groups:
+        out.append(f"#### {title}\n")
+        out += _absolute_rows(table, systems, metrics)
+        out.append("")
+    out.append(f"### Ratios ({TIMES}, >1 = better than the reference)\n")
+    out.append(
+        "Each column is divided by its reference (marked **bold**): value / reference when "
+        "higher is better, reference / value when lower is better.\n"
+    )
+    for title, metrics in groups:
+        out.append(f"#### {title}\n")
+        out += _ratio_rows(table, systems, metrics, rat, refs)
+        out.append("")
+    metrics = [m for _, ms in groups for m in ms]
     out.append("References: " + ", ".join(f"{m.title}: {refs.get(m.key, 'none')}" for m in metrics))
     return "\n".join(out) + "\n"
 
@@ -274,8 +319,9 @@ def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[
     fig, axes = plt.subplots(
         rows, cols, figsize=(4.2 * cols, 0.35 * len(systems) * rows + 1.6), squeeze=False
     )
-    palette = plt.get_cmap("tab10")
-    colours = {s.name: palette(i % 10) for i, s in enumerate(systems)}
+    # tab10 repeats after ten systems; tab20 has twenty distinct colours
+    palette = plt.get_cmap("tab10" if len(systems) <= 10 else "tab20")
+    colours = {s.name: palette(i % palette.N) for i, s in enumerate(systems)}
     for ax, metric in zip(axes.flat, metrics, strict=False):
         names = [s.name for s in systems if s.name in rat[metric.key]]
         values = [rat[metric.key][n] for n in names]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -79,6 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="per-process deadline: a worker still running then exits (240; quick: 40)",
     )
+    p.add_argument(
+        "--python",
+        default=None,
+        metavar="PATH",
+        help="interpreter of the Python workers (this one); it needs orjson and msgpack, "
+        "and uvloop and pyzmq for the systems using them",
+    )
     p.add_argument("--reference", default="ours-uvloop", help="ratio reference (ours-uvloop)")
     p.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md and .png")
     p.add_argument("--docs-dir", type=Path, default=REPO / "docs", help=argparse.SUPPRESS)
@@ -110,13 +116,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------
 # machine and versions
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _run(cmd: list[str], timeout: float = 15.0) -> str | None:
@@ -157,8 +156,63 @@ def load_average() -> str | None:
         return None
 
 
-def machine_info() -> dict[str, Any]:
-    from benchmarks.procs import NODE_SCRIPT, child_env
+# Run by the workers' interpreter: what they import, not what the runner has.
+_PROBE = """
+import importlib.metadata as m, importlib.util as u, json, platform, sys
+def version(dist):
+    try:
+        return m.version(dist)
+    except m.PackageNotFoundError:
+        return None
+info = {
+    "python": platform.python_version(),
+    "python_impl": platform.python_implementation(),
+    "python_executable": sys.executable,
+    "uvloop": version("uvloop"),
+    "pyzmq": version("pyzmq"),
+    "orjson": version("orjson"),
+    "msgpack": version("msgpack"),
+    "libzmq": None,
+    "missing": [n for n in ("orjson", "msgpack", "uvloop", "zmq") if u.find_spec(n) is None],
+}
+try:
+    import zmq
+    info["libzmq"] = zmq.zmq_version()
+except ImportError:
+    pass
+try:
+    import ipc_server as i
+    info["ipc_server"] = getattr(i, "__version__", None) or version("ipc-server") or "?"
+    info["ipc_server_file"] = i.__file__
+except Exception:
+    info["ipc_server"] = "not importable"
+print(json.dumps(info))
+"""
+
+
+def python_info(python: str) -> dict[str, Any]:
+    """Versions as the workers see them (their interpreter, this checkout's src/)."""
+    from benchmarks.procs import child_env
+
+    try:
+        done = subprocess.run(
+            [python, "-c", _PROBE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=child_env(),
+            cwd=REPO,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SystemExit(f"{python}: cannot run it: {exc}") from None
+    if done.returncode != 0:
+        raise SystemExit(f"{python}: {done.stderr.strip().splitlines()[-1:]}")
+    info: dict[str, Any] = json.loads(done.stdout)
+    return info
+
+
+def machine_info(python: str) -> dict[str, Any]:
+    from benchmarks.procs import NODE_SCRIPT
 
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
@@ -166,40 +220,13 @@ def machine_info() -> dict[str, Any]:
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory": _mem_total(),
         "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "python_impl": platform.python_implementation(),
-        "uvloop": _version("uvloop"),
-        "pyzmq": _version("pyzmq"),
-        "orjson": _version("orjson"),
-        "msgpack": _version("msgpack"),
+        **python_info(python),
     }
-    try:
-        import zmq
-
-        info["libzmq"] = zmq.zmq_version()
-    except ImportError:
-        info["libzmq"] = None
     node = shutil.which("node")
     info["node"] = _run([node, "--version"]) if node else None
     info["net-ipc"] = (
         _run([node, str(NODE_SCRIPT), json.dumps({"role": "versions"})]) if node else None
     )
-    env = child_env()
-    probe = (
-        "import importlib.metadata as m, ipc_server as i; "
-        "v = getattr(i, '__version__', None)\n"
-        "if v is None:\n"
-        "    try: v = m.version('ipc-server')\n"
-        "    except m.PackageNotFoundError: v = '?'\n"
-        "print(v)"
-    )
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, env=env
-        )
-        info["ipc_server"] = done.stdout.strip() if done.returncode == 0 else "not importable"
-    except (OSError, subprocess.SubprocessError):
-        info["ipc_server"] = "not importable"
     info["git"] = _run(["git", "describe", "--always", "--dirty"])
     return info
 
@@ -212,6 +239,10 @@ WORKLOAD_DOCS: dict[str, str] = {
     "seq_rtt": "one request in flight, {seq_n:,} timed round trips (after {seq_warmup:,} "
     "warm-up): median and p99 latency",
     "pipelined": "{pipe_window:,} requests in flight, {pipe_total:,} in all: requests/s",
+    "gather_async": "batches of `asyncio.gather` of {gather_batch:,} `client.request()` calls, "
+    "{gather_total:,} requests in all, against an `async def` handler that awaits `respond`: "
+    "requests/s",
+    "gather_plain": "the same batches against a plain-function handler: requests/s",
     "oneway": "{oneway_n:,} one-way sends, the server counts them; the clock stops when a "
     "final request confirms the count: messages/s",
     "fanout": "{fanout_subs} subscribers (one client process), {fanout_n:,} publishes by the "
@@ -234,6 +265,20 @@ NOTES = [
     "function handler; a coroutine handler costs one task per request on Python < 3.12), "
     "`await client.request(data)`, `await client.send(data)`, `client.subscribe`, "
     "`server.publish`. Pipelining is 1,000 coroutines each awaiting its requests in turn.",
+    "gather_async and gather_plain are what users mostly write: `await asyncio.gather(*("
+    "client.request(x) for x in items))`, one batch after the other, so each batch waits for "
+    "its slowest reply. `ours-*` answer gather_async with "
+    "`async def on_request(request, respond, connection): await respond(request)` and "
+    "gather_plain with the plain function above. The floor's `request()` returns a future, "
+    "so its gather makes no Task per request; its server has no handler layer and answers "
+    "both the same way. pyzmq (blocking DEALER/ROUTER) sends a batch, then reads its "
+    "replies; it has no handler layer either, so both columns are the same code. "
+    "pyzmq-asyncio runs both ends on `zmq.asyncio` (uvloop): the client gathers request "
+    "coroutines that each send and await a future resolved in order by a reader task, the "
+    "server loops on `await recv_multipart()` / `await send_multipart()`. net-ipc awaits "
+    "`Promise.all` of 1,000 `client.request()`, against "
+    "`async (req, respond) => { await respond(req); }` (gather_async) or "
+    "`(req, respond) => respond(req)` (gather_plain).",
     "`ours-sync` is the blocking client against the asyncio server on uvloop; `ours-msgpack` "
     'is `IPCClient(codec="msgpack")` against the same server on uvloop.',
     "The floor is a bare asyncio.BufferedProtocol (4-byte length prefix, one kind byte, "
@@ -261,8 +306,8 @@ NOTES = [
     "connections: the client reads /proc/<server pid>/status VmRSS before and after opening "
     "the connections (0.3 s settle each time). The delta includes allocator slack; treat it "
     "as an estimate.",
-    "Fanout, pipelined, oneway and seq_rtt each run a warm-up first; big does one untimed "
-    "round trip.",
+    "Fanout, pipelined, gather_*, oneway and seq_rtt each run a warm-up first; big does one "
+    "untimed round trip.",
 ]
 
 
@@ -399,11 +444,17 @@ def _command_line(args: argparse.Namespace) -> str:
         cmd += " --only " + ",".join(args.only)
     if args.workloads:
         cmd += " --workloads " + ",".join(args.workloads)
+    if args.python:
+        cmd += f" --python {args.python}"
     return cmd
 
 
 def _measure(
-    args: argparse.Namespace, params: Params, systems: list[System], workloads: list[str]
+    args: argparse.Namespace,
+    params: Params,
+    systems: list[System],
+    workloads: list[str],
+    python: str,
 ) -> dict[str, Any]:
     raise_fd_limit()
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every run's finally kills its children
@@ -420,12 +471,12 @@ def _measure(
                 key = (system.name, workload)
                 if not system.runs(workload) or key in failed:
                     continue  # a pair that failed once is not retried (it may be slow to fail)
-                outcome = run_pair(system, workload, params)
+                outcome = run_pair(system, workload, params, python)
                 outcomes.setdefault(key, []).append(outcome)
                 if not outcome.ok:
                     failed.add(key)
                 _progress(run, args.runs, system, workload, outcome)
-    info = machine_info()
+    info = machine_info(python)
     info["date"] = started.strftime("%Y-%m-%d %H:%M UTC")
     info["load_before"], info["load_after"] = load_before, load_average()
     return {
@@ -442,6 +493,23 @@ def _measure(
             for (s, w), runs in outcomes.items()
         ],
     }
+
+
+def _workers_python(python: str, systems: Sequence[System]) -> str:
+    """The workers' interpreter, checked: it imports this checkout's ipc_server."""
+    info = python_info(python)
+    where = info.get("ipc_server_file")
+    if where and not Path(where).resolve().is_relative_to(REPO / "src"):
+        raise SystemExit(f"the workers would import ipc_server from {where}, not {REPO / 'src'}")
+    if info["missing"] and any(s.kind == "python" for s in systems):
+        print(
+            f"warning: {info['python_executable']} (Python {info['python']}) lacks "
+            f"{', '.join(info['missing'])}: the systems needing them will show errors "
+            f"({info['python_executable']} -m pip install uvloop orjson msgpack pyzmq)",
+            file=sys.stderr,
+        )
+    executable: str = info["python_executable"]
+    return executable
 
 
 def _outcomes(raw: dict[str, Any]) -> dict[tuple[str, str], list[Outcome]]:
@@ -463,9 +531,10 @@ def _outcomes(raw: dict[str, Any]) -> dict[tuple[str, str], list[Outcome]]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
+        lists = {s.name: ",".join(w for w in WORKLOADS if s.runs(w)) for s in SYSTEMS}
+        width = max(len(text) for text in lists.values())
         for s in SYSTEMS:
-            runs = [w for w in WORKLOADS if s.runs(w)]
-            print(f"{s.name:<16} {','.join(runs):<50} {s.description}")
+            print(f"{s.name:<16} {lists[s.name]:<{width}} {s.description}")
         return 0
     if args.report is not None:  # re-render a earlier run's raw results
         raw: dict[str, Any] = json.loads(args.report.read_text(encoding="utf-8"))
@@ -478,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             params = dataclasses.replace(params, deadline_s=args.deadline)
         systems = [s for s in SYSTEMS if args.only is None or s.name in args.only]
         workloads = [w for w in WORKLOADS if args.workloads is None or w in args.workloads]
-        raw = _measure(args, params, systems, workloads)
+        python = _workers_python(args.python or sys.executable, systems)
+        raw = _measure(args, params, systems, workloads, python)
     table = build_table(systems, workloads, _outcomes(raw))
     refs = pick_references(table, systems, args.reference)
     raw["references"] = refs

@@ -84,6 +84,8 @@ if _has("uvloop"):
     BASELINES.append("floor-uvloop")
 if _has("zmq"):
     BASELINES.append("pyzmq")
+    if _has("uvloop"):
+        BASELINES.append("pyzmq-asyncio")
 
 OURS = ["ours", "ours-sync", "ours-msgpack"]
 if _has("uvloop"):

@@ -16,7 +16,10 @@ as the library measured against it: ``await request(obj)`` resolves one
 future per request, and ``send(obj)`` is one call per message that waits only
 when the transport is over its high-water mark. Writes are coalesced the same
 way: the first write after data came in goes out at once, further writes of
-the same loop iteration leave together.
+the same loop iteration leave together.  Since ``request`` returns a future,
+``asyncio.gather`` of 1,000 of them (the gather_* workloads) makes no Task per
+request; the server has no handler layer, so it answers both gather workloads
+the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from typing import Any, cast
 
 import orjson
 
-from benchmarks.config import PAYLOAD, TOPIC, Params
+from benchmarks.config import GATHER, PAYLOAD, TOPIC, Params
 from benchmarks.impl.common import (
     SETTLE_S,
     Result,
@@ -387,6 +390,18 @@ async def _pipelined(proto: FloorClientProtocol, total: int, window: int) -> flo
     return now() - t0
 
 
+async def _gather(proto: FloorClientProtocol, total: int, batch: int) -> float:
+    # request() returns a future: gather wraps none of them in a Task.
+    request = proto.request
+    t0 = now()
+    left = total
+    while left > 0:
+        k = min(batch, left)
+        await asyncio.gather(*[request(REQ, dumps(PAYLOAD)) for _ in range(k)])
+        left -= k
+    return now() - t0
+
+
 async def _oneway(proto: FloorClientProtocol, n: int) -> float:
     send = proto.send
     t0 = now()
@@ -429,6 +444,11 @@ def client(
             await _pipelined(proto, params.pipe_warmup, params.pipe_window)
             elapsed = await _pipelined(proto, params.pipe_total, params.pipe_window)
             return rate_result(params.pipe_total, elapsed)
+        if workload in GATHER:
+            proto = await _connect(path)
+            await _gather(proto, params.gather_warmup, params.gather_batch)
+            elapsed = await _gather(proto, params.gather_total, params.gather_batch)
+            return rate_result(params.gather_total, elapsed)
         if workload == "oneway":
             proto = await _connect(path)
             await _oneway(proto, params.oneway_warmup)

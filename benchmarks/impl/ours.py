@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks.config import PAYLOAD, TOPIC, Params
+from benchmarks.config import GATHER, PAYLOAD, TOPIC, Params
 from benchmarks.impl.common import (
     SETTLE_S,
     Result,
@@ -86,6 +86,12 @@ def serve(
                 task.add_done_callback(tasks.discard)
 
             server.on("request", on_start)
+        elif workload == "gather_async":
+            # What users mostly write: a coroutine handler that awaits respond.
+            async def on_async_request(request: Any, respond: Any, connection: Any) -> None:
+                await respond(request)
+
+            server.on("request", on_async_request)
         else:
             # A plain function: the cheapest handler (docs/guide.md allows
             # both); a coroutine handler costs one task per request on
@@ -130,6 +136,11 @@ def client(
             await _pipelined(c, params.pipe_warmup, min(params.pipe_window, params.pipe_warmup))
             elapsed = await _pipelined(c, params.pipe_total, params.pipe_window)
             return rate_result(params.pipe_total, elapsed)
+        if workload in GATHER:
+            c = await connect()
+            await _gather(c, params.gather_warmup, params.gather_batch)
+            elapsed = await _gather(c, params.gather_total, params.gather_batch)
+            return rate_result(params.gather_total, elapsed)
         if workload == "oneway":
             c = await connect()
             await _oneway(c, params.oneway_warmup)
@@ -182,6 +193,17 @@ async def _pipelined(c: Any, total: int, window: int) -> float:
 
     t0 = now()
     await asyncio.gather(*(worker(per + (1 if i < extra else 0)) for i in range(window)))
+    return now() - t0
+
+
+async def _gather(c: Any, total: int, batch: int) -> float:
+    request = c.request
+    t0 = now()
+    left = total
+    while left > 0:
+        k = min(batch, left)
+        await asyncio.gather(*(request(PAYLOAD) for _ in range(k)))
+        left -= k
     return now() - t0
 
 

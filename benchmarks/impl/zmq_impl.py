@@ -1,8 +1,15 @@
 """pyzmq over ipc://, blocking sockets, orjson bodies.
 
-seq_rtt REQ/REP, pipelined DEALER/ROUTER, oneway PUSH/PULL (count confirmed on a
-REQ/REP side channel), fanout XPUB/SUB, big REQ/REP with copy=False,
+seq_rtt REQ/REP, pipelined DEALER/ROUTER, gather_* DEALER/ROUTER in batches
+(send the batch, then receive its replies), oneway PUSH/PULL (count confirmed
+on a REQ/REP side channel), fanout XPUB/SUB, big REQ/REP with copy=False,
 connections ROUTER with one DEALER socket per client.
+
+With the option ``asyncio`` (the gather_* workloads only), both ends use
+``zmq.asyncio`` instead: the client gathers request coroutines, each sending
+its body and awaiting a future that a reader task resolves in order (a ROUTER
+answers one DEALER in order); the server is the usual
+``await recv_multipart()`` / ``await send_multipart()`` loop.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from benchmarks.config import PAYLOAD, TOPIC, Params
+from benchmarks.config import GATHER, PAYLOAD, TOPIC, Params
 from benchmarks.impl.common import (
     CONTROL_SOCKET,
     SETTLE_S,
@@ -25,6 +32,7 @@ from benchmarks.impl.common import (
     conn_result,
     now,
     rate_result,
+    run_loop,
     seq_result,
     sock_path,
     vm_rss_kib,
@@ -58,6 +66,9 @@ def serve(
 ) -> None:
     import zmq
 
+    if options.get("asyncio"):
+        _serve_asyncio(workload, sockdir, options, ready)
+        return
     ctx = _context()
     if workload in ("seq_rtt", "big"):
         rep = ctx.socket(zmq.REP)
@@ -68,7 +79,7 @@ def serve(
                 rep.send(dumps(loads(rep.recv())))
         while True:
             rep.send(rep.recv(copy=False), copy=False)
-    elif workload in ("pipelined", "connections"):
+    elif workload in ("pipelined", "connections", *GATHER):
         router = ctx.socket(zmq.ROUTER)
         router.sndhwm = router.rcvhwm = UNLIMITED
         router.bind(_url(sockdir))
@@ -82,6 +93,29 @@ def serve(
         _serve_fanout(ctx, sockdir, params, ready)
     else:
         raise ValueError(f"unknown workload {workload}")
+
+
+def _serve_asyncio(
+    workload: str, sockdir: str, options: dict[str, Any], ready: Callable[[], None]
+) -> None:
+    import zmq
+    import zmq.asyncio
+
+    if workload not in GATHER:
+        raise ValueError(f"no {workload} for zmq.asyncio")
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        router = ctx.socket(zmq.ROUTER)
+        router.sndhwm = router.rcvhwm = UNLIMITED
+        router.bind(_url(sockdir))
+        ready()
+        recv, send = router.recv_multipart, router.send_multipart
+        while True:
+            ident, body = await recv()
+            await send([ident, dumps(loads(body))])
+
+    run_loop(main, bool(options.get("uvloop")))
 
 
 def _serve_oneway(ctx: Any, sockdir: str, ready: Callable[[], None]) -> None:
@@ -150,6 +184,8 @@ def client(
 ) -> Result:
     import zmq
 
+    if options.get("asyncio"):
+        return _asyncio_client(workload, sockdir, params, options)
     if workload == "seq_rtt":
         ctx = _context()
         req = ctx.socket(zmq.REQ)
@@ -188,6 +224,27 @@ def client(
 
         pipelined(params.pipe_warmup, params.pipe_window)
         return rate_result(params.pipe_total, pipelined(params.pipe_total, params.pipe_window))
+    if workload in GATHER:
+        ctx = _context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.sndhwm = dealer.rcvhwm = UNLIMITED
+        dealer.connect(_url(sockdir))
+
+        def batches(total: int, batch: int) -> float:
+            send, recv = dealer.send, dealer.recv
+            t0 = now()
+            left = total
+            while left > 0:
+                k = min(batch, left)
+                for _ in range(k):
+                    send(dumps(PAYLOAD))
+                for _ in range(k):
+                    loads(recv())
+                left -= k
+            return now() - t0
+
+        batches(params.gather_warmup, params.gather_batch)
+        return rate_result(params.gather_total, batches(params.gather_total, params.gather_batch))
     if workload == "oneway":
         ctx = _context()
         push = ctx.socket(zmq.PUSH)
@@ -228,6 +285,54 @@ def client(
     if workload == "connections":
         return _connections_client(sockdir, params, server_pid)
     raise ValueError(f"unknown workload {workload}")
+
+
+def _asyncio_client(workload: str, sockdir: str, params: Params, options: dict[str, Any]) -> Result:
+    import asyncio
+    from collections import deque
+
+    import zmq
+    import zmq.asyncio
+
+    if workload not in GATHER:
+        raise ValueError(f"no {workload} for zmq.asyncio")
+
+    async def main() -> Result:
+        loop = asyncio.get_running_loop()
+        ctx = zmq.asyncio.Context()
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.sndhwm = dealer.rcvhwm = UNLIMITED
+        dealer.connect(_url(sockdir))
+        waiters: deque[asyncio.Future[Any]] = deque()
+
+        async def read() -> None:
+            recv = dealer.recv
+            while True:
+                body = await recv()
+                waiters.popleft().set_result(loads(body))
+
+        async def request(obj: Any) -> Any:
+            future = loop.create_future()
+            waiters.append(future)
+            await dealer.send(dumps(obj))
+            return await future
+
+        async def batches(total: int, batch: int) -> float:
+            t0 = now()
+            left = total
+            while left > 0:
+                k = min(batch, left)
+                await asyncio.gather(*(request(PAYLOAD) for _ in range(k)))
+                left -= k
+            return now() - t0
+
+        reader = loop.create_task(read())
+        await batches(params.gather_warmup, params.gather_batch)
+        elapsed = await batches(params.gather_total, params.gather_batch)
+        reader.cancel()
+        return rate_result(params.gather_total, elapsed)
+
+    return run_loop(main, bool(options.get("uvloop")))
 
 
 def _fanout_client(sockdir: str, params: Params) -> Result:

@@ -114,6 +114,9 @@ async function serve() {
 				await server.broadcast(PAYLOAD);
 			}
 		});
+	} else if (spec.workload === "gather_async") {
+		// what users mostly write: an async handler that awaits respond
+		server.on("request", async (req, respond) => { await respond(req); });
 	} else {
 		server.on("request", (req, respond) => respond(req));
 	}
@@ -162,6 +165,17 @@ async function pipelined(client, total, window) {
 		})());
 	}
 	await Promise.all(workers);
+	return seconds(t0);
+}
+
+async function gather(client, total, batch) {
+	const t0 = clock();
+	for (let left = total; left > 0; left -= batch) {
+		const k = Math.min(batch, left);
+		const requests = new Array(k);
+		for (let i = 0; i < k; i++) { requests[i] = client.request(PAYLOAD); }
+		await Promise.all(requests);
+	}
 	return seconds(t0);
 }
 
@@ -224,6 +238,12 @@ async function runClient() {
 		await pipelined(client, params.pipe_warmup, Math.min(params.pipe_window, params.pipe_warmup));
 		const elapsed = await pipelined(client, params.pipe_total, params.pipe_window);
 		return { rate: params.pipe_total / elapsed, count: params.pipe_total, elapsed_s: elapsed };
+	}
+	if (w === "gather_async" || w === "gather_plain") {
+		const client = await connect();
+		await gather(client, params.gather_warmup, params.gather_batch);
+		const elapsed = await gather(client, params.gather_total, params.gather_batch);
+		return { rate: params.gather_total / elapsed, count: params.gather_total, elapsed_s: elapsed };
 	}
 	if (w === "oneway") {
 		const client = await connect();
