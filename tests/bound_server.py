@@ -1,0 +1,108 @@
+"""A server in its own process for the bound tests: it listens, and tells what it holds.
+
+Run as ``python tests/bound_server.py '<json>'`` (``tests/boundkit.py`` does it):
+the JSON gives ``path`` (the server's socket), ``control`` (a second socket,
+on which requests ``"stats"``, ``"gc"`` are answered), ``options`` (keyword
+options of ``IPCServer``), ``handler`` (what ``request`` does: ``"echo"``, a
+plain function; ``"async_echo"``; ``"sleep"``, an ``async def`` that sleeps
+``sleep`` seconds then answers; ``"never"``, one that waits forever) and
+``loop`` (``"uvloop"`` or ``"asyncio"``). It prints ``READY`` once both listen.
+
+``stats`` answers with the process's resident and peak memory, its task
+count, the server's connections, handshaking peers and topics, and the
+``error`` events it saw (the last 100, and how many in all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import resource
+import sys
+from collections import deque
+from typing import Any
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from ipc_server import IPCConnection, IPCServer, Respond  # noqa: E402
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def memory() -> dict[str, float]:
+    """Resident and peak memory of this process, in MiB."""
+    with open("/proc/self/statm") as f:
+        size, resident, *_ = (int(x) for x in f.read().split())
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "rss_mib": resident * PAGE / 2**20,
+        "vm_mib": size * PAGE / 2**20,
+        "peak_mib": peak_kib / 1024,
+    }
+
+
+async def main(config: dict[str, Any]) -> None:
+    server = IPCServer(path=config["path"], **config.get("options", {}))
+    errors: deque[str] = deque(maxlen=100)
+    count = [0]
+
+    def on_error(error: BaseException, connection: IPCConnection | None) -> None:
+        count[0] += 1
+        errors.append(f"{type(error).__name__}: {error}")
+
+    server.on("error", on_error)
+    handler = config.get("handler", "echo")
+    pause = float(config.get("sleep", 3600.0))
+    if handler == "echo":
+        server.on("request", lambda request, respond, connection: respond(request))
+    elif handler == "async_echo":
+
+        async def async_echo(request: Any, respond: Respond, connection: IPCConnection) -> None:
+            await respond(request)
+
+        server.on("request", async_echo)
+    elif handler in ("sleep", "never"):
+
+        async def sleeper(request: Any, respond: Respond, connection: IPCConnection) -> None:
+            await asyncio.sleep(pause if handler == "sleep" else 1e9)
+            await respond(request)
+
+        server.on("request", sleeper)
+    control = IPCServer(path=config["control"])
+
+    def on_control(request: Any, respond: Respond, connection: IPCConnection) -> None:
+        if request == "gc":
+            gc.collect()
+            respond(True)
+        elif request == "stats":
+            respond(
+                {
+                    **memory(),
+                    "tasks": len(asyncio.all_tasks()),
+                    "connections": len(server.connections),
+                    "handshaking": len(server._handshaking),
+                    "topics": len(server.topics),
+                    "errors": list(errors),
+                    "error_count": count[0],
+                }
+            )
+        else:
+            respond(None)
+
+    control.on("request", on_control)
+    await server.start()
+    await control.start()
+    print("READY", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    settings = json.loads(sys.argv[1])
+    if settings.get("loop", "uvloop") == "uvloop":
+        import uvloop
+
+        uvloop.run(main(settings))
+    else:
+        asyncio.run(main(settings))
