@@ -86,7 +86,7 @@ def encode(packet: Any, messagepack: bool) -> bytes:
 
 async def outcomes(bodies: list[Body], messagepack: bool) -> tuple[list[Any], list[Any]]:
     fast = Recorder(messagepack)
-    fast._read_packets(bodies)
+    fast._read_packets(iter(bodies))
     general = Recorder(messagepack)
     for body in bodies:
         if not general._read_packet(body):

@@ -439,7 +439,7 @@ async def test_many_clients_losing_the_server_do_not_storm(sock_path: str) -> No
 
 async def child_server(path: str, report_at: int) -> None:
     """Serve at ``path``: echo requests, hold ``{"hold": i}`` ones forever; print HELD n."""
-    server = IPCServer(path=path)
+    server = IPCServer(path=path, max_concurrent_requests=None)  # holds 1,000 at once
     held = 0
     forever: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 

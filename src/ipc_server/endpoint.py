@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import sys
 from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, cast
@@ -30,6 +31,7 @@ from .errors import (
     ProtocolError,
     RequestTimeoutError,
 )
+from .events import Tasks
 from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
 from .packets import (
     MESSAGE,
@@ -71,6 +73,9 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_queued: int = DEFAULT_MAX_QUEUED,
         nonces: Iterator[int] | None = None,
+        max_concurrent: int | None = None,
+        hold_while_paused: bool = False,
+        cancel_on_lost: bool = False,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -80,7 +85,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._pending: dict[Any, _Pending] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_deadline = 0.0
-        self._init_writes(max_queued)
+        self._init_writes(max_queued, hold_while_paused)
+        self._cancel_on_lost = cancel_on_lost
         self._handshaken = False
         self._closing = False
         self._aborted = False
@@ -90,7 +96,13 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._peer_end: dict[str, Any] | None = None
         self._lost_exc: BaseException | None = None
         self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks(self._task_ended)
+        # Reading stops while any reason holds it (hold_reading); packets already
+        # read wait in _held, in order, and are dispatched before reading resumes.
+        self._holds: set[str] = set()
+        self._halted = False  # held or aborted: dispatch no further packet
+        self._held: list[Body] = []
+        self._max_concurrent = sys.maxsize if max_concurrent is None else max_concurrent
         self.remote_errors = False
         """Whether the peer announced the ``errors`` extension."""
 
@@ -115,7 +127,10 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             self._fatal(exc)
             return
         if bodies:
-            self._read_bodies(bodies)
+            if self._halted:
+                self._keep(bodies)  # read before pause_reading took effect
+            else:
+                self._read_bodies(bodies)
 
     def data_received(self, data: bytes) -> None:
         # The loops call buffer_updated; this is the entry for bytes read before
@@ -132,27 +147,40 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             self._fatal(exc)
             return
         if bodies:
-            self._read_bodies(bodies)
+            if self._halted:
+                self._keep(bodies)  # read before pause_reading took effect
+            else:
+                self._read_bodies(bodies)
 
     def _read_bodies(self, bodies: list[Body]) -> None:
+        """Dispatch the bodies of one read, in order, until a hold halts it (callers check
+        ``_halted`` first: a read that came while halted goes to ``_held``)."""
         self._dispatching = True
+        rest = iter(bodies)
         try:
             if self._handshaken and not self._codec.compress:
-                self._read_packets(bodies)
+                self._read_packets(rest)
             else:
-                for body in bodies:
-                    if self._aborted or not self._read_packet(body):
+                for body in rest:
+                    if self._halted:
+                        self._held.append(body)
+                        break
+                    if not self._read_packet(body):
                         break
         finally:
             self._dispatching = False
             if self._wbuf:
                 self._flush()
+        if self._halted:
+            if not self._aborted:
+                self._held.extend(rest)  # dispatched once every hold is released
+            return
         first = bodies[0]
         if first.__class__ is memoryview:
             # A big body (only ever the first) was decoded into new objects: its buffer can serve again.
             self._decoder.recycle(first)
 
-    def _read_packets(self, bodies: list[Body]) -> None:
+    def _read_packets(self, bodies: Iterator[Body]) -> None:
         """The hot path: the packets of an admitted connection without compression.
 
         Well-formed MESSAGE, REQUEST and RESPONSE packets are handled here,
@@ -163,7 +191,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         """
         loads = self._codec.loads
         for body in bodies:
-            if self._aborted:
+            if self._halted:
+                self._held.append(body)  # this one and the rest wait (see _read_bodies)
                 return
             try:
                 packet = loads(body)
@@ -187,6 +216,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
                             except Exception as exc:
                                 self._report(exc)
                                 respond.fail(exc)  # the requester gets an error, never a hang
+                            if self._tasks and len(self._tasks) >= self._max_concurrent:
+                                self.hold_reading("busy")
                             continue
                     if t.__class__ is int and 0 <= t <= 6:
                         self._dispatch(
@@ -240,6 +271,9 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._wbuf.clear()
         reason, error = loss(self._peer_end, self._close_reason, exc, self._destroyed)
         self._fail_all(error)
+        if self._cancel_on_lost:
+            for task in list(self._tasks):
+                task.cancel()  # nobody is left to answer; their respond() does nothing now
         if not self._lost.done():
             self._lost.set_result(None)
         self._on_lost(reason, exc)
@@ -290,6 +324,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         except Exception as exc:  # e.g. a published message too deep to encode
             self._report(exc)
             respond.fail(exc)  # the requester gets an error, never a hang
+        if self._tasks and len(self._tasks) >= self._max_concurrent:
+            self.hold_reading("busy")
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:
         entry = self._pending.pop(n, None)
@@ -496,19 +532,75 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
     def _abort(self) -> None:
         transport = self._transport
         self._aborted = True
+        self._halted = True
+        self._held.clear()
         self._wbuf.clear()
         if transport is not None:
             transport.abort()
 
     def pause(self) -> None:
         """Stop reading from this connection (the peer's writes back up)."""
-        if self._transport is not None:
-            self._transport.pause_reading()
+        self.hold_reading("paused")
 
     def resume(self) -> None:
-        """Start reading again after ``pause``."""
-        if self._transport is not None:
+        """Start reading again after ``pause`` (unless a bound still holds it)."""
+        self.release_reading("paused")
+
+    # ------------------------------------------------------------------ holding the reads
+
+    def hold_reading(self, reason: str) -> None:
+        """Stop reading this connection for ``reason``; packets already read wait.
+
+        Reasons: ``"paused"`` (``pause()``), ``"busy"`` (``max_concurrent_requests``
+        handlers running), ``"writes"`` (the peer does not read what we send),
+        ``"events"`` (a client's ``max_pending_events``), ``"auth"`` (admission
+        under way). Reading resumes once every reason is released.
+        """
+        holds = self._holds
+        if reason in holds:
+            return
+        holds.add(reason)
+        self._halted = True
+        transport = self._transport
+        if len(holds) == 1 and transport is not None and not self._aborted:
+            transport.pause_reading()
+
+    def release_reading(self, reason: str) -> None:
+        """``reason`` no longer holds the reads: packets held are dispatched, then reading resumes."""
+        holds = self._holds
+        if reason not in holds:
+            return
+        holds.discard(reason)
+        if holds or self._aborted:
+            return
+        self._halted = False
+        if self._held:
+            self._loop.call_soon(self._resume_held)
+        elif self._transport is not None:
             self._transport.resume_reading()
+
+    @property
+    def reading_held(self) -> frozenset[str]:
+        """Why reading is held now (empty: it is not)."""
+        return frozenset(self._holds)
+
+    def _keep(self, bodies: list[Body]) -> None:
+        if not self._aborted:
+            self._held.extend(bodies)
+
+    def _resume_held(self) -> None:
+        held = self._held
+        if self._halted or not held:
+            return
+        self._held = []
+        self._read_bodies(held)
+        if not self._halted and not self._held and self._transport is not None:
+            self._transport.resume_reading()
+
+    def _task_ended(self, running: int) -> None:
+        """A handler's task ended (``Tasks``): below ``max_concurrent`` again, read on."""
+        if running < self._max_concurrent and "busy" in self._holds:
+            self.release_reading("busy")
 
     @property
     def closed(self) -> bool:

@@ -26,6 +26,7 @@ __all__ = [
     "IPCEvents",
     "Respond",
     "Stop",
+    "Tasks",
     "settle",
     "start_task",
 ]
@@ -103,6 +104,25 @@ def _loop_running() -> bool:
     return True
 
 
+class Tasks(set["asyncio.Task[Any]"]):
+    """The tasks of listener chains that suspended, kept until they end.
+
+    ``on_end(running)`` is called after each one ends, with how many are left.
+    """
+
+    __slots__ = ("on_end",)
+
+    def __init__(self, on_end: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.on_end = on_end
+
+    def discard(self, task: object) -> None:
+        """Forget ``task`` (its done callback)."""
+        super().discard(task)
+        if self.on_end is not None:
+            self.on_end(len(self))
+
+
 def start_task(
     coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]] | None = None
 ) -> asyncio.Task[Any] | None:
@@ -172,7 +192,7 @@ class EventEmitter:
         # The listener of each event that has exactly one, added with on():
         # the per-message paths call it with _run_one, without a chain.
         self._solo: dict[str, Callable[..., Any]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = Tasks()
 
     @overload
     def on(self, event: str) -> Callable[[F], F]: ...

@@ -79,6 +79,11 @@ class ServerOptions:
         authenticate: ``fn(payload, connection)`` (plain or async) called
             before a client is admitted: return True/None to admit, False or a
             reason string to refuse (the client gets END with the reason).
+        max_concurrent_requests: Request handlers of one connection that may be
+            running (suspended in a task) at once; at the bound the server stops
+            reading that connection until one ends (backpressure; None: no bound).
+        cancel_on_disconnect: Cancel the running handlers of a connection that
+            is lost (their ``respond`` does nothing by then).
         retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
     """
 
@@ -95,6 +100,8 @@ class ServerOptions:
     codec: CodecName = "msgpack"
     compress: bool = True
     authenticate: Authenticate | None = None
+    max_concurrent_requests: int | None = 256
+    cancel_on_disconnect: bool = True
     retries: int = 3
     address: Address = field(init=False)
     """The address as configured (``bound_address`` tells where a started server listens)."""
@@ -104,6 +111,8 @@ class ServerOptions:
         check_codec(self.codec)
         if self.max_connections is not None:
             check_size("max_connections", self.max_connections)
+        if self.max_concurrent_requests is not None:
+            check_size("max_concurrent_requests", self.max_concurrent_requests)
         check_size("max_message_size", self.max_message_size)
         check_size("max_queued", self.max_queued)
         check_timeout(self.handshake_timeout)
@@ -130,6 +139,9 @@ class IPCConnection(Endpoint):
         super().__init__(
             max_message_size=server.max_message_size,
             max_queued=server.max_queued,
+            max_concurrent=server.max_concurrent_requests,
+            hold_while_paused=True,
+            cancel_on_lost=server.cancel_on_disconnect,
         )
         self.server = server
         self.id: str = server._new_id()

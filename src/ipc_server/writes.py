@@ -39,7 +39,7 @@ class Writes:
     _eof_sent: bool
     _lost_exc: BaseException | None
 
-    def _init_writes(self, max_queued: int) -> None:
+    def _init_writes(self, max_queued: int, hold_while_paused: bool) -> None:
         self._wbuf: list[bytes] = []
         self._wbuf_size = 0
         self._burst = False  # a write went out since data last came in: gather the next ones
@@ -48,6 +48,7 @@ class Writes:
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._max_queued = max_queued
+        self._hold_while_paused = hold_while_paused
 
     def _report(self, exc: BaseException) -> None:
         raise NotImplementedError
@@ -55,8 +56,18 @@ class Writes:
     def destroy(self, reason: Any = None) -> bool:
         raise NotImplementedError
 
+    def hold_reading(self, reason: str) -> None:
+        raise NotImplementedError
+
+    def release_reading(self, reason: str) -> None:
+        raise NotImplementedError
+
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._hold_while_paused:
+            # A peer that does not read cannot make us park work for it: read no
+            # more requests from it until it has read what we sent.
+            self.hold_reading("writes")
         transport = self._transport
         if transport is not None and transport.get_write_buffer_size() > self._max_queued:
             self._overflow(transport.get_write_buffer_size())
@@ -64,6 +75,8 @@ class Writes:
     def resume_writing(self) -> None:
         self._write_paused = False
         self._wake_writers(None)
+        if self._hold_while_paused:
+            self.release_reading("writes")
 
     def _write(self, data: bytes | list[bytes]) -> None:
         """Send framed bytes, coalescing bursts into few ``transport.write`` calls.
