@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from ipc_server import IPCConnection, IPCServer, Respond  # noqa: E402
+from ipc_server import IPCConnection, IPCServer, Respond
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
