@@ -118,6 +118,7 @@ class _ClientProtocol(Endpoint):
             return
         self._codec.configure(messagepack=agreement.messagepack, compress=agreement.compress)
         self.remote_errors = agreement.remote_errors
+        self.features = agreement.features
         self._handshaken = True
         if not self.ready.done():
             self.ready.set_result(agreement)
@@ -207,6 +208,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._live: _ClientProtocol | None = None  # _proto while READY, else None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
+        self._unanswered: list[tuple[asyncio.Future[Any], float | None, Any, float]] = []
 
     # ------------------------------------------------------------------ ClientCore's hooks
 
@@ -248,6 +250,8 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._proto = None
         if not admitted:
             return  # an attempt that failed: _open raises, and its caller decides
+        # Requests the server did not run before its END: sent again once reconnected.
+        self._unanswered.extend(proto.unanswered)
         reconnect, reason = self._after_loss(peer_end, reason, ended_here)
         if reconnect:
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect(reason))
@@ -304,6 +308,28 @@ class IPCClient(AsyncClientOptions, ClientCore):
             if self._proto is not proto:
                 return  # lost again: its loss has been dealt with (reconnecting or closed)
         self._ready()
+        self._send_unanswered(proto)
+
+    def _send_unanswered(self, proto: _ClientProtocol) -> None:
+        """Send again, on the new connection, what the last one's END left unanswered."""
+        waiting = self._unanswered
+        self._unanswered = []
+        now = asyncio.get_running_loop().time()
+        for future, deadline, data, seconds in waiting:
+            if future.done():
+                continue  # given up on meanwhile
+            if deadline is not None and deadline <= now:
+                future.set_exception(RequestTimeoutError(seconds))
+                continue
+            proto.resend(future, data, None if deadline is None else deadline - now)
+
+    def _finish(self, reason: Any) -> None:
+        super()._finish(reason)
+        waiting = self._unanswered
+        self._unanswered = []
+        for future, _, _, _ in waiting:
+            if not future.done():
+                future.set_exception(ConnectionClosedError(reason, executed=False))
 
     async def _reconnect(self, reason: Any) -> None:
         last: Any = reason

@@ -53,10 +53,13 @@ __all__ = ["Endpoint", "Responder"]
 logger = logging.getLogger("ipc_server")
 
 # A pending request or ping, as a plain tuple (the hot path makes one per request):
-# (future, deadline or None, started (loop time, pings only; else 0.0), timeout, own timer or None).
+# (future, deadline or None, started (loop time, pings only; else 0.0), timeout, own timer or None,
+#  the request's data, kept to send it again after an END that allows it).
 # Requests whose deadlines arrive in order share one sweep timer; only a
 # request with a shorter timeout than the one before it gets its own timer.
-_Pending = tuple[asyncio.Future[Any], "float | None", float, float, "asyncio.TimerHandle | None"]
+_Pending = tuple[
+    asyncio.Future[Any], "float | None", float, float, "asyncio.TimerHandle | None", Any
+]
 
 
 class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
@@ -105,6 +108,11 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._max_concurrent = sys.maxsize if max_concurrent is None else max_concurrent
         self.remote_errors = False
         """Whether the peer announced the ``errors`` extension."""
+        self.features: frozenset[str] = frozenset()
+        """The extensions both ends announced (``packets.FEATURES``)."""
+        self.unanswered: list[tuple[asyncio.Future[Any], float | None, Any, float]] = []
+        """Once lost after an END that allows a reconnect from a ``retry`` peer: the
+        requests it did not run, ``(future, deadline, data, timeout)``, to send again."""
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -210,6 +218,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
                             self._on_response(n, packet)
                             continue
                         if t is REQUEST:  # _handle_request, inlined
+                            if self._closing:
+                                continue  # after END (or on its way) no request is run
                             respond = Responder(self, n)
                             try:
                                 self._on_request(packet.get("d"), respond)
@@ -269,8 +279,10 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             self._flush_handle.cancel()
             self._flush_handle = None
         self._wbuf.clear()
-        reason, error = loss(self._peer_end, self._close_reason, exc, self._destroyed)
-        self._fail_all(error)
+        end = self._peer_end
+        reason, error = loss(end, self._close_reason, exc, self._destroyed, self.features)
+        keep = end is not None and bool(end.get("a")) and "retry" in self.features
+        self.unanswered = self._fail_all(error, keep)
         if self._cancel_on_lost:
             for task in list(self._tasks):
                 task.cancel()  # nobody is left to answer; their respond() does nothing now
@@ -278,8 +290,14 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             self._lost.set_result(None)
         self._on_lost(reason, exc)
 
-    def _fail_all(self, error: ConnectionClosedError) -> None:
-        """The connection is gone (or going): every pending request and writer gets ``error``."""
+    def _fail_all(
+        self, error: ConnectionClosedError, keep: bool = False
+    ) -> list[tuple[asyncio.Future[Any], float | None, Any, float]]:
+        """The connection is gone (or going): every pending request and writer gets ``error``.
+
+        With ``keep``, requests (not pings) are kept instead, and returned: their
+        peer did not run them and they may be sent again.
+        """
         if self._lost_exc is None:
             self._lost_exc = error
         pending = self._pending
@@ -287,12 +305,18 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        for future, _, _, _, timer in pending.values():
+        kept = []
+        for future, deadline, started, seconds, timer, data in pending.values():
             if timer is not None:
                 timer.cancel()
-            if not future.done():
+            if future.done():
+                continue
+            if keep and not started:
+                kept.append((future, deadline, data, seconds))
+            else:
                 future.set_exception(error)
         self._wake_writers(error)
+        return kept
 
     # ------------------------------------------------------------------ dispatch
 
@@ -318,6 +342,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._handle_request(d, n)
 
     def _handle_request(self, d: Any, n: str) -> None:
+        if self._closing:
+            return  # after END (or on its way) no request is run (packets.FEATURES: retry)
         respond = Responder(self, n)
         try:
             self._on_request(d, respond)
@@ -384,7 +410,11 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         return self._write_paused
 
     def _start_request(
-        self, t: int, data: Any, timeout: float | None
+        self,
+        t: int,
+        data: Any,
+        timeout: float | None,
+        future: asyncio.Future[Any] | None = None,
     ) -> tuple[Any, asyncio.Future[Any]]:
         if self._transport is None or self._closing:
             self._check_open()
@@ -392,30 +422,36 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         nonce = str(next(self._nonces))
         packet = self._codec.encode_parts(t, data, nonce)
         loop = self._loop
-        future: asyncio.Future[Any] = loop.create_future()
+        if future is None:
+            future = loop.create_future()
         # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
         started = perf_counter() if t == PING else 0.0
         if seconds is None:
-            self._pending[nonce] = (future, None, started, 0.0, None)
+            self._pending[nonce] = (future, None, started, 0.0, None, data)
         else:
             deadline = loop.time() + seconds
             if deadline >= self._last_deadline:
                 self._last_deadline = deadline
-                self._pending[nonce] = (future, deadline, started, seconds, None)
+                self._pending[nonce] = (future, deadline, started, seconds, None, data)
                 if self._sweep_handle is None:
                     self._sweep_handle = loop.call_at(deadline, self._sweep)
             else:
                 timer = loop.call_at(deadline, self._expire, nonce)
-                self._pending[nonce] = (future, deadline, started, seconds, timer)
+                self._pending[nonce] = (future, deadline, started, seconds, timer, data)
         self._write(packet)
         return nonce, future
+
+    def resend(self, future: asyncio.Future[Any], data: Any, timeout: float | None) -> None:
+        """Send again a request that another connection of the same client did not get
+        answered (``unanswered``); its answer resolves ``future``."""
+        self._start_request(REQUEST, data, timeout, future)
 
     def _sweep(self) -> None:
         """Expire overdue requests, oldest first, and re-arm for the next deadline."""
         self._sweep_handle = None
         now = self._loop.time()
         overdue = []
-        for nonce, (_, deadline, _, _, timer) in self._pending.items():
+        for nonce, (_, deadline, _, _, timer, _) in self._pending.items():
             if deadline is None or timer is not None:
                 continue  # no timeout, or a timer of its own
             if deadline > now:
@@ -429,7 +465,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         entry = self._pending.pop(nonce, None)
         if entry is None:
             return
-        future, _, started, seconds, timer = entry
+        future, _, started, seconds, timer, _ = entry
         if timer is not None:
             timer.cancel()
         if not future.done():
@@ -501,6 +537,10 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         transport = self._current_transport()
         if transport is None or self._aborted:
             return True  # lost or destroyed meanwhile
+        if any(not task.done() for task in self._tasks):
+            # Handlers still run: an END would say they did not. Drop the connection instead.
+            self._abort()
+            return True
         self._flush()
         transport.write(end(self._codec if self._handshaken else None, reason, allow_reconnect))
         if transport.can_write_eof():

@@ -43,11 +43,17 @@ class ConnectionClosedError(IPCError):
         reason: What the closing side said (the END packet's ``m``), or a
             description of the failure.
         allow_reconnect: Whether the closing side allowed a reconnect.
+        executed: For a request that failed with it: False when the peer
+            guarantees it did not run it (a server of this library that closed:
+            retrying is safe), None when that is not known.
     """
 
-    def __init__(self, reason: object = None, *, allow_reconnect: bool = False) -> None:
+    def __init__(
+        self, reason: object = None, *, allow_reconnect: bool = False, executed: bool | None = None
+    ) -> None:
         self.reason = reason
         self.allow_reconnect = allow_reconnect
+        self.executed = executed
         super().__init__(self._text(reason))
 
     @staticmethod

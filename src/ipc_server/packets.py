@@ -80,11 +80,15 @@ PING = IPCMessageType.PING.value
 PONG = IPCMessageType.PONG.value
 END = IPCMessageType.END.value
 
-FEATURES: tuple[str, ...] = ("errors",)
+FEATURES: tuple[str, ...] = ("errors", "retry")
 """Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
 
 ``errors``: a failed request handler answers with a RESPONSE carrying
 ``"e": {"type": ..., "message": ...}``, read as ``RemoteError``.
+
+``retry``: a server that sends END has not run, and will not run, any
+request it did not answer before that END; the client may send them again
+(it does so by itself after an END that allows a reconnect).
 """
 
 
@@ -161,6 +165,8 @@ class Agreement(NamedTuple):
     compress: bool
     remote_errors: bool
     """Whether the server announced the ``errors`` extension."""
+    features: frozenset[str]
+    """The extensions both ends know (ours that the server announced)."""
 
 
 def read_answer(t: int, d: Any) -> Agreement:
@@ -174,12 +180,10 @@ def read_answer(t: int, d: Any) -> Agreement:
         raise HandshakeError(read_end(d).get("m"))  # refused before admission
     if t != CONNECTION or type(d) is not dict:
         raise ProtocolError(f"expected the CONNECTION answer, got packet type {t}")
-    features = d.get("features")
+    announced = d.get("features")
+    features = frozenset(f for f in FEATURES if isinstance(announced, list) and f in announced)
     return Agreement(
-        d,
-        bool(d.get("messagepack")),
-        bool(d.get("compress")),
-        isinstance(features, list) and "errors" in features,
+        d, bool(d.get("messagepack")), bool(d.get("compress")), "errors" in features, features
     )
 
 
@@ -213,11 +217,14 @@ def loss(
     close_reason: Any,
     exc: BaseException | None,
     destroyed: bool,
+    features: frozenset[str] = frozenset(),
 ) -> tuple[Any, ConnectionClosedError]:
     """Why a connection is gone, and the error its waiters get (both drivers, both ends).
 
     The reason is the peer's END reason, else our own close or destroy
-    reason, else the transport's exception, else ``"connection lost"``.
+    reason, else the transport's exception, else ``"connection lost"``. After
+    an END from a peer that announced ``retry``, the unanswered requests were
+    not run (``executed=False``).
     """
     if peer_end is not None:
         reason: Any = peer_end.get("m")
@@ -229,8 +236,12 @@ def loss(
         reason = "connection lost"
     if destroyed:
         return reason, ConnectionDestroyedError(reason)
-    allow = bool(peer_end.get("a")) if peer_end is not None else False
-    return reason, ConnectionClosedError(reason, allow_reconnect=allow)
+    if peer_end is None:
+        return reason, ConnectionClosedError(reason)
+    executed = False if "retry" in features else None
+    return reason, ConnectionClosedError(
+        reason, allow_reconnect=bool(peer_end.get("a")), executed=executed
+    )
 
 
 # ---------------------------------------------------------------------- errors

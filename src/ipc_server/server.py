@@ -21,7 +21,7 @@ from typing import Any
 from .address import Address
 from .codecs import CodecName
 from .endpoint import Endpoint, Responder
-from .errors import HandshakeError, ProtocolError
+from .errors import HandshakeError, IPCError, ProtocolError
 from .events import EventEmitter, start_task
 from .options import (
     DEFAULT_MAX_QUEUED,
@@ -51,6 +51,9 @@ __all__ = ["SERVER_CLOSED", "Authenticate", "IPCConnection", "IPCServer", "Serve
 logger = logging.getLogger("ipc_server")
 
 SERVER_CLOSED = "server closed"
+
+MAX_ID_LENGTH = 128
+"""The longest connection id a client may claim; a longer claim gets a fresh id."""
 
 
 Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
@@ -84,6 +87,10 @@ class ServerOptions:
             reading that connection until one ends (backpressure; None: no bound).
         cancel_on_disconnect: Cancel the running handlers of a connection that
             is lost (their ``respond`` does nothing by then).
+        max_topics_per_connection: Topics one connection may be subscribed to;
+            a subscribe beyond it answers false and ``error`` is emitted (None: no bound).
+        max_topic_length: Longest topic a connection may subscribe to, in
+            characters; a longer one is refused the same way (None: no bound).
         retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
     """
 
@@ -102,6 +109,8 @@ class ServerOptions:
     authenticate: Authenticate | None = None
     max_concurrent_requests: int | None = 256
     cancel_on_disconnect: bool = True
+    max_topics_per_connection: int | None = 10_000
+    max_topic_length: int | None = 1024
     retries: int = 3
     address: Address = field(init=False)
     """The address as configured (``bound_address`` tells where a started server listens)."""
@@ -111,8 +120,10 @@ class ServerOptions:
         check_codec(self.codec)
         if self.max_connections is not None:
             check_size("max_connections", self.max_connections)
-        if self.max_concurrent_requests is not None:
-            check_size("max_concurrent_requests", self.max_concurrent_requests)
+        for name in ("max_concurrent_requests", "max_topics_per_connection", "max_topic_length"):
+            value = getattr(self, name)
+            if value is not None:
+                check_size(name, value)
         check_size("max_message_size", self.max_message_size)
         check_size("max_queued", self.max_queued)
         check_timeout(self.handshake_timeout)
@@ -234,12 +245,16 @@ class IPCConnection(Endpoint):
             self._fatal(exc)
             return
         self._registered = True  # no second CONNECTION is processed
-        if hello.claimed_id is not None:
-            self.id = hello.claimed_id
+        server = self.server
+        claimed = hello.claimed_id
+        if claimed is not None and server._may_claim(claimed):
+            self.id = claimed  # a reconnecting client keeps its id
         self.payload = hello.payload
-        if self.server.authenticate is None:
+        if server.authenticate is None:
             self._admit(hello, n)
         else:
+            # Packets pipelined behind CONNECTION wait for the verdict (and then are read).
+            self.hold_reading("auth")
             start_task(self._authenticate(hello, n), self._tasks)
 
     async def _authenticate(self, hello: Hello, n: Any) -> None:
@@ -281,11 +296,16 @@ class IPCConnection(Endpoint):
         )
         self._codec.configure(messagepack=messagepack, compress=compress)
         self.remote_errors = "errors" in hello.features
+        self.features = frozenset(hello.features)
         self._handshaken = True
         self.connected_at = time.time()
+        if not server._may_claim(self.id):
+            self.id = server._new_id()  # claimed by another while this one was authenticated
         server._handshaking.discard(self)
         server._connections[self] = None
+        server._ids[self.id] = self
         server.emit("connect", self, self.payload)
+        self.release_reading("auth")
 
     # ------------------------------------------------------------------ events
 
@@ -308,6 +328,8 @@ class IPCConnection(Endpoint):
         server = self.server
         server._handshaking.discard(self)
         server._forget_topics(self)
+        if server._ids.get(self.id) is self:
+            del server._ids[self.id]
         if self._handshaken and server._connections.pop(self, 0) is None:
             server.emit("disconnect", self, reason)
 
@@ -339,6 +361,7 @@ class IPCServer(ServerOptions, EventEmitter):
         self._new_id = self.id_factory or _default_id
         self._listener: Listener | None = None
         self._connections: dict[IPCConnection, None] = {}
+        self._ids: dict[str, IPCConnection] = {}  # admitted connections by id
         self._handshaking: set[IPCConnection] = set()
         self._topics: dict[str, dict[IPCConnection, None]] = {}
         self._closing = False
@@ -421,6 +444,10 @@ class IPCServer(ServerOptions, EventEmitter):
 
     # ------------------------------------------------------------------ errors
 
+    def _may_claim(self, claimed: str) -> bool:
+        """Whether a client may have the id it asks for: short, and no live connection's."""
+        return len(claimed) <= MAX_ID_LENGTH and claimed not in self._ids
+
     def _report_error(self, exc: BaseException, connection: IPCConnection | None) -> None:
         if not self.emit("error", exc, connection):
             logger.warning("ipc_server: %s (connection %s)", exc, getattr(connection, "id", None))
@@ -451,6 +478,11 @@ class IPCServer(ServerOptions, EventEmitter):
             if topics is None:
                 respond(pubsub_reply(False))
                 return
+            refusal = self._topic_refusal(conn, topics)
+            if refusal is not None:
+                self._report_error(IPCError(f"subscription refused: {refusal}"), conn)
+                respond(pubsub_reply(False))
+                return
             for topic in topics:
                 self._topics.setdefault(topic, {})[conn] = None
                 conn.topics.add(topic)
@@ -465,6 +497,21 @@ class IPCServer(ServerOptions, EventEmitter):
                     del self._topics[topic]
             conn.topics.discard(topic)
         respond(pubsub_reply(result))
+
+    def _topic_refusal(self, conn: IPCConnection, topics: list[str]) -> str | None:
+        """Why ``conn`` may not subscribe to ``topics`` (a bound it would cross), or None."""
+        longest = self.max_topic_length
+        if longest is not None:
+            for topic in topics:
+                if len(topic) > longest:
+                    return f"a topic of {len(topic)} characters, over max_topic_length={longest}"
+        most = self.max_topics_per_connection
+        # A list longer than the bound cannot fit: no set is built for it.
+        if most is not None and len(conn.topics) + len(topics) > most:
+            total = len(conn.topics.union(topics)) if len(topics) <= most else len(topics)
+            if total > most:
+                return f"{total} topics, over max_topics_per_connection={most}"
+        return None
 
     def _forget_topics(self, conn: IPCConnection) -> None:
         for topic in conn.topics:

@@ -415,7 +415,12 @@ class IPCClient(ClientCore):
             value = conn.call(t, data, nonce, deadline, limit)
             if value is not GONE:
                 return value
-            conn = self._live(deadline)  # lost before sending: wait for the reconnect
+            try:
+                conn = self._live(deadline)  # not sent, or not run: wait for the reconnect
+            except ConnectionClosedError as exc:
+                raise ConnectionClosedError(
+                    exc.reason, allow_reconnect=exc.allow_reconnect, executed=False
+                ) from None
 
     def request(self, data: Any, timeout: float | Default | None = DEFAULT) -> Any:
         """Send a request and return the server's answer.

@@ -135,7 +135,15 @@ class SendTimeout(Exception):
 
 
 GONE = object()
-"""What ``Connection.call`` returns when the connection was gone before anything was sent."""
+"""What ``Connection.call`` returns when the request must go on the next connection: this one
+was gone before it was sent, or its server ended it without running it (``retry``)."""
+
+
+class _Resend(Exception):
+    """The marker a waiter gets for a request to send again (see ``Connection.lose``)."""
+
+
+RESEND = _Resend()
 
 
 class SyncRespond(Respond):
@@ -218,6 +226,7 @@ class Connection(ReadRoles, PacketDispatcher):
         self.codec = opened.codec
         self.decoder = opened.decoder
         self.remote_errors = opened.agreement.remote_errors
+        self.features = opened.agreement.features
         self.on_message = on_message
         self.on_request = on_request
         self.on_lost = on_lost
@@ -353,12 +362,16 @@ class Connection(ReadRoles, PacketDispatcher):
         if self.dead:
             return
         self.dead = True
-        reason, error = loss(self.peer_end, self.close_reason, exc, self.destroyed)
+        end = self.peer_end
+        reason, error = loss(end, self.close_reason, exc, self.destroyed, self.features)
         self.lost_exc = error
+        # After an END that allows a reconnect, requests the server did not run are sent
+        # again by their callers on the next connection (call() returns GONE for them).
+        keep = end is not None and bool(end.get("a")) and "retry" in self.features
         pending = self.pending
         self.pending = {}
         for w in pending.values():
-            w.error = error
+            w.error = RESEND if keep and not w.started else error
             self.complete(w)
         for w in self.drain_waiters + self.lost_waiters:
             self.complete(w)
@@ -532,6 +545,8 @@ class Connection(ReadRoles, PacketDispatcher):
                     raise self.lost_exc
                 raise RequestTimeoutError(seconds or 0.0, "ping" if t == PING else "request")
         if w.error is not None:
+            if w.error is RESEND:
+                return GONE
             raise w.error
         return w.value
 
