@@ -189,6 +189,32 @@ class Bystander:
             self._client.destroy()
 
 
+def flood(sock: socket.socket, chunk: bytes, seconds: float, stalled: float = 0.3) -> int:
+    """Write ``chunk`` again and again for at most ``seconds``, or until ``sock`` accepts no
+    byte for ``stalled`` seconds (the peer stopped reading). Returns whole chunks sent."""
+    import select
+
+    sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    view = memoryview(chunk)
+    offset = 0
+    count = 0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                offset += sock.send(view[offset:])
+            except BlockingIOError:
+                if not select.select([], [sock], [], stalled)[1]:
+                    break
+                continue
+            if offset == len(chunk):
+                offset = 0
+                count += 1
+    finally:
+        sock.setblocking(True)
+    return count
+
+
 def wait_for(predicate: Any, what: str, timeout: float = 10.0, interval: float = 0.02) -> Any:
     """Poll ``predicate()`` until it returns something true (returned); fail after ``timeout``."""
     deadline = time.monotonic() + timeout

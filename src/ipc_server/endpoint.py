@@ -103,6 +103,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         # Reading stops while any reason holds it (hold_reading); packets already
         # read wait in _held, in order, and are dispatched before reading resumes.
         self._holds: set[str] = set()
+        self._reads = 0  # reads so far: how the server's keepalive tells a peer was heard
         self._halted = False  # held or aborted: dispatch no further packet
         self._held: list[Body] = []
         self._max_concurrent = sys.maxsize if max_concurrent is None else max_concurrent
@@ -124,6 +125,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         return self._decoder.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._reads += 1
         decoder = self._decoder
         if not self._handshaken and not decoder.receiving_body:
             self.data_received(decoder.take(nbytes))  # the preamble, then the CONNECTION exchange
@@ -143,6 +145,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
     def data_received(self, data: bytes) -> None:
         # The loops call buffer_updated; this is the entry for bytes read before
         # the CONNECTION exchange is over (and for tests that feed bytes).
+        self._reads += 1
         self._burst = False
         if not self._handshaken:
             rest = self._on_preamble(data)
@@ -548,8 +551,10 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             transport.write_eof()
         else:
             transport.close()
-        # Requests that still arrive are dispatched, but their answers cannot be sent.
+        # Requests that still arrive are not run (_closing); read on, to see the peer hang up.
         self._eof_sent = True
+        for reason in list(self._holds):
+            self.release_reading(reason)
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), remaining)

@@ -33,6 +33,7 @@ from .options import (
 )
 from .packets import (
     MESSAGE,
+    PING,
     PUBSUB_KEYS,
     Hello,
     answer,
@@ -91,6 +92,11 @@ class ServerOptions:
             a subscribe beyond it answers false and ``error`` is emitted (None: no bound).
         max_topic_length: Longest topic a connection may subscribe to, in
             characters; a longer one is refused the same way (None: no bound).
+        keepalive_interval: Seconds without a byte from a connection after which
+            the server pings it; two pings unanswered close it with END
+            "keepalive timeout" (None: never).
+        read_timeout: Seconds a connection may stay in the middle of a packet
+            without sending a byte; then it is closed and its buffer freed (None: no bound).
         retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
     """
 
@@ -111,6 +117,8 @@ class ServerOptions:
     cancel_on_disconnect: bool = True
     max_topics_per_connection: int | None = 10_000
     max_topic_length: int | None = 1024
+    keepalive_interval: float | None = 30.0
+    read_timeout: float | None = 30.0
     retries: int = 3
     address: Address = field(init=False)
     """The address as configured (``bound_address`` tells where a started server listens)."""
@@ -127,6 +135,8 @@ class ServerOptions:
         check_size("max_message_size", self.max_message_size)
         check_size("max_queued", self.max_queued)
         check_timeout(self.handshake_timeout)
+        check_timeout(self.keepalive_interval)
+        check_timeout(self.read_timeout)
 
 
 def _default_id() -> str:
@@ -163,6 +173,9 @@ class IPCConnection(Endpoint):
         self._preamble: ServerPreamble | None = ServerPreamble()
         self._hs_timer: asyncio.TimerHandle | None = None
         self._registered = False
+        self._ticked_reads = 0  # _reads at the server's last tick
+        self._quiet = 0.0  # seconds without a read, counted by the ticks
+        self._probes = 0  # keepalive pings sent since the peer was last heard
 
     def __repr__(self) -> str:
         return f"<IPCConnection id={self.id!r} peer={self.peer}>"
@@ -336,6 +349,44 @@ class IPCConnection(Endpoint):
     def _report(self, exc: BaseException) -> None:
         self.server._report_error(exc, self)
 
+    def _tick(self, period: float, keepalive: float | None, read_timeout: float | None) -> None:
+        """The server's tick: ``period`` seconds since the last one (see ``IPCServer._tick``)."""
+        if self._transport is None or self._aborted:
+            return
+        if self._reads != self._ticked_reads:
+            self._ticked_reads = self._reads
+            self._quiet = 0.0
+            self._probes = 0
+            return
+        self._quiet += period
+        quiet = self._quiet
+        if read_timeout is not None and quiet >= read_timeout and self._decoder.buffered:
+            self._fatal(
+                IPCError(
+                    f"read timeout: no byte of a partial packet for read_timeout={read_timeout:g} s"
+                )
+            )
+            return
+        if self._holds:
+            # Not reading it, we cannot hear it: a ping only shows whether it is still there
+            # (writing to a peer that is gone fails, and the connection is dropped).
+            self._probe()
+            return
+        if keepalive is not None and quiet >= keepalive * (self._probes + 1):
+            if self._probes >= 2:
+                self._fatal(
+                    IPCError(
+                        f"keepalive timeout: two pings unanswered (keepalive_interval={keepalive:g} s)"
+                    )
+                )
+            else:
+                self._probe()
+                self._probes += 1
+
+    def _probe(self) -> None:
+        # No request table entry: the PONG only counts as being heard.
+        self._write(self._codec.encode(PING, None, "keepalive"))
+
     async def close(
         self, reason: Any = None, allow_reconnect: bool = False, *, timeout: float | None = 10.0
     ) -> bool:
@@ -365,6 +416,7 @@ class IPCServer(ServerOptions, EventEmitter):
         self._handshaking: set[IPCConnection] = set()
         self._topics: dict[str, dict[IPCConnection, None]] = {}
         self._closing = False
+        self._tick_handle: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return (
@@ -406,8 +458,28 @@ class IPCServer(ServerOptions, EventEmitter):
         self._listener = await listen(
             lambda: IPCConnection(self), self.address, ssl=self.ssl, socket_mode=self.socket_mode
         )
+        period = self._tick_period()
+        if period is not None:
+            self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
         self.emit("ready", self.bound_address)
         return self
+
+    def _tick_period(self) -> float | None:
+        """How often the connections are looked at for keepalive and read_timeout."""
+        bounds = [
+            b
+            for b in (check_timeout(self.keepalive_interval), check_timeout(self.read_timeout))
+            if b
+        ]
+        return min([*bounds, 10.0]) / 2 if bounds else None
+
+    def _tick(self, period: float) -> None:
+        """One timer for every connection: who has not been heard from, who is stuck mid-packet."""
+        keepalive = check_timeout(self.keepalive_interval)
+        read_timeout = check_timeout(self.read_timeout)
+        for conn in list(self._connections):
+            conn._tick(period, keepalive, read_timeout)
+        self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
 
     async def close(self, allow_reconnect: bool = False, *, timeout: float | None = 10.0) -> None:
         """Stop listening and close every connection gracefully; emits ``close()``.
@@ -420,6 +492,9 @@ class IPCServer(ServerOptions, EventEmitter):
             return
         self._closing = True
         listener.close()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         for conn in list(self._handshaking):
             conn.destroy(SERVER_CLOSED)
         conns = list(self._connections)
