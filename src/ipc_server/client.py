@@ -171,6 +171,7 @@ class Subscription(SubscriptionBase):
                 more, message = item
                 if not more:
                     raise StopAsyncIteration
+                self._took()
                 return message
             self._arrived.clear()
             await self._arrived.wait()
@@ -218,6 +219,14 @@ class IPCClient(AsyncClientOptions, ClientCore):
         waiters = self._ready_waiters
         self._ready_waiters = []
         settle(waiters, error)
+
+    def _hold_events(self, hold: bool) -> None:
+        proto = self._proto
+        if proto is not None:
+            if hold:
+                proto.hold_reading("events")
+            else:
+                proto.release_reading("events")
 
     def _set_status(self, status: IPCClientStatus) -> None:
         # The live connection, read by send() and request() without an enum lookup.
@@ -307,6 +316,8 @@ class IPCClient(AsyncClientOptions, ClientCore):
                 self._report(exc)
             if self._proto is not proto:
                 return  # lost again: its loss has been dealt with (reconnecting or closed)
+        if self._full:
+            proto.hold_reading("events")  # what the last connection left is still to be taken
         self._ready()
         self._send_unanswered(proto)
 

@@ -21,12 +21,13 @@ import enum
 import itertools
 import logging
 import random
+import threading
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
 from .errors import ConnectionClosedError, HandshakeError
-from .events import EventEmitter
+from .events import EventEmitter, Tasks
 from .options import RETRY_BASE, ClientOptions
 from .packets import (
     Agreement,
@@ -47,6 +48,7 @@ __all__ = [
     "Mailbox",
     "SubscriptionBase",
     "Topics",
+    "attempts",
     "backoff",
     "checked_topics",
 ]
@@ -92,6 +94,11 @@ def backoff(attempt: int, max_retry_time: float) -> float:
     """
     base = min(RETRY_BASE * 2.0 ** (attempt - 1), float(max_retry_time))
     return base * (0.5 + random.random() / 2)
+
+
+def attempts(retries: int | None) -> Iterator[int]:
+    """The numbers of the reconnect attempts ``retries`` allows: 1, 2, ... (None: no end)."""
+    return itertools.count(1) if retries is None else iter(range(1, retries + 1))
 
 
 def checked_topics(topic: str | list[str]) -> list[str]:
@@ -157,10 +164,29 @@ class SubscriptionBase:
         self.client = client
         self.topic = topic
         self._box = Mailbox(maxsize)
+        # Without maxsize, max_pending_events bounds it by backpressure instead of by dropping.
+        self._limit = client.max_pending_events if not maxsize else 0
+        self._full = False
 
     def _put(self, message: Any) -> None:
-        if self._box.put(message):
+        box = self._box
+        if box.put(message):
+            if self._limit and not self._full and len(box.items) >= self._limit:
+                self._full = True
+                self.client._events_full(self, True)
             self._wake()
+
+    def _took(self) -> None:
+        """A consumer took a message: below the bound again, the client reads on."""
+        if self._full and len(self._box.items) < self._limit:
+            self._full = False
+            self.client._events_full(self, False)
+
+    def _closed(self) -> None:
+        """Its ``subscription()`` ended: what it still holds no longer holds the client."""
+        if self._full:
+            self._full = False
+            self.client._events_full(self, False)
 
     def _end(self) -> None:
         self._box.end()
@@ -221,6 +247,7 @@ class Topics:
         did not ask for it.
         """
         topic = sub.topic
+        sub._closed()
         rest = [s for s in self.streams.get(topic, ()) if s is not sub]
         if rest:
             self.streams[topic] = rest
@@ -270,6 +297,10 @@ class ClientCore(ClientOptions, EventEmitter):
         )
         self._finished = True  # close was emitted (or there was nothing to close)
         self._close_reason: Any = None
+        # What holds the reads (max_pending_events): running listener tasks, full subscriptions.
+        self._tasks = Tasks(self.max_pending_events, lambda full: self._events_full(self, full))
+        self._full: set[object] = set()
+        self._full_lock = threading.Lock()  # the blocking front changes it from several threads
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.address} id={self.id!r} status={self.status.name}>"
@@ -283,6 +314,22 @@ class ClientCore(ClientOptions, EventEmitter):
     def _wake_waiters(self, error: BaseException | None) -> None:
         """Wake calls waiting for a live connection: it is there (None), or never will be."""
         raise NotImplementedError
+
+    def _hold_events(self, hold: bool) -> None:
+        """Stop reading (True) because ``max_pending_events`` wait, or read on (False)."""
+        raise NotImplementedError
+
+    def _events_full(self, holder: object, full: bool) -> None:
+        """``holder`` (listener tasks, a subscription, a listener queue) is full, or no longer."""
+        with self._full_lock:
+            was = bool(self._full)
+            if full:
+                self._full.add(holder)
+            else:
+                self._full.discard(holder)
+            now = bool(self._full)
+        if now != was:
+            self._hold_events(now)
 
     # ------------------------------------------------------------------ status
 
@@ -368,8 +415,8 @@ class ClientCore(ClientOptions, EventEmitter):
         return True, reason
 
     def _retry_delays(self) -> Iterator[float]:
-        """The wait before each reconnect attempt, ``retries`` of them."""
-        for attempt in range(1, self.retries + 1):
+        """The wait before each reconnect attempt, ``retries`` of them (None: no end)."""
+        for attempt in attempts(self.retries):
             self._set_status(IPCClientStatus.RECONNECTING)
             yield backoff(attempt, self.max_retry_time)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import sys
 from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, cast
@@ -99,14 +98,13 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._peer_end: dict[str, Any] | None = None
         self._lost_exc: BaseException | None = None
         self._lost: asyncio.Future[None] = self._loop.create_future()
-        self._tasks = Tasks(self._task_ended)
+        self._tasks = Tasks(max_concurrent, self._busy)
         # Reading stops while any reason holds it (hold_reading); packets already
         # read wait in _held, in order, and are dispatched before reading resumes.
         self._holds: set[str] = set()
         self._reads = 0  # reads so far: how the server's keepalive tells a peer was heard
         self._halted = False  # held or aborted: dispatch no further packet
         self._held: list[Body] = []
-        self._max_concurrent = sys.maxsize if max_concurrent is None else max_concurrent
         self.remote_errors = False
         """Whether the peer announced the ``errors`` extension."""
         self.features: frozenset[str] = frozenset()
@@ -229,8 +227,6 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
                             except Exception as exc:
                                 self._report(exc)
                                 respond.fail(exc)  # the requester gets an error, never a hang
-                            if self._tasks and len(self._tasks) >= self._max_concurrent:
-                                self.hold_reading("busy")
                             continue
                     if t.__class__ is int and 0 <= t <= 6:
                         self._dispatch(
@@ -353,8 +349,6 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         except Exception as exc:  # e.g. a published message too deep to encode
             self._report(exc)
             respond.fail(exc)  # the requester gets an error, never a hang
-        if self._tasks and len(self._tasks) >= self._max_concurrent:
-            self.hold_reading("busy")
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:
         entry = self._pending.pop(n, None)
@@ -642,9 +636,11 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         if not self._halted and not self._held and self._transport is not None:
             self._transport.resume_reading()
 
-    def _task_ended(self, running: int) -> None:
-        """A handler's task ended (``Tasks``): below ``max_concurrent`` again, read on."""
-        if running < self._max_concurrent and "busy" in self._holds:
+    def _busy(self, full: bool) -> None:
+        """``max_concurrent`` handlers run (``Tasks``): read no more requests until one ends."""
+        if full:
+            self.hold_reading("busy")
+        else:
             self.release_reading("busy")
 
     @property

@@ -35,6 +35,11 @@ _EAGER = sys.version_info >= (3, 12)
 
 logger = logging.getLogger("ipc_server")
 
+LISTENER_ERRORS = (Exception, asyncio.CancelledError)
+"""What a listener may raise and have reported on ``error``: anything but
+``KeyboardInterrupt`` and ``SystemExit`` (a ``CancelledError`` raised by a
+listener included; the cancellation of a chain's own task still cancels it)."""
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -85,6 +90,17 @@ counts as a plain function that returned: it costs no task.
 """
 
 
+def _own_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` cancels the running task itself (rather than a listener raising one).
+
+    Python 3.10 cannot tell the two apart: there, every ``CancelledError`` cancels.
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return False
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return cancelling is None or bool(cancelling())
+
+
 def settle(futures: list[asyncio.Future[Any]], error: BaseException | None) -> None:
     """Resolve each future not done yet: with None, or with ``error``."""
     for future in futures:
@@ -107,20 +123,36 @@ def _loop_running() -> bool:
 class Tasks(set["asyncio.Task[Any]"]):
     """The tasks of listener chains that suspended, kept until they end.
 
-    ``on_end(running)`` is called after each one ends, with how many are left.
+    With a ``limit``, ``on_full(True)`` is called when that many run, and
+    ``on_full(False)`` once fewer do again (the owner stops and resumes reading).
     """
 
-    __slots__ = ("on_end",)
+    __slots__ = ("full", "limit", "on_full")
 
-    def __init__(self, on_end: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self, limit: int | None = None, on_full: Callable[[bool], None] | None = None
+    ) -> None:
         super().__init__()
-        self.on_end = on_end
+        self.limit = limit
+        self.on_full = on_full
+        self.full = False
+
+    def add(self, task: asyncio.Task[Any]) -> None:
+        """Keep ``task`` until it ends."""
+        super().add(task)
+        limit = self.limit
+        if limit is not None and not self.full and len(self) >= limit:
+            self.full = True
+            if self.on_full is not None:
+                self.on_full(True)
 
     def discard(self, task: object) -> None:
         """Forget ``task`` (its done callback)."""
         super().discard(task)
-        if self.on_end is not None:
-            self.on_end(len(self))
+        if self.full and len(self) < (self.limit or 0):
+            self.full = False
+            if self.on_full is not None:
+                self.on_full(False)
 
 
 def start_task(
@@ -277,7 +309,7 @@ class EventEmitter:
                 result = solo(*args)
                 if result is not None and result is not DONE and hasattr(result, "__await__"):
                     self._suspend_chain(event, solo, result, [], args, None, None)
-            except Exception as exc:
+            except LISTENER_ERRORS as exc:
                 self._chain_error(event, exc, args, None)
             return True
         fns = self._fns.get(event)
@@ -310,7 +342,7 @@ class EventEmitter:
                 if result is not None and result is not DONE and hasattr(result, "__await__"):
                     self._suspend_chain(event, solo, result, [], args, respond, tasks)
                     return
-            except Exception as exc:
+            except LISTENER_ERRORS as exc:
                 self._chain_error(event, exc, args, respond)
             if not respond.done:
                 respond.finish()
@@ -353,7 +385,7 @@ class EventEmitter:
                 if hasattr(result, "__await__"):
                     self._suspend_chain(event, fn, result, fns[index:], args, responder, tasks)
                     return
-            except Exception as exc:
+            except LISTENER_ERRORS as exc:
                 self._chain_error(event, exc, args, responder)
                 result = None
             if result is STOP or (responder is not None and responder.done):
@@ -367,7 +399,7 @@ class EventEmitter:
             result = fn(*args)
             if result is not None and result is not DONE and hasattr(result, "__await__"):
                 self._suspend_chain(event, fn, result, [], args, None, None)
-        except Exception as exc:
+        except LISTENER_ERRORS as exc:
             self._chain_error(event, exc, args, None)
 
     def _suspend_chain(
@@ -403,7 +435,9 @@ class EventEmitter:
         try:
             try:
                 result = await first
-            except Exception as exc:
+            except LISTENER_ERRORS as exc:
+                if _own_cancellation(exc):
+                    raise
                 self._chain_error(event, exc, args, responder)
                 result = None
             if result is STOP or (responder is not None and responder.done):
@@ -413,7 +447,9 @@ class EventEmitter:
                     result = fn(*args)
                     if hasattr(result, "__await__"):
                         result = await result
-                except Exception as exc:
+                except LISTENER_ERRORS as exc:
+                    if _own_cancellation(exc):
+                        raise
                     self._chain_error(event, exc, args, responder)
                     result = None
                 if result is STOP or (responder is not None and responder.done):

@@ -126,13 +126,19 @@ class ClientOptions:
         handshake: Open with the HTTP upgrade preamble (for proxies).
         upgrade_token: The ``Upgrade:`` token; ``"net-ipc"`` to reach a net-ipc server.
         reconnect: Reconnect after an unexpected disconnect.
-        retries: Reconnect attempts before giving up (and emitting ``close``).
+        retries: Reconnect attempts before giving up (and emitting ``close``);
+            None: forever. The default, 8 attempts 0.5 s to 10 s apart (with
+            jitter), outlasts a server restart of 20 s.
         max_retry_time: Cap on the delay between attempts, in seconds.
         connect_timeout: Bound on connecting plus the CONNECTION exchange.
         codec: ``"json"`` or ``"msgpack"`` (asked for; used if the server agrees).
         compress: Ask for compression.
         max_message_size: Largest packet body accepted, before and after inflating.
         request_timeout: Default timeout of ``request``, ``ping`` and the pub/sub calls.
+        max_pending_events: Pushed messages that may wait for their listeners
+            (coroutine listeners still running; the blocking client's listener
+            thread) or in a ``subscription()`` without ``maxsize``; beyond it
+            the client stops reading until they are taken (backpressure).
     """
 
     path: InitVar[str | None] = None
@@ -142,21 +148,26 @@ class ClientOptions:
     handshake: bool = False
     upgrade_token: str = "isdk-ipc"
     reconnect: bool = True
-    retries: int = 3
+    retries: int | None = 8
     max_retry_time: float = 10.0
     connect_timeout: float | None = 10.0
     codec: CodecName = "json"
     compress: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     request_timeout: float | None = DEFAULT_TIMEOUT
+    max_pending_events: int = 10_000
     address: Address = field(init=False)
     """The server's address."""
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
         self.address = checked_address(path, host, port, self.ssl)
         check_codec(self.codec)
-        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
-            raise ValueError(f"retries must be an int >= 0, not {self.retries!r}")
+        retries = self.retries
+        if retries is not None and (
+            isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+        ):
+            raise ValueError(f"retries must be an int >= 0 or None, not {retries!r}")
+        check_size("max_pending_events", self.max_pending_events)
         if self.max_retry_time < RETRY_BASE:
             raise ValueError(f"max_retry_time must be >= {RETRY_BASE}, not {self.max_retry_time!r}")
         check_size("max_message_size", self.max_message_size)

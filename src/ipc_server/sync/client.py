@@ -55,11 +55,13 @@ class _Listeners:
     ``stop``. A fresh thread and queue serve the next connect.
     """
 
-    def __init__(self, client: IPCClient) -> None:
+    def __init__(self, client: IPCClient, on_full: Callable[[object, bool], None]) -> None:
         self._client = client
+        self._on_full = on_full  # ClientCore._events_full: max_pending_events reached, or no longer
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], Respond | None] | None] | None
         self._queue = None
+        self._waiting = 0  # events queued, not yet run (bounded by max_pending_events)
 
     def put(self, event: str, args: tuple[Any, ...], respond: Respond | None = None) -> None:
         with self._lock:
@@ -70,6 +72,17 @@ class _Listeners:
                     target=self._run, args=(q,), name="ipc_server listeners", daemon=True
                 ).start()
             q.put((event, args, respond))
+            self._waiting += 1
+            full = self._waiting == self._client.max_pending_events
+        if full:
+            self._on_full(self, True)
+
+    def _taken(self) -> None:
+        with self._lock:
+            self._waiting -= 1
+            drained = self._waiting == self._client.max_pending_events - 1
+        if drained:
+            self._on_full(self, False)
 
     def stop(self) -> None:
         with self._lock:
@@ -93,6 +106,7 @@ class _Listeners:
                     client.emit_request(event, args, respond)
             except Exception:  # pragma: no cover - the chain reports listener errors itself
                 logger.exception("ipc_server: failure running %r listeners", event)
+            self._taken()
 
 
 class Subscription(SubscriptionBase):
@@ -127,6 +141,12 @@ class Subscription(SubscriptionBase):
         return message
 
     def _next(self, timeout: float | None) -> tuple[bool, Any]:
+        item = self._wait(timeout)
+        if item[0]:
+            self._took()  # outside the lock: it may wake the reader
+        return item
+
+    def _wait(self, timeout: float | None) -> tuple[bool, Any]:
         deadline = None if timeout is None else _monotonic() + timeout
         with self._cond:
             while True:
@@ -180,7 +200,8 @@ class IPCClient(ClientCore):
         self._conn: Connection | None = None
         self._bg: Background | None = None
         self._stop = threading.Event()  # set when closed: ends reconnect sleeps
-        self._listeners_thread = _Listeners(self)
+        self._listeners_thread = _Listeners(self, self._events_full)
+        self._events_held = False  # max_pending_events wait: the background reader pauses
         self._slock = threading.Lock()  # the topics registry
 
     # ------------------------------------------------------------------ listeners
@@ -209,6 +230,9 @@ class IPCClient(ClientCore):
         super()._set(event, listeners)
         self._push = any(e not in _LIFECYCLE_EVENTS for e in self._fns)
 
+    def _reads_held(self) -> bool:
+        return self._events_held
+
     def _push_wanted(self) -> bool:
         registry = self._registry
         return self._push or bool(registry.confirmed) or bool(registry.streams)
@@ -224,6 +248,15 @@ class IPCClient(ClientCore):
     def _wake_waiters(self, error: BaseException | None) -> None:
         with self._ready_cond:
             self._ready_cond.notify_all()
+
+    def _hold_events(self, hold: bool) -> None:
+        # True comes from the reading thread (client lock held); False from a consumer.
+        self._events_held = hold
+        if not hold:
+            with self._lock:
+                bg = self._bg
+                if bg is not None:
+                    bg.signal()
 
     def _finish(self, reason: Any) -> None:
         super()._finish(reason)
@@ -333,7 +366,7 @@ class IPCClient(ClientCore):
                 bg = self._bg = Background()
                 threading.Thread(
                     target=background,
-                    args=(bg, lock, lambda: self._conn, self._push_wanted),
+                    args=(bg, lock, lambda: self._conn, self._push_wanted, self._reads_held),
                     name="ipc_server reader",
                     daemon=True,
                 ).start()

@@ -286,9 +286,12 @@ def background(
     lock: threading.Lock,
     current: Callable[[], ReadRoles | None],
     push_wanted: Callable[[], bool],
+    held: Callable[[], bool],
 ) -> None:
     """The background reader's loop: reads the ``current()`` connection when no caller does.
 
+    While ``held()`` (too many pushed messages wait for their listeners) it reads
+    nothing until signalled; a caller waiting for an answer still reads.
     Ends once ``bg.stop`` is set (and ``bg`` signalled).
     """
     while True:
@@ -298,7 +301,7 @@ def background(
             return
         conn = current()
         wait: float | None = None
-        if conn is not None and not conn.dead:
+        if conn is not None and not conn.dead and not held():
             reader = conn.reader
             grace = PUSH_GRACE if push_wanted() else IDLE_GRACE
             if reader is None:
