@@ -294,3 +294,37 @@ async def test_a_partial_packet_that_stalls_is_dropped_after_read_timeout() -> N
             assert bystander.worst < 1.0
         finally:
             sock.close()
+
+
+async def test_a_flood_of_bad_packets_cannot_flood_the_log(
+    path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,000 malformed packets from one peer log a handful of lines; another peer still logs."""
+    from ipc_server.protocol import frame
+
+    server = IPCServer(path=path)
+    await server.start()
+    try:
+        with caplog.at_level("WARNING", logger="ipc_server"):
+            noisy = await asyncio.to_thread(raw_peer, path, None, client_id="n" * 100_000)
+            noisy.sendall(frame(b"not json") * 1000)
+            other = await IPCClient(path=path).connect()
+            await other.request("sync")  # the flood has been read by now, or soon
+            await wait_until_logged(caplog, lambda r: "not valid JSON" in r.getMessage(), 3)
+            await asyncio.sleep(0.2)
+            flood = [r for r in caplog.records if "not valid JSON" in r.getMessage()]
+            assert 3 <= len(flood) <= 6, len(flood)
+            assert all(len(r.getMessage()) < 1000 for r in flood)  # a 100,000-character id is cut
+            other._report(RuntimeError("another client's first"))
+            assert any("another client's first" in r.getMessage() for r in caplog.records)
+            noisy.close()
+            await other.close()
+    finally:
+        await server.close()
+
+
+async def wait_until_logged(caplog: pytest.LogCaptureFixture, match: Any, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while sum(1 for r in caplog.records if match(r)) < count:
+        assert time.monotonic() < deadline, "not logged"
+        await asyncio.sleep(0.01)

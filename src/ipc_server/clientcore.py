@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .errors import ConnectionClosedError, HandshakeError
-from .events import EventEmitter, Tasks
+from .events import EventEmitter, Tasks, Throttle, shorten
 from .options import RETRY_BASE, ClientOptions
 from .packets import (
     Agreement,
@@ -301,6 +301,7 @@ class ClientCore(ClientOptions, EventEmitter):
         self._tasks = Tasks(self.max_pending_events, lambda full: self._events_full(self, full))
         self._full: set[object] = set()
         self._full_lock = threading.Lock()  # the blocking front changes it from several threads
+        self._log_throttle = Throttle()
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.address} id={self.id!r} status={self.status.name}>"
@@ -350,7 +351,10 @@ class ClientCore(ClientOptions, EventEmitter):
     def _report(self, exc: BaseException) -> None:
         """Report a problem on ``error`` (logged when nobody listens)."""
         if not self._emit("error", exc):
-            logger.warning("ipc_server client: %s", exc)
+            held = self._log_throttle.allow()
+            if held is not None:
+                more = f" [{held} similar lines held back]" if held else ""
+                logger.warning("client %s: %s%s", shorten(self.id), shorten(exc, 500), more)
 
     # ------------------------------------------------------------------ connecting
 

@@ -16,6 +16,7 @@ import asyncio
 import enum
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar, cast, overload
 
@@ -27,7 +28,9 @@ __all__ = [
     "Respond",
     "Stop",
     "Tasks",
+    "Throttle",
     "settle",
+    "shorten",
     "start_task",
 ]
 
@@ -88,6 +91,39 @@ DONE = _Done()
 A listener that returns it (``lambda request, respond, conn: respond(request)``)
 counts as a plain function that returned: it costs no task.
 """
+
+
+class Throttle:
+    """How much one source (a connection, a client) may log: ``burst`` lines at once,
+    then one per ``interval`` seconds, which tells how many were held back meanwhile."""
+
+    __slots__ = ("_held", "_left", "_since", "burst", "interval")
+
+    def __init__(self, burst: int = 5, interval: float = 10.0) -> None:
+        self.burst = burst
+        self.interval = interval
+        self._left = burst
+        self._since = 0.0
+        self._held = 0
+
+    def allow(self) -> int | None:
+        """None: hold this line back; else log it, and say how many were held before it."""
+        now = time.monotonic()
+        if self._left <= 0 and now - self._since >= self.interval:
+            self._left = 1  # a new period: one more line, with the count of what was held
+        if self._left <= 0:
+            self._held += 1
+            return None
+        self._left -= 1
+        self._since = now
+        held, self._held = self._held, 0
+        return held
+
+
+def shorten(value: object, limit: int = 64) -> str:
+    """``str(value)`` cut to ``limit`` characters, for log lines a peer can make long (ids)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
 
 
 def _own_cancellation(exc: BaseException) -> bool:

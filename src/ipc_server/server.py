@@ -22,7 +22,7 @@ from .address import Address
 from .codecs import CodecName
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, IPCError, ProtocolError
-from .events import EventEmitter, start_task
+from .events import EventEmitter, Throttle, shorten, start_task
 from .options import (
     DEFAULT_MAX_QUEUED,
     DEFAULT_TIMEOUT,
@@ -176,9 +176,10 @@ class IPCConnection(Endpoint):
         self._ticked_reads = 0  # _reads at the server's last tick
         self._quiet = 0.0  # seconds without a read, counted by the ticks
         self._probes = 0  # keepalive pings sent since the peer was last heard
+        self._log_throttle = Throttle()
 
     def __repr__(self) -> str:
-        return f"<IPCConnection id={self.id!r} peer={self.peer}>"
+        return f"<IPCConnection id={shorten(self.id)!r} peer={self.peer}>"
 
     # ------------------------------------------------------------------ connection set-up
 
@@ -417,6 +418,7 @@ class IPCServer(ServerOptions, EventEmitter):
         self._topics: dict[str, dict[IPCConnection, None]] = {}
         self._closing = False
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._log_throttle = Throttle()
 
     def __repr__(self) -> str:
         return (
@@ -524,8 +526,15 @@ class IPCServer(ServerOptions, EventEmitter):
         return len(claimed) <= MAX_ID_LENGTH and claimed not in self._ids
 
     def _report_error(self, exc: BaseException, connection: IPCConnection | None) -> None:
-        if not self.emit("error", exc, connection):
-            logger.warning("ipc_server: %s (connection %s)", exc, getattr(connection, "id", None))
+        if self.emit("error", exc, connection):
+            return
+        # Nobody listens: log it, throttled per connection (a peer may send a flood of bad packets).
+        throttle = self._log_throttle if connection is None else connection._log_throttle
+        held = throttle.allow()
+        if held is not None:
+            who = "" if connection is None else f" (connection {shorten(connection.id)})"
+            more = f" [{held} similar lines held back]" if held else ""
+            logger.warning("%s%s%s", shorten(exc, 500), who, more)
 
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
         if event == "error":
