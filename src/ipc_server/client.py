@@ -37,6 +37,7 @@ from .packets import (
     succeeded,
     unsubscribe_request,
 )
+from .pending import Pending
 from .protocol import BINARY_PREAMBLE, ClientPreamble, upgrade_request
 from .transport import connect as open_transport
 
@@ -75,7 +76,7 @@ class _ClientProtocol(Endpoint):
         self._on_message = on_message  # type: ignore[method-assign,assignment]
         self._hello = hello
         self._preamble = ClientPreamble() if client.handshake else None
-        self.ready: asyncio.Future[Agreement] = self._loop.create_future()
+        self.ready: asyncio.Future[Agreement] = self.loop.create_future()
         self.ready.add_done_callback(_retrieve)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -209,7 +210,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._live: _ClientProtocol | None = None  # _proto while READY, else None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
-        self._unanswered: list[tuple[asyncio.Future[Any], float | None, Any, float]] = []
+        self._unanswered: list[Pending] = []
 
     # ------------------------------------------------------------------ ClientCore's hooks
 
@@ -325,22 +326,17 @@ class IPCClient(AsyncClientOptions, ClientCore):
         """Send again, on the new connection, what the last one's END left unanswered."""
         waiting = self._unanswered
         self._unanswered = []
-        now = asyncio.get_running_loop().time()
-        for future, deadline, data, seconds in waiting:
-            if future.done():
-                continue  # given up on meanwhile
-            if deadline is not None and deadline <= now:
-                future.set_exception(RequestTimeoutError(seconds))
-                continue
-            proto.resend(future, data, None if deadline is None else deadline - now)
+        for pending in waiting:
+            if not pending.done():  # else given up on meanwhile
+                proto.resend(pending)
 
     def _finish(self, reason: Any) -> None:
         super()._finish(reason)
         waiting = self._unanswered
         self._unanswered = []
-        for future, _, _, _ in waiting:
-            if not future.done():
-                future.set_exception(ConnectionClosedError(reason, executed=False))
+        for pending in waiting:
+            if not pending.done():
+                pending.set_exception(ConnectionClosedError(reason, executed=False))
 
     async def _reconnect(self, reason: Any) -> None:
         last: Any = reason
@@ -405,13 +401,18 @@ class IPCClient(AsyncClientOptions, ClientCore):
         if proto.send_nowait(data):
             await proto.drain(timeout=timeout)
 
-    # request and ping are plain functions that return the connection's own
-    # coroutine while the client is READY: no coroutine of their own per call.
+    # request and ping are plain functions: on the loop's thread, with the client READY,
+    # they return the connection's Pending (a future and a coroutine, no Task per call).
 
     def request(
         self, data: Any, timeout: float | Default | None = DEFAULT
     ) -> Coroutine[Any, Any, Any]:
-        """Send a request and return the server's answer (a coroutine: ``await`` it).
+        """Send a request; ``await`` the result for the server's answer.
+
+        The request is sent when ``request`` is called (while the client is
+        connected; while it reconnects, once it is back). What it returns is a
+        future that is also a coroutine: ``await`` it, ``asyncio.gather`` many
+        (no task per request), or hand it to ``create_task``.
 
         Args:
             data: The request (anything the codec can encode).
@@ -419,7 +420,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
                 10 s; 0 or None: forever). While the client is reconnecting,
                 the wait for the connection counts against it.
 
-        Raises:
+        Raises (when awaited):
             RequestTimeoutError: No answer in time.
             ConnectionClosedError: The connection closed before the answer came.
             RemoteError: The server's handler raised.
@@ -428,27 +429,38 @@ class IPCClient(AsyncClientOptions, ClientCore):
             timeout = self.request_timeout
         proto = self._live
         if proto is not None:
-            return proto.request(data, timeout)
+            try:
+                if asyncio.get_running_loop() is proto.loop:
+                    return proto.request(data, timeout)
+            except RuntimeError:
+                pass  # another thread: the call runs when the coroutine runs, on the loop
         return self._request_later(data, timeout)
 
     async def _request_later(self, data: Any, timeout: float | None) -> Any:
+        # Reconnecting, or called from another thread (run_coroutine_threadsafe):
+        # the request starts when this coroutine runs, on the loop.
         proto, timeout = await self._connection(timeout)
         return await proto.request(data, timeout)
 
     def ping(
         self, data: Any = None, timeout: float | Default | None = DEFAULT
     ) -> Coroutine[Any, Any, float]:
-        """Round trip to the server in seconds (the server echoes ``data``; a coroutine)."""
+        """Round trip to the server: ``await`` it for the seconds (the server echoes ``data``)."""
         if timeout is DEFAULT:
             timeout = self.request_timeout
         proto = self._live
         if proto is not None:
-            return proto.ping(data, timeout)
+            try:
+                if asyncio.get_running_loop() is proto.loop:
+                    return proto.ping(data, timeout)
+            except RuntimeError:
+                pass  # another thread: the call runs when the coroutine runs, on the loop
         return self._ping_later(data, timeout)
 
     async def _ping_later(self, data: Any, timeout: float | None) -> float:
         proto, timeout = await self._connection(timeout)
-        return await proto.ping(data, timeout)
+        latency: float = await proto.ping(data, timeout)
+        return latency
 
     # ------------------------------------------------------------------ pub/sub
 

@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Iterator
-from time import perf_counter
+from collections.abc import Coroutine, Iterator
 from typing import Any, cast
 
 from .codecs import PacketCodec
@@ -28,9 +27,8 @@ from .errors import (
     ConnectionClosedError,
     MessageTooLargeError,
     ProtocolError,
-    RequestTimeoutError,
 )
-from .events import Tasks
+from .events import Tasks, all_done
 from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
 from .packets import (
     MESSAGE,
@@ -41,8 +39,8 @@ from .packets import (
     PacketDispatcher,
     end,
     loss,
-    read_error,
 )
+from .pending import Pending, RequestTable
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder
 from .transport import release_lost
 from .writes import Responder, Writes
@@ -51,17 +49,8 @@ __all__ = ["Endpoint", "Responder"]
 
 logger = logging.getLogger("ipc_server")
 
-# A pending request or ping, as a plain tuple (the hot path makes one per request):
-# (future, deadline or None, started (loop time, pings only; else 0.0), timeout, own timer or None,
-#  the request's data, kept to send it again after an END that allows it).
-# Requests whose deadlines arrive in order share one sweep timer; only a
-# request with a shorter timeout than the one before it gets its own timer.
-_Pending = tuple[
-    asyncio.Future[Any], "float | None", float, float, "asyncio.TimerHandle | None", Any
-]
 
-
-class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
+class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 
     Subclass hooks: ``_on_preamble`` (bytes before packets),
@@ -79,14 +68,12 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         hold_while_paused: bool = False,
         cancel_on_lost: bool = False,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
+        """The event loop this connection runs on."""
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(max_message_size)
         self._codec = PacketCodec(max_message_size)
-        self._nonces = nonces if nonces is not None else itertools.count(1)
-        self._pending: dict[Any, _Pending] = {}
-        self._sweep_handle: asyncio.TimerHandle | None = None
-        self._last_deadline = 0.0
+        self._init_requests(nonces if nonces is not None else itertools.count(1))
         self._init_writes(max_queued, hold_while_paused)
         self._cancel_on_lost = cancel_on_lost
         self._handshaken = False
@@ -97,7 +84,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._close_reason: Any = None
         self._peer_end: dict[str, Any] | None = None
         self._lost_exc: BaseException | None = None
-        self._lost: asyncio.Future[None] = self._loop.create_future()
+        self._lost: asyncio.Future[None] = self.loop.create_future()
         self._tasks = Tasks(max_concurrent, self._busy)
         # Reading stops while any reason holds it (hold_reading); packets already
         # read wait in _held, in order, and are dispatched before reading resumes.
@@ -109,9 +96,9 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         """Whether the peer announced the ``errors`` extension."""
         self.features: frozenset[str] = frozenset()
         """The extensions both ends announced (``packets.FEATURES``)."""
-        self.unanswered: list[tuple[asyncio.Future[Any], float | None, Any, float]] = []
+        self.unanswered: list[Pending] = []
         """Once lost after an END that allows a reconnect from a ``retry`` peer: the
-        requests it did not run, ``(future, deadline, data, timeout)``, to send again."""
+        requests it did not run, to send again on the next connection (``resend``)."""
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -289,9 +276,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             self._lost.set_result(None)
         self._on_lost(reason, exc)
 
-    def _fail_all(
-        self, error: ConnectionClosedError, keep: bool = False
-    ) -> list[tuple[asyncio.Future[Any], float | None, Any, float]]:
+    def _fail_all(self, error: ConnectionClosedError, keep: bool = False) -> list[Pending]:
         """The connection is gone (or going): every pending request and writer gets ``error``.
 
         With ``keep``, requests (not pings) are kept instead, and returned: their
@@ -299,21 +284,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         """
         if self._lost_exc is None:
             self._lost_exc = error
-        pending = self._pending
-        self._pending = {}
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
-            self._sweep_handle = None
-        kept = []
-        for future, deadline, started, seconds, timer, data in pending.values():
-            if timer is not None:
-                timer.cancel()
-            if future.done():
-                continue
-            if keep and not started:
-                kept.append((future, deadline, data, seconds))
-            else:
-                future.set_exception(error)
+        kept = self._fail_pending(error, keep)
         self._wake_writers(error)
         return kept
 
@@ -321,15 +292,6 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
 
     def _on_ping(self, d: Any, n: str) -> None:
         self._write(self._codec.encode(PONG, d, n))
-
-    def _on_pong(self, n: str) -> None:
-        entry = self._pending.pop(n, None)
-        if entry is None:
-            return
-        if entry[4] is not None:
-            entry[4].cancel()
-        if not entry[0].done():
-            entry[0].set_result(perf_counter() - entry[2])
 
     def _on_end(self, d: dict[str, Any]) -> None:
         self._peer_end = d
@@ -349,21 +311,6 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         except Exception as exc:  # e.g. a published message too deep to encode
             self._report(exc)
             respond.fail(exc)  # the requester gets an error, never a hang
-
-    def _on_response(self, n: str, packet: dict[str, Any]) -> None:
-        entry = self._pending.pop(n, None)
-        if entry is None:
-            return  # late answer to a timed-out or cancelled request: drop it
-        if entry[4] is not None:
-            entry[4].cancel()
-        future = entry[0]
-        if future.done():
-            return
-        error = read_error(packet) if "e" in packet else None
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(packet.get("d"))
 
     # ------------------------------------------------------------------ public operations
 
@@ -406,99 +353,35 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._write(self._codec.encode_parts(MESSAGE, data))
         return self._write_paused
 
-    def _start_request(
-        self,
-        t: int,
-        data: Any,
-        timeout: float | None,
-        future: asyncio.Future[Any] | None = None,
-    ) -> tuple[Any, asyncio.Future[Any]]:
-        if self._transport is None or self._closing:
-            self._check_open()
-        seconds = timeout if timeout.__class__ is float and timeout > 0 else check_timeout(timeout)
-        nonce = str(next(self._nonces))
-        packet = self._codec.encode_parts(t, data, nonce)
-        loop = self._loop
-        if future is None:
-            future = loop.create_future()
-        # perf_counter, not loop.time(): uvloop's clock ticks in milliseconds.
-        started = perf_counter() if t == PING else 0.0
-        if seconds is None:
-            self._pending[nonce] = (future, None, started, 0.0, None, data)
-        else:
-            deadline = loop.time() + seconds
-            if deadline >= self._last_deadline:
-                self._last_deadline = deadline
-                self._pending[nonce] = (future, deadline, started, seconds, None, data)
-                if self._sweep_handle is None:
-                    self._sweep_handle = loop.call_at(deadline, self._sweep)
-            else:
-                timer = loop.call_at(deadline, self._expire, nonce)
-                self._pending[nonce] = (future, deadline, started, seconds, timer, data)
-        self._write(packet)
-        return nonce, future
+    def request(
+        self, data: Any, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> Coroutine[Any, Any, Any]:
+        """Send a request; ``await`` the result for the peer's answer (a ``pending.Pending``).
 
-    def resend(self, future: asyncio.Future[Any], data: Any, timeout: float | None) -> None:
-        """Send again a request that another connection of the same client did not get
-        answered (``unanswered``); its answer resolves ``future``."""
-        self._start_request(REQUEST, data, timeout, future)
+        The request is sent when ``request`` is called. What it returns is a
+        future that is also a coroutine: ``await`` it, ``gather`` it (no task
+        per request), or hand it to ``create_task``.
 
-    def _sweep(self) -> None:
-        """Expire overdue requests, oldest first, and re-arm for the next deadline."""
-        self._sweep_handle = None
-        now = self._loop.time()
-        overdue = []
-        for nonce, (_, deadline, _, _, timer, _) in self._pending.items():
-            if deadline is None or timer is not None:
-                continue  # no timeout, or a timer of its own
-            if deadline > now:
-                self._sweep_handle = self._loop.call_at(deadline, self._sweep)
-                break
-            overdue.append(nonce)
-        for nonce in overdue:
-            self._expire(nonce)
-
-    def _expire(self, nonce: Any) -> None:
-        entry = self._pending.pop(nonce, None)
-        if entry is None:
-            return
-        future, _, started, seconds, timer, _ = entry
-        if timer is not None:
-            timer.cancel()
-        if not future.done():
-            future.set_exception(RequestTimeoutError(seconds, "ping" if started else "request"))
-
-    def _forget(self, nonce: Any) -> None:
-        entry = self._pending.pop(nonce, None)
-        if entry is not None and entry[4] is not None:
-            entry[4].cancel()
-
-    async def request(self, data: Any, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
-        """Send a request and return the peer's answer.
-
-        Raises:
+        Raises (when awaited):
             RequestTimeoutError: No answer within ``timeout`` seconds (0/None: wait forever).
             ConnectionClosedError: The connection closed before the answer came.
             RemoteError: The peer's handler raised (peers with the ``errors`` extension).
         """
-        nonce, future = self._start_request(REQUEST, data, timeout)
-        if self._write_paused:
-            await self._drain()
-        try:
-            return await future
-        except asyncio.CancelledError:
-            self._forget(nonce)
-            raise
+        pending = self._ask(REQUEST, data, timeout)
+        if self._write_paused and not pending.done():
+            return self._after_drain(pending)
+        return pending
 
-    async def ping(self, data: Any = None, timeout: float | None = DEFAULT_TIMEOUT) -> float:
-        """Round trip of a PING (the peer echoes ``data``); returns seconds."""
-        nonce, future = self._start_request(PING, data, timeout)
-        try:
-            result: float = await future
-        except asyncio.CancelledError:
-            self._forget(nonce)
-            raise
-        return result
+    async def _after_drain(self, pending: Pending) -> Any:
+        # Over the high-water mark: the requester waits for the writes to drain first.
+        await self._drain()
+        return await pending
+
+    def ping(
+        self, data: Any = None, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> Coroutine[Any, Any, float]:
+        """Round trip of a PING (the peer echoes ``data``): ``await`` it for the seconds it took."""
+        return self._ask(PING, data, timeout)
 
     async def close(
         self,
@@ -520,17 +403,16 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._closing = True
         self._close_reason = reason
         seconds = check_timeout(timeout)
-        loop = self._loop
+        loop = self.loop
         deadline = None if seconds is None else loop.time() + seconds
-        waits: list[Any] = [entry[0] for entry in self._pending.values()]
+        waits: list[Any] = self._waiting()
         waits.extend(self._tasks)
         if waits:
             # Until every answer is in, or the connection is lost (a destroy() ends the wait).
-            answered = asyncio.ensure_future(asyncio.wait(waits))
+            answered = all_done(waits, loop)
             await asyncio.wait(
                 [answered, self._lost], timeout=seconds, return_when="FIRST_COMPLETED"
             )
-            answered.cancel()
         transport = self._current_transport()
         if transport is None or self._aborted:
             return True  # lost or destroyed meanwhile
@@ -614,7 +496,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
             return
         self._halted = False
         if self._held:
-            self._loop.call_soon(self._resume_held)
+            self.loop.call_soon(self._resume_held)
         elif self._transport is not None:
             self._transport.resume_reading()
 

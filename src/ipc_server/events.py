@@ -29,6 +29,7 @@ __all__ = [
     "Stop",
     "Tasks",
     "Throttle",
+    "all_done",
     "settle",
     "shorten",
     "start_task",
@@ -135,6 +136,26 @@ def _own_cancellation(exc: BaseException) -> bool:
         return False
     cancelling = getattr(asyncio.current_task(), "cancelling", None)
     return cancelling is None or bool(cancelling())
+
+
+def all_done(
+    futures: list[asyncio.Future[Any]], loop: asyncio.AbstractEventLoop
+) -> asyncio.Future[None]:
+    """A future done once every one of ``futures`` is; waiting on it cancels none of them."""
+    waiter: asyncio.Future[None] = loop.create_future()
+    left = len(futures)
+
+    def one_done(_: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        if not left and not waiter.done():
+            waiter.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    if not futures:
+        waiter.set_result(None)
+    return waiter
 
 
 def settle(futures: list[asyncio.Future[Any]], error: BaseException | None) -> None:

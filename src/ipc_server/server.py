@@ -198,7 +198,7 @@ class IPCConnection(Endpoint):
             return
         seconds = check_timeout(server.handshake_timeout)
         if seconds is not None:
-            self._hs_timer = self._loop.call_later(seconds, self._handshake_expired, seconds)
+            self._hs_timer = self.loop.call_later(seconds, self._handshake_expired, seconds)
 
     def _handshake_expired(self, seconds: float) -> None:
         self._hs_timer = None
@@ -220,7 +220,7 @@ class IPCConnection(Endpoint):
         else:
             transport.close()
         # Do not wait long for a peer that refuses to hang up.
-        self._loop.call_later(2.0, self._abort)
+        self.loop.call_later(2.0, self._abort)
 
     def _on_preamble(self, data: bytes) -> bytes | None:
         preamble = self._preamble

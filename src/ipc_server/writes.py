@@ -31,7 +31,7 @@ class Writes:
 
     # Set by the protocol that inherits this (endpoint.Endpoint).
     remote_errors: bool
-    _loop: asyncio.AbstractEventLoop
+    loop: asyncio.AbstractEventLoop
     _transport: asyncio.Transport | None
     _codec: PacketCodec
     _aborted: bool
@@ -99,7 +99,7 @@ class Writes:
                 # so that pause_writing (and with it send()'s wait) can happen.
                 self._flush()
             elif self._flush_handle is None and not self._dispatching:
-                self._flush_handle = self._loop.call_soon(self._flush_scheduled)
+                self._flush_handle = self.loop.call_soon(self._flush_scheduled)
             return
         transport = self._transport
         if transport is None or self._aborted or self._eof_sent:
@@ -145,7 +145,7 @@ class Writes:
 
     def _drain(self) -> asyncio.Future[None]:
         """A future done when the transport is below its high-water mark again."""
-        waiter: asyncio.Future[None] = self._loop.create_future()
+        waiter: asyncio.Future[None] = self.loop.create_future()
         if self._lost_exc is not None:
             waiter.set_exception(self._lost_exc)
         elif not self._write_paused:
