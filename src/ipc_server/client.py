@@ -37,7 +37,7 @@ from .packets import (
     succeeded,
     unsubscribe_request,
 )
-from .pending import Pending
+from .pending import Unanswered
 from .protocol import BINARY_PREAMBLE, ClientPreamble, upgrade_request
 from .transport import connect as open_transport
 
@@ -210,7 +210,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._live: _ClientProtocol | None = None  # _proto while READY, else None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._ready_waiters: list[asyncio.Future[None]] = []
-        self._unanswered: list[Pending] = []
+        self._unanswered: list[Unanswered] = []
 
     # ------------------------------------------------------------------ ClientCore's hooks
 
@@ -326,15 +326,15 @@ class IPCClient(AsyncClientOptions, ClientCore):
         """Send again, on the new connection, what the last one's END left unanswered."""
         waiting = self._unanswered
         self._unanswered = []
-        for pending in waiting:
-            if not pending.done():  # else given up on meanwhile
-                proto.resend(pending)
+        for unanswered in waiting:
+            if not unanswered[0].done():  # else given up on meanwhile
+                proto.resend(unanswered)
 
     def _finish(self, reason: Any) -> None:
         super()._finish(reason)
         waiting = self._unanswered
         self._unanswered = []
-        for pending in waiting:
+        for pending, _, _, _ in waiting:
             if not pending.done():
                 pending.set_exception(ConnectionClosedError(reason, executed=False))
 

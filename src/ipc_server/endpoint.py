@@ -40,7 +40,7 @@ from .packets import (
     end,
     loss,
 )
-from .pending import Pending, RequestTable
+from .pending import Pending, RequestTable, Unanswered
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder
 from .transport import release_lost
 from .writes import Responder, Writes
@@ -96,7 +96,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         """Whether the peer announced the ``errors`` extension."""
         self.features: frozenset[str] = frozenset()
         """The extensions both ends announced (``packets.FEATURES``)."""
-        self.unanswered: list[Pending] = []
+        self.unanswered: list[Unanswered] = []
         """Once lost after an END that allows a reconnect from a ``retry`` peer: the
         requests it did not run, to send again on the next connection (``resend``)."""
 
@@ -276,7 +276,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             self._lost.set_result(None)
         self._on_lost(reason, exc)
 
-    def _fail_all(self, error: ConnectionClosedError, keep: bool = False) -> list[Pending]:
+    def _fail_all(self, error: ConnectionClosedError, keep: bool = False) -> list[Unanswered]:
         """The connection is gone (or going): every pending request and writer gets ``error``.
 
         With ``keep``, requests (not pings) are kept instead, and returned: their

@@ -26,7 +26,7 @@ from .errors import ConnectionClosedError, RequestTimeoutError
 from .options import check_timeout
 from .packets import PING, REQUEST, read_error
 
-__all__ = ["Pending", "RequestTable"]
+__all__ = ["Entry", "Pending", "RequestTable", "Unanswered"]
 
 
 class Pending(asyncio.Future[Any], Coroutine[Any, Any, Any]):
@@ -36,42 +36,29 @@ class Pending(asyncio.Future[Any], Coroutine[Any, Any, Any]):
     there, ``asyncio.wait([asyncio.create_task(client.request(x))])``.
     """
 
-    __slots__ = (
-        "_data",
-        "_deadline",
-        "_nonce",
-        "_seconds",
-        "_started",
-        "_steps",
-        "_table",
-        "_timer",
-    )
+    # Made with asyncio.Future's own __init__ (no Python frame per request); the table
+    # sets these two at once, and keeps the rest of the bookkeeping in its entry.
+    __slots__ = ("_nonce", "_steps", "_table")
 
-    def __init__(self, table: RequestTable, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop=loop)
-        self._table = table
-        self._nonce = ""
-        self._deadline: float | None = None
-        self._started = 0.0  # perf_counter() when a PING left; 0.0 for a request
-        self._seconds = 0.0  # the timeout, for the error that tells it ran out
-        self._timer: asyncio.TimerHandle | None = None  # its own, or None: the shared sweep
-        self._data: Any = None  # the request, to send it again after an END that allows it
-        self._steps: Generator[Any, None, Any] | None = None
+    _table: RequestTable
+    _nonce: str
+    _steps: Generator[Any, None, Any]
 
     def cancel(self, msg: Any = None) -> bool:
         """Cancel the request: its answer, if one comes, is dropped."""
         if not super().cancel(msg):
             return False
-        self._table._forget(self)
+        self._table._forget(self._nonce)
         return True
 
     # The coroutine protocol, for create_task and the like: await the future.
 
     def _iterate(self) -> Generator[Any, None, Any]:
-        steps = self._steps
-        if steps is None:
+        try:
+            return self._steps
+        except AttributeError:
             steps = self._steps = asyncio.Future.__await__(self)
-        return steps
+            return steps
 
     def send(self, value: Any) -> Any:
         return self._iterate().send(value)
@@ -92,6 +79,15 @@ class Pending(asyncio.Future[Any], Coroutine[Any, Any, Any]):
             self.cancel()
 
 
+# An entry of the table, by nonce, a plain tuple (the hot path makes one per request):
+# (the Pending, deadline or None, started (perf_counter, pings only; else 0.0), timeout,
+#  its own timer or None, the request's data: kept to send it again after an END that allows it).
+Entry = tuple[Pending, "float | None", float, float, "asyncio.TimerHandle | None", Any]
+
+Unanswered = tuple[Pending, "float | None", Any, float]
+"""A request a connection's END left unanswered: (the Pending, deadline, data, timeout)."""
+
+
 class RequestTable:
     """The pending requests and pings of one connection (a mixin of ``endpoint.Endpoint``)."""
 
@@ -103,7 +99,7 @@ class RequestTable:
 
     def _init_requests(self, nonces: Iterator[int]) -> None:
         self._nonces = nonces
-        self._pending: dict[str, Pending] = {}
+        self._pending: dict[str, Entry] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_deadline = 0.0
 
@@ -123,7 +119,7 @@ class RequestTable:
         """
         loop = self.loop
         if pending is None:
-            pending = Pending(self, loop)
+            pending = Pending(loop=loop)
         try:
             if self._transport is None or self._closing:
                 self._check_open()
@@ -137,76 +133,72 @@ class RequestTable:
             return pending
         pending._table = self
         pending._nonce = nonce
-        pending._data = data
-        if t == PING:
-            pending._started = perf_counter()  # not loop.time(): uvloop's clock ticks in ms
-        if seconds is not None:
+        started = perf_counter() if t == PING else 0.0  # not loop.time(): uvloop ticks in ms
+        if seconds is None:
+            self._pending[nonce] = (pending, None, started, 0.0, None, data)
+        else:
             deadline = loop.time() + seconds
-            pending._deadline = deadline
-            pending._seconds = seconds
             if deadline >= self._last_deadline:
                 self._last_deadline = deadline
+                self._pending[nonce] = (pending, deadline, started, seconds, None, data)
                 if self._sweep_handle is None:
                     self._sweep_handle = loop.call_at(deadline, self._sweep)
             else:
-                pending._timer = loop.call_at(deadline, self._expire, pending)
-        self._pending[nonce] = pending
+                timer = loop.call_at(deadline, self._expire, nonce)
+                self._pending[nonce] = (pending, deadline, started, seconds, timer, data)
         self._write(packet)
         return pending
 
-    def resend(self, pending: Pending) -> None:
+    def resend(self, unanswered: Unanswered) -> None:
         """Send again a request another connection of the same client left unanswered
         (``unanswered``), within what is left of its timeout; its answer resolves it."""
-        deadline = pending._deadline
+        pending, deadline, data, seconds = unanswered
         if deadline is None:
-            self._ask(REQUEST, pending._data, None, pending)
+            self._ask(REQUEST, data, None, pending)
             return
         left = deadline - self.loop.time()
         if left <= 0:
-            pending.set_exception(RequestTimeoutError(pending._seconds))
+            pending.set_exception(RequestTimeoutError(seconds))
             return
-        seconds = pending._seconds
-        pending._deadline = None
-        self._ask(REQUEST, pending._data, left, pending)
-        pending._seconds = seconds  # the caller's own timeout, for the error
+        self._ask(REQUEST, data, left, pending)
 
     def _sweep(self) -> None:
         """Expire overdue requests, oldest first, and re-arm for the next deadline."""
         self._sweep_handle = None
         now = self.loop.time()
         overdue = []
-        for pending in self._pending.values():
-            deadline = pending._deadline
-            if deadline is None or pending._timer is not None:
+        for nonce, (_, deadline, _, _, timer, _) in self._pending.items():
+            if deadline is None or timer is not None:
                 continue  # no timeout, or a timer of its own
             if deadline > now:
                 self._sweep_handle = self.loop.call_at(deadline, self._sweep)
                 break
-            overdue.append(pending)
-        for pending in overdue:
-            self._expire(pending)
+            overdue.append(nonce)
+        for nonce in overdue:
+            self._expire(nonce)
 
-    def _expire(self, pending: Pending) -> None:
-        if self._pending.pop(pending._nonce, None) is None:
+    def _expire(self, nonce: str) -> None:
+        entry = self._pending.pop(nonce, None)
+        if entry is None:
             return
-        if pending._timer is not None:
-            pending._timer.cancel()
+        pending, _, started, seconds, timer, _ = entry
+        if timer is not None:
+            timer.cancel()
         if not pending.done():
-            what = "ping" if pending._started else "request"
-            pending.set_exception(RequestTimeoutError(pending._seconds, what))
+            pending.set_exception(RequestTimeoutError(seconds, "ping" if started else "request"))
 
-    def _forget(self, pending: Pending) -> None:
-        if self._pending.get(pending._nonce) is pending:
-            del self._pending[pending._nonce]
-        if pending._timer is not None:
-            pending._timer.cancel()
+    def _forget(self, nonce: str) -> None:
+        entry = self._pending.pop(nonce, None)
+        if entry is not None and entry[4] is not None:
+            entry[4].cancel()
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:
-        pending = self._pending.pop(n, None)
-        if pending is None:
+        entry = self._pending.pop(n, None)
+        if entry is None:
             return  # late answer to a timed-out or cancelled request: drop it
-        if pending._timer is not None:
-            pending._timer.cancel()
+        if entry[4] is not None:
+            entry[4].cancel()
+        pending = entry[0]
         if pending.done():
             return
         error = read_error(packet) if "e" in packet else None
@@ -216,15 +208,15 @@ class RequestTable:
             pending.set_result(packet.get("d"))
 
     def _on_pong(self, n: str) -> None:
-        pending = self._pending.pop(n, None)
-        if pending is None:
+        entry = self._pending.pop(n, None)
+        if entry is None:
             return
-        if pending._timer is not None:
-            pending._timer.cancel()
-        if not pending.done():
-            pending.set_result(perf_counter() - pending._started)
+        if entry[4] is not None:
+            entry[4].cancel()
+        if not entry[0].done():
+            entry[0].set_result(perf_counter() - entry[2])
 
-    def _fail_pending(self, error: ConnectionClosedError, keep: bool = False) -> list[Pending]:
+    def _fail_pending(self, error: ConnectionClosedError, keep: bool = False) -> list[Unanswered]:
         """Every pending request and ping fails with ``error``; with ``keep``, requests
         (not pings) are kept instead and returned: their peer did not run them."""
         pending = self._pending
@@ -232,19 +224,18 @@ class RequestTable:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
             self._sweep_handle = None
-        kept = []
-        for waiting in pending.values():
-            if waiting._timer is not None:
-                waiting._timer.cancel()
-                waiting._timer = None
+        kept: list[Unanswered] = []
+        for waiting, deadline, started, seconds, timer, data in pending.values():
+            if timer is not None:
+                timer.cancel()
             if waiting.done():
                 continue
-            if keep and not waiting._started:
-                kept.append(waiting)
+            if keep and not started:
+                kept.append((waiting, deadline, data, seconds))
             else:
                 waiting.set_exception(error)
         return kept
 
     def _waiting(self) -> list[Pending]:
         """What ``close()`` waits for."""
-        return list(self._pending.values())
+        return [entry[0] for entry in self._pending.values()]
