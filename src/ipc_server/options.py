@@ -133,6 +133,9 @@ class ClientOptions:
         compress: Ask for compression.
         max_message_size: Largest packet body accepted, before and after inflating.
         request_timeout: Default timeout of ``request``, ``ping`` and the pub/sub calls.
+        server_uid: The uid the server of a Unix socket must run as, checked
+            (where the OS tells: Linux, macOS) before anything is sent. None:
+            this process's own uid, or root.
     """
 
     path: InitVar[str | None] = None
@@ -149,6 +152,7 @@ class ClientOptions:
     compress: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     request_timeout: float | None = DEFAULT_TIMEOUT
+    server_uid: int | None = None
     address: Address = field(init=False)
     """The server's address."""
 
@@ -162,6 +166,9 @@ class ClientOptions:
         check_size("max_message_size", self.max_message_size)
         check_timeout(self.connect_timeout)
         check_timeout(self.request_timeout)
+        uid = self.server_uid
+        if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 0):
+            raise ValueError(f"server_uid must be a uid (an int >= 0) or None, not {uid!r}")
 
 
 @dataclass(kw_only=True, eq=False, repr=False)

@@ -19,6 +19,14 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from .address import Address
+from .admission import (
+    DEFAULT_MAX_HANDSHAKING,
+    admitted_uids,
+    at_accept,
+    checked_uids,
+    default_max_connections,
+    uid_refusal,
+)
 from .codecs import CodecName
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
@@ -44,13 +52,19 @@ from .packets import (
     topic_list,
 )
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
-from .transport import Listener, PeerCredentials, listen, peer_credentials
+from .transport import Listener, PeerCredentials, accepted_peer, listen
 
 __all__ = ["SERVER_CLOSED", "Authenticate", "IPCConnection", "IPCServer", "ServerOptions"]
 
 logger = logging.getLogger("ipc_server")
 
 SERVER_CLOSED = "server closed"
+
+OUT_OF_DESCRIPTORS = "server full: out of file descriptors"
+"""The END reason of a peer turned away because the process has no descriptor left."""
+
+TLS_HANDSHAKE_TIMEOUT = 60.0
+"""How long the loops give a TLS handshake when ``handshake_timeout`` is None (their default)."""
 
 
 Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
@@ -66,9 +80,19 @@ class ServerOptions:
         host: TCP host (selects TCP).
         port: TCP port (0 picks a free one; see ``port`` of the started server).
         ssl: An ``ssl.SSLContext`` for TLS over TCP.
-        max_connections: Refuse clients beyond this many (None: no limit).
-        handshake_timeout: Seconds a new connection has to finish the
-            CONNECTION exchange (0/None: forever).
+        max_connections: Refuse clients beyond this many, those not yet
+            admitted included (None: no limit). The default is derived from
+            the process's descriptor limit: ``limit - max(64, limit // 10)``
+            (``admission.default_max_connections``; 10,000 on Windows).
+        max_handshaking: Peers accepted but not yet admitted; a new one beyond
+            them is sent END "server busy" and closed at once (None: no limit).
+        handshake_timeout: Seconds a new connection has to finish the TLS
+            handshake and the CONNECTION exchange (0/None: forever, but the
+            TLS handshake still gets the loop's 60 s at most).
+        allowed_uids: The uids whose processes may connect to a Unix socket
+            (the peer's uid as the kernel tells). None: on an abstract socket
+            the server's own uid and root, on a socket file whoever its
+            ``socket_mode`` lets in. Not for TCP.
         max_message_size: Largest packet body accepted, before and after inflating.
         max_queued: Bytes that may queue for one client that does not read
             before it is disconnected.
@@ -91,8 +115,10 @@ class ServerOptions:
     host: InitVar[str | None] = None
     port: InitVar[int | None] = None
     ssl: _ssl.SSLContext | None = None
-    max_connections: int | None = None
+    max_connections: int | None = field(default_factory=default_max_connections)
+    max_handshaking: int | None = DEFAULT_MAX_HANDSHAKING
     handshake_timeout: float | None = 10.0
+    allowed_uids: Iterable[int] | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_queued: int = DEFAULT_MAX_QUEUED
     socket_mode: int | None = 0o600
@@ -111,6 +137,11 @@ class ServerOptions:
         check_codec(self.codec)
         if self.max_connections is not None:
             check_size("max_connections", self.max_connections)
+        if self.max_handshaking is not None:
+            check_size("max_handshaking", self.max_handshaking)
+        self.allowed_uids = checked_uids(self.allowed_uids)
+        if self.allowed_uids is not None and self.address.kind == "tcp":
+            raise ValueError("allowed_uids is for Unix sockets: a TCP peer has no uid")
         if self.max_concurrent_requests is not None:
             check_size("max_concurrent_requests", self.max_concurrent_requests)
         check_size("max_message_size", self.max_message_size)
@@ -152,6 +183,23 @@ class IPCConnection(Endpoint):
         self._preamble: ServerPreamble | None = ServerPreamble()
         self._hs_timer: asyncio.TimerHandle | None = None
         self._registered = False
+        self._expired = False  # handshake_timeout ran out before connection_made
+        # The loop calls this factory at accept, before a TLS handshake: the peer
+        # counts from now, and the timer bounds the TLS handshake too (a failed
+        # one is never reported to this protocol: the timer forgets the peer).
+        self._refusal = at_accept(
+            len(server._connections),
+            len(server._handshaking),
+            server.max_connections,
+            server.max_handshaking,
+        )
+        if self._refusal is None:
+            server._handshaking.add(self)
+            seconds = check_timeout(server.handshake_timeout)
+            if seconds is None and server.ssl is not None:
+                seconds = TLS_HANDSHAKE_TIMEOUT
+            if seconds is not None:
+                self._hs_timer = self._loop.call_later(seconds, self._handshake_expired, seconds)
 
     def __repr__(self) -> str:
         return f"<IPCConnection id={self.id!r} peer={self.peer}>"
@@ -161,26 +209,42 @@ class IPCConnection(Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         server = self.server
-        self.peer = peer_credentials(transport)
-        server._handshaking.add(self)
-        if (
-            server.max_connections is not None
-            and len(server._connections) + len(server._handshaking) > server.max_connections
-        ):
-            reason = f"server full: max_connections={server.max_connections}"
-            server._report_error(HandshakeError(f"client refused: {reason}"), self)
-            self._refuse(reason)
-            return
-        seconds = check_timeout(server.handshake_timeout)
-        if seconds is not None:
-            self._hs_timer = self._loop.call_later(seconds, self._handshake_expired, seconds)
+        self.peer = accepted_peer(transport)
+        refusal = self._refusal
+        if refusal is None and server._uids is not None:
+            refusal = uid_refusal(None if self.peer is None else self.peer.uid, server._uids)
+        if refusal is not None:
+            self._leave_handshake()
+            server._report_error(HandshakeError(refusal.error), self)
+            self._refuse(refusal.reason)
+        elif self._expired:
+            self._abort()  # its TLS handshake ended after handshake_timeout (reported then)
 
     def _handshake_expired(self, seconds: float) -> None:
         self._hs_timer = None
-        if not self._handshaken and self._transport is not None:
-            self._fatal(
-                HandshakeError(f"no CONNECTION exchange within handshake_timeout={seconds:g} s")
+        if self._handshaken:
+            return
+        if self._transport is None:
+            # Still in its TLS handshake, or that failed (the loop drops such a socket
+            # without telling this protocol): forget the peer.
+            self._expired = True
+            self.server._handshaking.discard(self)
+            self._report(
+                HandshakeError(
+                    f"no TLS handshake within handshake_timeout={seconds:g} s (slow or failed)"
+                )
             )
+            return
+        self._fatal(
+            HandshakeError(f"no CONNECTION exchange within handshake_timeout={seconds:g} s")
+        )
+
+    def _leave_handshake(self) -> None:
+        """No longer a peer in the handshake (refused, lost, or its server closed)."""
+        if self._hs_timer is not None:
+            self._hs_timer.cancel()
+            self._hs_timer = None
+        self.server._handshaking.discard(self)
 
     def _refuse(self, reason: str) -> None:
         """Turn a client away before it is admitted: END with the reason, then close."""
@@ -201,6 +265,8 @@ class IPCConnection(Endpoint):
         preamble = self._preamble
         if preamble is None:
             return data
+        if self._closing:
+            return None  # refused: what it sends meanwhile is not read
         try:
             verdict = preamble.feed(data)
         except Exception as exc:  # pragma: no cover - defensive
@@ -302,11 +368,8 @@ class IPCConnection(Endpoint):
         server.emit_request("request", (data, respond, self), respond, self._tasks)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
-        if self._hs_timer is not None:
-            self._hs_timer.cancel()
-            self._hs_timer = None
+        self._leave_handshake()
         server = self.server
-        server._handshaking.discard(self)
         server._forget_topics(self)
         if self._handshaken and server._connections.pop(self, 0) is None:
             server.emit("disconnect", self, reason)
@@ -340,6 +403,7 @@ class IPCServer(ServerOptions, EventEmitter):
         self._listener: Listener | None = None
         self._connections: dict[IPCConnection, None] = {}
         self._handshaking: set[IPCConnection] = set()
+        self._uids = admitted_uids(self.address, self.allowed_uids)
         self._topics: dict[str, dict[IPCConnection, None]] = {}
         self._closing = False
 
@@ -381,7 +445,12 @@ class IPCServer(ServerOptions, EventEmitter):
             raise RuntimeError("server already started")
         self._closing = False
         self._listener = await listen(
-            lambda: IPCConnection(self), self.address, ssl=self.ssl, socket_mode=self.socket_mode
+            lambda: IPCConnection(self),
+            self.address,
+            ssl=self.ssl,
+            socket_mode=self.socket_mode,
+            handshake_timeout=check_timeout(self.handshake_timeout),
+            refusal=end(None, OUT_OF_DESCRIPTORS),
         )
         self.emit("ready", self.bound_address)
         return self
@@ -398,6 +467,8 @@ class IPCServer(ServerOptions, EventEmitter):
         self._closing = True
         listener.close()
         for conn in list(self._handshaking):
+            conn._leave_handshake()
+            conn._expired = True  # a TLS handshake still under way ends in an abort
             conn.destroy(SERVER_CLOSED)
         conns = list(self._connections)
         if conns:
