@@ -19,6 +19,8 @@ from .address import Address
 
 __all__ = [
     "DEFAULT_MAX_HANDSHAKING",
+    "OUT_OF_DESCRIPTORS",
+    "TLS_HANDSHAKE_TIMEOUT",
     "WINDOWS_MAX_CONNECTIONS",
     "Refusal",
     "admitted_uids",
@@ -33,6 +35,12 @@ DEFAULT_MAX_HANDSHAKING = 256
 
 WINDOWS_MAX_CONNECTIONS = 10_000
 """``max_connections`` on Windows, which has no per-process descriptor limit to derive it from."""
+
+OUT_OF_DESCRIPTORS = "server full: out of file descriptors"
+"""The END reason of a peer turned away because the process has no descriptor left."""
+
+TLS_HANDSHAKE_TIMEOUT = 60.0
+"""How long the loops give a TLS handshake when ``handshake_timeout`` is None (their default)."""
 
 
 class Refusal(NamedTuple):

@@ -21,6 +21,8 @@ from typing import Any
 from .address import Address
 from .admission import (
     DEFAULT_MAX_HANDSHAKING,
+    OUT_OF_DESCRIPTORS,
+    TLS_HANDSHAKE_TIMEOUT,
     admitted_uids,
     at_accept,
     checked_uids,
@@ -60,12 +62,6 @@ logger = logging.getLogger("ipc_server")
 
 SERVER_CLOSED = "server closed"
 
-OUT_OF_DESCRIPTORS = "server full: out of file descriptors"
-"""The END reason of a peer turned away because the process has no descriptor left."""
-
-TLS_HANDSHAKE_TIMEOUT = 60.0
-"""How long the loops give a TLS handshake when ``handshake_timeout`` is None (their default)."""
-
 
 Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
 """``fn(payload, connection)``, plain or async: True/None admits, False or a reason refuses."""
@@ -86,6 +82,8 @@ class ServerOptions:
             (``admission.default_max_connections``; 10,000 on Windows).
         max_handshaking: Peers accepted but not yet admitted; a new one beyond
             them is sent END "server busy" and closed at once (None: no limit).
+            TLS peers count from accept; beyond the bound asyncio's loop closes
+            them before their TLS handshake, uvloop's after it, with the END.
         handshake_timeout: Seconds a new connection has to finish the TLS
             handshake and the CONNECTION exchange (0/None: forever, but the
             TLS handshake still gets the loop's 60 s at most).
@@ -187,6 +185,8 @@ class IPCConnection(Endpoint):
         # The loop calls this factory at accept, before a TLS handshake: the peer
         # counts from now, and the timer bounds the TLS handshake too (a failed
         # one is never reported to this protocol: the timer forgets the peer).
+        if server._gated:
+            server._gated -= 1  # let through by IPCServer._gate
         self._refusal = at_accept(
             len(server._connections),
             len(server._handshaking),
@@ -404,6 +404,7 @@ class IPCServer(ServerOptions, EventEmitter):
         self._connections: dict[IPCConnection, None] = {}
         self._handshaking: set[IPCConnection] = set()
         self._uids = admitted_uids(self.address, self.allowed_uids)
+        self._gated = 0  # TLS peers let through by _gate whose protocol is not made yet
         self._topics: dict[str, dict[IPCConnection, None]] = {}
         self._closing = False
 
@@ -444,6 +445,7 @@ class IPCServer(ServerOptions, EventEmitter):
         if self._listener is not None:
             raise RuntimeError("server already started")
         self._closing = False
+        self._gated = 0
         self._listener = await listen(
             lambda: IPCConnection(self),
             self.address,
@@ -451,6 +453,7 @@ class IPCServer(ServerOptions, EventEmitter):
             socket_mode=self.socket_mode,
             handshake_timeout=check_timeout(self.handshake_timeout),
             refusal=end(None, OUT_OF_DESCRIPTORS),
+            gate=self._gate if self.ssl is not None else None,
         )
         self.emit("ready", self.bound_address)
         return self
@@ -489,6 +492,20 @@ class IPCServer(ServerOptions, EventEmitter):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _gate(self) -> bool:
+        """A TLS peer is being accepted (asyncio): within the bounds, or closed at once?"""
+        refusal = at_accept(
+            len(self._connections),
+            len(self._handshaking) + self._gated,
+            self.max_connections,
+            self.max_handshaking,
+        )
+        if refusal is not None:
+            self._report_error(HandshakeError(refusal.error), None)
+            return False
+        self._gated += 1
+        return True
 
     # ------------------------------------------------------------------ errors
 
