@@ -105,8 +105,9 @@ class _ListeningSocket(socket.socket):
 
     asyncio's selector loop meets EMFILE from ``accept()`` with a logged
     traceback and a pause of one second, but it does so for each of the up to
-    ``backlog`` accepts of one wake-up, and schedules as many restarts: 30,000
-    lines of log in 3 s, measured (issue 10). Here one descriptor is held in
+    ``backlog`` accepts of one wake-up, and schedules as many restarts: 2.7
+    million lines of log and 41 s of CPU in a minute, measured (issue 10; see
+    docs/reliability.md, Admission). Here one descriptor is held in
     reserve: when an accept fails for want of descriptors, the reserve is let
     go, the peers waiting are accepted, sent ``refusal`` (an END packet; TLS:
     nothing) and closed, and the reserve is taken again; the loop then sees an
@@ -143,11 +144,12 @@ class _ListeningSocket(socket.socket):
 
     def accept(self) -> tuple[socket.socket, Any]:
         gate = self.gate
-        while True:
+        for _ in range(256):  # then let the loop breathe: the rest wait for its next turn
             peer, address = self._accept_peer()
             if gate is None or gate():
                 return peer, address
             peer.close()  # over the server's bounds (TLS): gone before its handshake
+        raise BlockingIOError(errno.EAGAIN, "peers turned away: over the server's bounds")
 
     def _accept_peer(self) -> tuple[socket.socket, Any]:
         if self._reserve is None:
