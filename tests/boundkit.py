@@ -45,6 +45,7 @@ class BoundServer:
         sleep: float = 3600.0,
         env: dict[str, str] | None = None,
         preexec: Any = None,
+        stderr: Any = None,
     ) -> None:
         self.folder = tempfile.mkdtemp(prefix="ipcb", dir="/tmp")
         os.chmod(self.folder, 0o755)
@@ -60,6 +61,7 @@ class BoundServer:
         }
         self.env = env
         self.preexec = preexec
+        self.stderr = stderr  # where the server's stderr goes (a file, say); None: inherited
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> BoundServer:
@@ -70,6 +72,7 @@ class BoundServer:
             text=True,
             env=environ,
             preexec_fn=self.preexec,
+            stderr=self.stderr,
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()  # READY, or nothing if it died

@@ -39,6 +39,7 @@ from .packets import (
 )
 from .pending import Unanswered
 from .protocol import BINARY_PREAMBLE, ClientPreamble, upgrade_request
+from .transport import PeerCredentials, peer_credentials
 from .transport import connect as open_transport
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
@@ -82,7 +83,12 @@ class _ClientProtocol(Endpoint):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         client = self.client
-        client._connection_opened()
+        try:
+            client._connection_opened(peer_credentials(transport))
+        except HandshakeError as exc:  # not the server it should be: it gets nothing
+            self._fail_ready(exc)
+            self.destroy()
+            return
         assert self._transport is not None
         if self._preamble is not None:
             host = client.address.host or client.upgrade_token
@@ -236,7 +242,8 @@ class IPCClient(AsyncClientOptions, ClientCore):
 
     # ------------------------------------------------------------------ what the connection tells
 
-    def _connection_opened(self) -> None:
+    def _connection_opened(self, peer: PeerCredentials | None) -> None:
+        self._check_server(peer)
         self._set_status(IPCClientStatus.CONNECTED)
 
     def _request_arrived(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import os
 import random
 import threading
 from collections import deque
@@ -39,6 +40,7 @@ from .packets import (
     topic_list,
     unsubscribe_request,
 )
+from .transport import PeerCredentials
 
 __all__ = [
     "RESERVED_EVENTS",
@@ -376,6 +378,31 @@ class ClientCore(ClientOptions, EventEmitter):
         self._closed = True
         self._finished = True
         self._set_status(IPCClientStatus.IDLE)
+
+    def _check_server(self, peer: PeerCredentials | None) -> None:
+        """Connected, nothing sent yet: who answers at a Unix socket must run as ``server_uid``.
+
+        ``peer`` is what the OS tells of the server's process (None over TCP,
+        or where it does not tell: then there is nothing to check). Reads only
+        the options (no lock needed).
+
+        Raises:
+            HandshakeError: It runs as another uid; a refusal, so a reconnect
+                stops there (``_attempt_failed``).
+        """
+        if peer is None or peer.uid is None or self.address.kind != "unix":
+            return
+        wanted = self.server_uid
+        if peer.uid == wanted or (wanted is None and peer.uid in (os.geteuid(), 0)):
+            return
+        if wanted is not None:
+            expected = f"uid {wanted}"
+        else:
+            expected = f"uid {os.geteuid()} (this process's) or 0 (root)"
+        raise HandshakeError(
+            f"the server at {self.address} runs as uid {peer.uid}, not {expected} "
+            "(server_uid); nothing was sent to it"
+        )
 
     def _hello(self) -> bytes:
         """This client's CONNECTION packet (its payload, and its id once it has one)."""

@@ -139,6 +139,9 @@ class ClientOptions:
             (coroutine listeners still running; the blocking client's listener
             thread) or in a ``subscription()`` without ``maxsize``; beyond it
             the client stops reading until they are taken (backpressure).
+        server_uid: The uid the server of a Unix socket must run as, checked
+            (where the OS tells: Linux, macOS) before anything is sent. None:
+            this process's own uid, or root.
     """
 
     path: InitVar[str | None] = None
@@ -156,6 +159,7 @@ class ClientOptions:
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     request_timeout: float | None = DEFAULT_TIMEOUT
     max_pending_events: int = 10_000
+    server_uid: int | None = None
     address: Address = field(init=False)
     """The server's address."""
 
@@ -173,6 +177,9 @@ class ClientOptions:
         check_size("max_message_size", self.max_message_size)
         check_timeout(self.connect_timeout)
         check_timeout(self.request_timeout)
+        uid = self.server_uid
+        if uid is not None and (isinstance(uid, bool) or not isinstance(uid, int) or uid < 0):
+            raise ValueError(f"server_uid must be a uid (an int >= 0) or None, not {uid!r}")
 
 
 @dataclass(kw_only=True, eq=False, repr=False)

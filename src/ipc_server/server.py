@@ -19,6 +19,16 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from .address import Address
+from .admission import (
+    DEFAULT_MAX_HANDSHAKING,
+    OUT_OF_DESCRIPTORS,
+    TLS_HANDSHAKE_TIMEOUT,
+    admitted_uids,
+    at_accept,
+    checked_uids,
+    default_max_connections,
+    uid_refusal,
+)
 from .codecs import CodecName
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, IPCError, ProtocolError
@@ -45,7 +55,8 @@ from .packets import (
     topic_list,
 )
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
-from .transport import Listener, PeerCredentials, listen, peer_credentials
+from .topics import TopicRegistry
+from .transport import Listener, PeerCredentials, accepted_peer, listen
 
 __all__ = ["SERVER_CLOSED", "Authenticate", "IPCConnection", "IPCServer", "ServerOptions"]
 
@@ -70,9 +81,21 @@ class ServerOptions:
         host: TCP host (selects TCP).
         port: TCP port (0 picks a free one; see ``port`` of the started server).
         ssl: An ``ssl.SSLContext`` for TLS over TCP.
-        max_connections: Refuse clients beyond this many (None: no limit).
-        handshake_timeout: Seconds a new connection has to finish the
-            CONNECTION exchange (0/None: forever).
+        max_connections: Refuse clients beyond this many, those not yet
+            admitted included (None: no limit). The default is derived from
+            the process's descriptor limit: ``limit - max(64, limit // 10)``
+            (``admission.default_max_connections``; 10,000 on Windows).
+        max_handshaking: Peers accepted but not yet admitted; a new one beyond
+            them is sent END "server busy" and closed at once (None: no limit).
+            TLS peers count from accept; beyond the bound asyncio's loop closes
+            them before their TLS handshake, uvloop's after it, with the END.
+        handshake_timeout: Seconds a new connection has to finish the TLS
+            handshake and the CONNECTION exchange (0/None: forever, but the
+            TLS handshake still gets the loop's 60 s at most).
+        allowed_uids: The uids whose processes may connect to a Unix socket
+            (the peer's uid as the kernel tells). None: on an abstract socket
+            the server's own uid and root, on a socket file whoever its
+            ``socket_mode`` lets in. Not for TCP.
         max_message_size: Largest packet body accepted, before and after inflating.
         max_queued: Bytes that may queue for one client that does not read
             before it is disconnected.
@@ -104,8 +127,10 @@ class ServerOptions:
     host: InitVar[str | None] = None
     port: InitVar[int | None] = None
     ssl: _ssl.SSLContext | None = None
-    max_connections: int | None = None
+    max_connections: int | None = field(default_factory=default_max_connections)
+    max_handshaking: int | None = DEFAULT_MAX_HANDSHAKING
     handshake_timeout: float | None = 10.0
+    allowed_uids: Iterable[int] | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_queued: int = DEFAULT_MAX_QUEUED
     socket_mode: int | None = 0o600
@@ -132,6 +157,11 @@ class ServerOptions:
             value = getattr(self, name)
             if value is not None:
                 check_size(name, value)
+        if self.max_handshaking is not None:
+            check_size("max_handshaking", self.max_handshaking)
+        self.allowed_uids = checked_uids(self.allowed_uids)
+        if self.allowed_uids is not None and self.address.kind == "tcp":
+            raise ValueError("allowed_uids is for Unix sockets: a TCP peer has no uid")
         check_size("max_message_size", self.max_message_size)
         check_size("max_queued", self.max_queued)
         check_timeout(self.handshake_timeout)
@@ -153,7 +183,6 @@ class IPCConnection(Endpoint):
         peer: pid/uid/gid of the client process where the OS tells (Unix
             sockets, Windows pipes: pid only); None for TCP.
         payload: What the client passed to ``connect()``.
-        topics: Topics this connection is subscribed to.
     """
 
     def __init__(self, server: IPCServer) -> None:
@@ -169,7 +198,6 @@ class IPCConnection(Endpoint):
         self.connected_at: float | None = None
         self.peer: PeerCredentials | None = None
         self.payload: Any = None
-        self.topics: set[str] = set()
         self._preamble: ServerPreamble | None = ServerPreamble()
         self._hs_timer: asyncio.TimerHandle | None = None
         self._registered = False
@@ -177,35 +205,75 @@ class IPCConnection(Endpoint):
         self._quiet = 0.0  # seconds without a read, counted by the ticks
         self._probes = 0  # keepalive pings sent since the peer was last heard
         self._log_throttle = Throttle()
+        self._expired = False  # handshake_timeout ran out before connection_made
+        # The loop calls this factory at accept, before a TLS handshake: the peer
+        # counts from now, and the timer bounds the TLS handshake too (a failed
+        # one is never reported to this protocol: the timer forgets the peer).
+        if server._gated:
+            server._gated -= 1  # let through by IPCServer._gate
+        self._refusal = at_accept(
+            len(server._connections),
+            len(server._handshaking),
+            server.max_connections,
+            server.max_handshaking,
+        )
+        if self._refusal is None:
+            server._handshaking.add(self)
+            seconds = check_timeout(server.handshake_timeout)
+            if seconds is None and server.ssl is not None:
+                seconds = TLS_HANDSHAKE_TIMEOUT
+            if seconds is not None:
+                self._hs_timer = self.loop.call_later(seconds, self._handshake_expired, seconds)
 
     def __repr__(self) -> str:
         return f"<IPCConnection id={shorten(self.id)!r} peer={self.peer}>"
+
+    @property
+    def topics(self) -> frozenset[str]:
+        """Topics this connection is subscribed to."""
+        return self.server._registry.topics_of(self)
 
     # ------------------------------------------------------------------ connection set-up
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         server = self.server
-        self.peer = peer_credentials(transport)
-        server._handshaking.add(self)
-        if (
-            server.max_connections is not None
-            and len(server._connections) + len(server._handshaking) > server.max_connections
-        ):
-            reason = f"server full: max_connections={server.max_connections}"
-            server._report_error(HandshakeError(f"client refused: {reason}"), self)
-            self._refuse(reason)
-            return
-        seconds = check_timeout(server.handshake_timeout)
-        if seconds is not None:
-            self._hs_timer = self.loop.call_later(seconds, self._handshake_expired, seconds)
+        self.peer = accepted_peer(transport)
+        refusal = self._refusal
+        if refusal is None and server._uids is not None:
+            refusal = uid_refusal(None if self.peer is None else self.peer.uid, server._uids)
+        if refusal is not None:
+            self._leave_handshake()
+            server._report_error(HandshakeError(refusal.error), self)
+            self._refuse(refusal.reason)
+        elif self._expired:
+            self._abort()  # its TLS handshake ended after handshake_timeout (reported then)
 
     def _handshake_expired(self, seconds: float) -> None:
         self._hs_timer = None
-        if not self._handshaken and self._transport is not None:
-            self._fatal(
-                HandshakeError(f"no CONNECTION exchange within handshake_timeout={seconds:g} s")
+        if self._handshaken:
+            return
+        if self._transport is None:
+            # Still in its TLS handshake, or that failed (the loop drops such a socket
+            # without telling this protocol): forget the peer.
+            self._expired = True
+            self.server._handshaking.discard(self)
+            self._report(
+                HandshakeError(
+                    f"no TLS handshake within handshake_timeout={seconds:g} s (slow or failed)"
+                )
             )
+            return
+        self._fatal(
+            HandshakeError(f"no CONNECTION exchange within handshake_timeout={seconds:g} s")
+        )
+
+    def _leave_handshake(self) -> None:
+        """No longer a peer in the handshake (refused, lost, or its server closed)."""
+        if self._hs_timer is not None:
+            self._hs_timer.cancel()
+            self._hs_timer = None
+        self.server._handshaking.discard(self)
 
     def _refuse(self, reason: str) -> None:
         """Turn a client away before it is admitted: END with the reason, then close."""
@@ -226,6 +294,8 @@ class IPCConnection(Endpoint):
         preamble = self._preamble
         if preamble is None:
             return data
+        if self._closing:
+            return None  # refused: what it sends meanwhile is not read
         try:
             verdict = preamble.feed(data)
         except Exception as exc:  # pragma: no cover - defensive
@@ -336,12 +406,9 @@ class IPCConnection(Endpoint):
         server.emit_request("request", (data, respond, self), respond, self._tasks)
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
-        if self._hs_timer is not None:
-            self._hs_timer.cancel()
-            self._hs_timer = None
+        self._leave_handshake()
         server = self.server
-        server._handshaking.discard(self)
-        server._forget_topics(self)
+        server._registry.forget(self)
         if server._ids.get(self.id) is self:
             del server._ids[self.id]
         if self._handshaken and server._connections.pop(self, 0) is None:
@@ -415,7 +482,11 @@ class IPCServer(ServerOptions, EventEmitter):
         self._connections: dict[IPCConnection, None] = {}
         self._ids: dict[str, IPCConnection] = {}  # admitted connections by id
         self._handshaking: set[IPCConnection] = set()
-        self._topics: dict[str, dict[IPCConnection, None]] = {}
+        self._uids = admitted_uids(self.address, self.allowed_uids)
+        self._gated = 0  # TLS peers let through by _gate whose protocol is not made yet
+        self._registry: TopicRegistry[IPCConnection] = TopicRegistry(
+            self.max_topics_per_connection, self.max_topic_length
+        )
         self._closing = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._log_throttle = Throttle()
@@ -457,8 +528,15 @@ class IPCServer(ServerOptions, EventEmitter):
         if self._listener is not None:
             raise RuntimeError("server already started")
         self._closing = False
+        self._gated = 0
         self._listener = await listen(
-            lambda: IPCConnection(self), self.address, ssl=self.ssl, socket_mode=self.socket_mode
+            lambda: IPCConnection(self),
+            self.address,
+            ssl=self.ssl,
+            socket_mode=self.socket_mode,
+            handshake_timeout=check_timeout(self.handshake_timeout),
+            refusal=end(None, OUT_OF_DESCRIPTORS),
+            gate=self._gate if self.ssl is not None else None,
         )
         period = self._tick_period()
         if period is not None:
@@ -498,6 +576,8 @@ class IPCServer(ServerOptions, EventEmitter):
             self._tick_handle.cancel()
             self._tick_handle = None
         for conn in list(self._handshaking):
+            conn._leave_handshake()
+            conn._expired = True  # a TLS handshake still under way ends in an abort
             conn.destroy(SERVER_CLOSED)
         conns = list(self._connections)
         if conns:
@@ -510,7 +590,7 @@ class IPCServer(ServerOptions, EventEmitter):
             await asyncio.wait_for(listener.wait_closed(), seconds)
         self._listener = None
         self._closing = False
-        self._topics.clear()
+        self._registry.clear()
         self.emit("close")
 
     async def __aenter__(self) -> IPCServer:
@@ -518,6 +598,20 @@ class IPCServer(ServerOptions, EventEmitter):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _gate(self) -> bool:
+        """A TLS peer is being accepted (asyncio): within the bounds, or closed at once?"""
+        refusal = at_accept(
+            len(self._connections),
+            len(self._handshaking) + self._gated,
+            self.max_connections,
+            self.max_handshaking,
+        )
+        if refusal is not None:
+            self._report_error(HandshakeError(refusal.error), None)
+            return False
+        self._gated += 1
+        return True
 
     # ------------------------------------------------------------------ errors
 
@@ -562,60 +656,26 @@ class IPCServer(ServerOptions, EventEmitter):
             if topics is None:
                 respond(pubsub_reply(False))
                 return
-            refusal = self._topic_refusal(conn, topics)
+            refusal = self._registry.refusal(conn, topics)
             if refusal is not None:
                 self._report_error(IPCError(f"subscription refused: {refusal}"), conn)
                 respond(pubsub_reply(False))
                 return
-            for topic in topics:
-                self._topics.setdefault(topic, {})[conn] = None
-                conn.topics.add(topic)
+            self._registry.subscribe(conn, topics)
             respond(pubsub_reply(True))
             return
-        result = False
-        for topic in topics or ():
-            subscribers = self._topics.get(topic)
-            if subscribers is not None and subscribers.pop(conn, 0) is None:
-                result = True
-                if not subscribers:
-                    del self._topics[topic]
-            conn.topics.discard(topic)
-        respond(pubsub_reply(result))
-
-    def _topic_refusal(self, conn: IPCConnection, topics: list[str]) -> str | None:
-        """Why ``conn`` may not subscribe to ``topics`` (a bound it would cross), or None."""
-        longest = self.max_topic_length
-        if longest is not None:
-            for topic in topics:
-                if len(topic) > longest:
-                    return f"a topic of {len(topic)} characters, over max_topic_length={longest}"
-        most = self.max_topics_per_connection
-        # A list longer than the bound cannot fit: no set is built for it.
-        if most is not None and len(conn.topics) + len(topics) > most:
-            total = len(conn.topics.union(topics)) if len(topics) <= most else len(topics)
-            if total > most:
-                return f"{total} topics, over max_topics_per_connection={most}"
-        return None
-
-    def _forget_topics(self, conn: IPCConnection) -> None:
-        for topic in conn.topics:
-            subscribers = self._topics.get(topic)
-            if subscribers is not None:
-                subscribers.pop(conn, None)
-                if not subscribers:
-                    del self._topics[topic]
-        conn.topics.clear()
+        respond(pubsub_reply(self._registry.unsubscribe(conn, topics or [])))
 
     @property
     def topics(self) -> dict[str, list[IPCConnection]]:
         """Each topic with at least one subscriber, and its subscribers."""
-        return {topic: list(subs) for topic, subs in self._topics.items()}
+        return self._registry.snapshot()
 
     def _deliver(self, topic: str, message: Any) -> int:
-        subscribers = self._topics.get(topic)
+        subscribers = self._registry.subscribers(topic)
         if not subscribers:
             return 0
-        self._write_all(list(subscribers), MESSAGE, delivery(topic, message))
+        self._write_all(subscribers, MESSAGE, delivery(topic, message))
         return len(subscribers)
 
     def _write_all(self, conns: Iterable[IPCConnection], t: int, data: Any) -> int:

@@ -1,37 +1,38 @@
-"""The only module that knows sockets and pipes.
+"""Sockets and pipes (with ``listening.py``, the only modules that know them).
 
-``listen`` and ``connect`` turn an ``ipc_server.address.Address``
-into asyncio servers and transports for Unix sockets, TCP, TLS and Windows
-named pipes. Windows code stays in the ``_pipe_*`` functions at the bottom.
+``connect`` and ``dial`` turn an ``ipc_server.address.Address`` into an
+asyncio transport or a blocking socket for Unix sockets, TCP, TLS and Windows
+named pipes; ``listen`` (from ``listening``) into a listening server. Peer
+credentials and ``SO_KEEPALIVE`` are here too. Windows code stays in the
+``_pipe_*`` functions at the bottom.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import socket
 import ssl as _ssl
-import stat
 import struct
 import sys
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .address import Address, probe_unix_socket
-from .errors import AddressInUseError
+from .address import Address
+from .listening import Listener, ProtocolFactory, listen
 
 __all__ = [
     "Listener",
     "PeerCredentials",
+    "accepted_peer",
     "connect",
     "dial",
     "listen",
     "peer_credentials",
     "release_lost",
+    "socket_credentials",
 ]
 
-ProtocolFactory = Callable[[], asyncio.BaseProtocol]
+_INET = (socket.AF_INET, socket.AF_INET6)
 
 
 class PeerCredentials(NamedTuple):
@@ -56,6 +57,30 @@ def peer_credentials(transport: asyncio.BaseTransport) -> PeerCredentials | None
         if pipe is not None and sys.platform == "win32":  # pragma: no cover - Windows only
             return _pipe_client_pid(pipe)
         return None
+    return socket_credentials(sock)
+
+
+def accepted_peer(transport: asyncio.BaseTransport) -> PeerCredentials | None:
+    """What the server does with each accepted connection at the socket level.
+
+    A TCP connection gets ``SO_KEEPALIVE`` (the kernel then notices a peer
+    that vanished without a word); returns ``peer_credentials(transport)``.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in _INET:
+        _keep_alive(sock)
+        return None
+    return peer_credentials(transport)
+
+
+def _keep_alive(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def socket_credentials(sock: Any) -> PeerCredentials | None:
+    """The peer's pid/uid/gid for a Unix socket (a ``socket.socket`` or the loop's
+    stand-in for one); None for TCP or when the OS does not tell."""
     if sock.family != getattr(socket, "AF_UNIX", None):
         return None
     try:
@@ -100,160 +125,6 @@ def _darwin_peer(sock: socket.socket) -> PeerCredentials:  # pragma: no cover - 
     return PeerCredentials(pid, uid, gid)
 
 
-class Listener:
-    """A listening server: an ``asyncio.Server`` (or Windows pipe servers) and its cleanup."""
-
-    def __init__(self, address: Address, server: Any, inode: tuple[int, int] | None) -> None:
-        self.address = address
-        self._server = server
-        self._inode = inode
-
-    @property
-    def bound(self) -> str:
-        """The address actually bound (with the real port for ``port=0``)."""
-        # Not isinstance(asyncio.AbstractServer): uvloop's Server does not subclass it.
-        if self.address.kind == "tcp" and not isinstance(self._server, list):
-            sockets = getattr(self._server, "sockets", ())
-            if sockets:
-                name = sockets[0].getsockname()
-                host = name[0]
-                port = name[1]
-                return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return str(self.address)
-
-    @property
-    def port(self) -> int | None:
-        """The bound TCP port, else None."""
-        if self.address.kind != "tcp":
-            return None
-        sockets = getattr(self._server, "sockets", ())
-        return int(sockets[0].getsockname()[1]) if sockets else self.address.port
-
-    def close(self) -> None:
-        """Stop accepting; remove the socket file if it is still ours."""
-        if isinstance(self._server, list):  # pragma: no cover - Windows pipe servers
-            for pipe_server in self._server:
-                pipe_server.close()
-        else:
-            self._server.close()
-        path = self.address.path
-        if self.address.kind == "unix" and path and not self.address.abstract and self._inode:
-            try:
-                st = os.stat(path)
-            except OSError:
-                return
-            # Never remove a socket another server has put there since.
-            if (st.st_dev, st.st_ino) == self._inode:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-
-    async def wait_closed(self) -> None:
-        """Wait until the listening socket is closed."""
-        if not isinstance(self._server, list):  # asyncio's or uvloop's Server
-            await self._server.wait_closed()
-
-
-async def listen(
-    factory: ProtocolFactory,
-    address: Address,
-    *,
-    ssl: _ssl.SSLContext | None = None,
-    socket_mode: int | None = 0o600,
-    backlog: int = 511,
-) -> Listener:
-    """Start listening on ``address``.
-
-    Unix sockets: a live server at the path raises ``AddressInUseError``
-    and is left alone; a stale socket file is removed; the socket is created
-    with ``socket_mode`` (umask set around ``bind``, so it is never wider).
-
-    Raises:
-        AddressInUseError: A live server owns the address.
-        OSError: Anything else the OS refuses.
-    """
-    loop = asyncio.get_running_loop()
-    if address.kind == "tcp":
-        try:
-            server = await loop.create_server(
-                factory,
-                address.host,
-                address.port or 0,
-                ssl=ssl,
-                backlog=backlog,
-                reuse_address=True,
-            )
-        except OSError as exc:
-            if exc.errno in (98, 48, 10048):  # EADDRINUSE on Linux, macOS, Windows
-                raise AddressInUseError(str(address)) from exc
-            raise
-        return Listener(address, server, None)
-    if address.kind == "pipe":  # pragma: no cover - Windows only
-        return await _pipe_listen(factory, address)
-    return await _unix_listen(factory, address, ssl=ssl, socket_mode=socket_mode, backlog=backlog)
-
-
-async def _unix_listen(
-    factory: ProtocolFactory,
-    address: Address,
-    *,
-    ssl: _ssl.SSLContext | None,
-    socket_mode: int | None,
-    backlog: int,
-) -> Listener:
-    path = address.path
-    assert path is not None
-    loop = asyncio.get_running_loop()
-    if not address.abstract:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            pass
-        else:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise AddressInUseError(f"{path} (exists and is not a socket)")
-            if await loop.run_in_executor(None, probe_unix_socket, path):
-                raise AddressInUseError(path)
-            # Stale: a crashed server left it behind.
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    inode: tuple[int, int] | None = None
-    try:
-        if address.abstract or socket_mode is None:
-            _bind(sock, path)
-        else:
-            # The umask is process-wide; it is narrowed only for this bind so
-            # the file never exists with wider permissions than asked.
-            old = os.umask(0o777 & ~socket_mode)
-            try:
-                _bind(sock, path)
-            finally:
-                os.umask(old)
-            os.chmod(path, socket_mode)
-        if not address.abstract:
-            st = os.stat(path)
-            inode = (st.st_dev, st.st_ino)
-        sock.listen(backlog)
-        sock.setblocking(False)
-        server = await loop.create_unix_server(factory, sock=sock, ssl=ssl, backlog=backlog)
-    except BaseException:
-        sock.close()
-        if inode is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        raise
-    return Listener(address, server, inode)
-
-
-def _bind(sock: socket.socket, path: str) -> None:
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        if exc.errno in (98, 48):  # EADDRINUSE: an abstract name or a racing server
-            raise AddressInUseError(path) from exc
-        raise
-
-
 async def connect(
     factory: ProtocolFactory,
     address: Address,
@@ -289,6 +160,7 @@ async def connect(
     if sock is not None and address.kind == "tcp":
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keep_alive(sock)
     return result
 
 
@@ -318,6 +190,7 @@ def dial(
         sock = socket.create_connection((host, address.port or 0), timeout=timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keep_alive(sock)
             if ssl is not None:
                 return ssl.wrap_socket(sock, server_hostname=address.host)
         except BaseException:
@@ -331,27 +204,6 @@ def dial(
 
 
 # ---------------------------------------------------------------------- Windows named pipes
-
-
-async def _pipe_listen(factory: ProtocolFactory, address: Address) -> Listener:  # pragma: no cover
-    # Not loop.start_serving_pipe: it creates pipes with a NULL security
-    # descriptor (read access for Everyone) that accept remote clients.
-    # _winpipe serves the same way but for the current user and local clients only.
-    if sys.platform == "win32":
-        from . import _winpipe
-
-        assert address.path is not None
-        loop = asyncio.get_running_loop()
-        try:
-            servers = _winpipe.serve_pipe(loop, factory, address.path, _winpipe.create_secure_pipe)
-        except OSError as exc:
-            # FILE_FLAG_FIRST_PIPE_INSTANCE: the name already exists (any owner).
-            busy = (_winpipe.ERROR_ACCESS_DENIED, _winpipe.ERROR_PIPE_BUSY)
-            if getattr(exc, "winerror", None) in busy:
-                raise AddressInUseError(address.path) from exc
-            raise
-        return Listener(address, servers, None)
-    raise RuntimeError("named pipes exist only on Windows")
 
 
 async def _pipe_connect(

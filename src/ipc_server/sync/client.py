@@ -31,7 +31,7 @@ from ..packets import (
     succeeded,
     unsubscribe_request,
 )
-from ..transport import dial
+from ..transport import dial, socket_credentials
 from .connection import GONE, Connection, SendTimeout, SyncRespond, handshake
 from .reader import Background, background
 from .server import check_not_serving, serving_threads
@@ -332,6 +332,7 @@ class IPCClient(ClientCore):
         sock = dial(self.address, ssl=self.ssl, timeout=limit)
         upgrade = (self.address.host or self.upgrade_token, self.upgrade_token)
         try:
+            self._check_server(socket_credentials(sock))  # before a byte is sent
             self._set_status_unless(stop, IPCClientStatus.CONNECTED)
             opened = handshake(
                 sock,
