@@ -76,6 +76,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         max_concurrent: int | None = None,
         hold_while_paused: bool = False,
         cancel_on_lost: bool = False,
+        write_deadline: float | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
@@ -85,7 +86,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._pending: dict[Any, _Pending] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_deadline = 0.0
-        self._init_writes(max_queued, hold_while_paused)
+        self._init_writes(max_queued, hold_while_paused, write_deadline)
         self._cancel_on_lost = cancel_on_lost
         self._handshaken = False
         self._closing = False
@@ -256,9 +257,9 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
 
     def eof_received(self) -> bool:
         # The peer finished writing (net-ipc ends with END then FIN). Returning
-        # False lets the transport flush what we still queued, then close.
-        self._flush()
-        return False
+        # False lets the transport flush what we still queued, then close
+        # (True keeps it open while our backlog still goes out).
+        return self._output_at_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
@@ -268,7 +269,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._wbuf.clear()
+        self._drop_output()
         reason, error = loss(self._peer_end, self._close_reason, exc, self._destroyed)
         self._fail_all(error)
         if self._cancel_on_lost:
@@ -297,7 +298,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
     # ------------------------------------------------------------------ dispatch
 
     def _on_ping(self, d: Any, n: str) -> None:
-        self._write(self._codec.encode(PONG, d, n))
+        self._write(self._codec.encode_parts(PONG, d, n))
 
     def _on_pong(self, n: str) -> None:
         entry = self._pending.pop(n, None)
@@ -501,13 +502,8 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         transport = self._current_transport()
         if transport is None or self._aborted:
             return True  # lost or destroyed meanwhile
-        self._flush()
-        transport.write(end(self._codec if self._handshaken else None, reason, allow_reconnect))
-        if transport.can_write_eof():
-            # Half-close: the peer reads all we sent, then hangs up (as net-ipc does).
-            transport.write_eof()
-        else:
-            transport.close()
+        # After everything queued; then half-close (the peer reads it all, then hangs up).
+        self._finish(end(self._codec if self._handshaken else None, reason, allow_reconnect))
         # Requests that still arrive are dispatched, but their answers cannot be sent.
         self._eof_sent = True
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
@@ -534,7 +530,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._aborted = True
         self._halted = True
         self._held.clear()
-        self._wbuf.clear()
+        self._drop_output()
         if transport is not None:
             transport.abort()
 
