@@ -10,7 +10,8 @@ plain function; ``"async_echo"``; ``"sleep"``, an ``async def`` that sleeps
 
 ``stats`` answers with the process's resident and peak memory, its task
 count, the server's connections, handshaking peers and topics, and the
-``error`` events it saw (the last 100, and how many in all).
+``error`` events it saw (the last 100, and how many in all; ``error_connections``:
+the id of the connection each of those named, or None).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import asyncio
 import gc
 import json
 import os
-import resource
 import sys
 from collections import deque
 from typing import Any
@@ -35,7 +35,10 @@ def memory() -> dict[str, float]:
     """Resident and peak memory of this process, in MiB."""
     with open("/proc/self/statm") as f:
         size, resident, *_ = (int(x) for x in f.read().split())
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so it would
+    # report the test process's size whenever that was bigger than this server.
+    with open("/proc/self/status") as f:
+        peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
     return {
         "rss_mib": resident * PAGE / 2**20,
         "vm_mib": size * PAGE / 2**20,
@@ -47,10 +50,12 @@ async def main(config: dict[str, Any]) -> None:
     server = IPCServer(path=config["path"], **config.get("options", {}))
     errors: deque[str] = deque(maxlen=100)
     count = [0]
+    error_ids: deque[str | None] = deque(maxlen=100)
 
     def on_error(error: BaseException, connection: IPCConnection | None) -> None:
         count[0] += 1
         errors.append(f"{type(error).__name__}: {error}")
+        error_ids.append(None if connection is None else connection.id)
 
     server.on("error", on_error)
     handler = config.get("handler", "echo")
@@ -86,6 +91,7 @@ async def main(config: dict[str, Any]) -> None:
                     "topics": len(server.topics),
                     "errors": list(errors),
                     "error_count": count[0],
+                    "error_connections": list(error_ids),
                 }
             )
         else:

@@ -418,6 +418,9 @@ async def test_large_payload_from_node_client(py_side: PyServerSide) -> None:
     assert reply == {"len": len(BIG_TEXT), "text": BIG_TEXT[::-1]}
     await within(connection.send(BIG_TEXT))
     assert (await peer.wait_event("message"))["data"] == BIG_TEXT
+    # A big body is compressed apart from the stream; the stream goes on after it.
+    await within(connection.send("after"))
+    assert (await peer.wait_event("message"))["data"] == "after"
 
 
 @pytest.mark.parametrize("mode", MSGPACK_MODES, ids=_mode_id)
@@ -745,6 +748,8 @@ async def test_large_payload_to_node_server(node_side: NodeServerSide) -> None:
     client, node_id = await node_side.py_client("c1")
     data = {"cmd": "echo", "text": BIG_TEXT}
     assert await within(client.request(data, timeout=DEADLINE)) == data
+    small = {"cmd": "echo", "text": "after"}  # the stream goes on after a big body
+    assert await within(client.request(small, timeout=DEADLINE)) == small
     messages = Recorder("client message")
     client.on("message", messages)
     await node_side.node.send(BIG_TEXT, to=node_id)

@@ -6,6 +6,14 @@ A ``PacketCodec`` belongs to one connection. It starts in plain JSON
 compression (docs/protocol.md). Compression keeps one deflate context per
 direction for the life of the connection, as net-ipc's ``fast-zlib`` stream
 does: every packet is a sync-flushed chunk of one raw-deflate stream.
+
+A big body (``DEFLATE_OFF_LOOP`` bytes or more) is compressed apart from the
+stream, by a ``Deflation`` meant to run off the loop thread; it starts from an
+empty history, so its bytes are right on any connection's stream, and a
+fan-out compresses it once for every compressed subscriber
+(``PacketCodec.encode_shared``). The connection's own stream goes on from the
+body's last 32 KiB as its dictionary: what the peer's inflater holds as its
+window once it has read the body.
 """
 
 from __future__ import annotations
@@ -19,10 +27,24 @@ import orjson
 from .errors import MessageTooLargeError, ProtocolError
 from .protocol import _SMALL_TAGS, BIG_BODY, DEFAULT_MAX_MESSAGE_SIZE, encode_tag
 
-__all__ = ["CODECS", "CodecName", "PacketCodec", "json_dumps", "msgpack_packer"]
+__all__ = [
+    "CODECS",
+    "DEFLATE_OFF_LOOP",
+    "CodecName",
+    "Deflation",
+    "Encoded",
+    "PacketCodec",
+    "json_dumps",
+    "msgpack_packer",
+]
 
 CodecName = Literal["json", "msgpack"]
 CODECS: tuple[CodecName, ...] = ("json", "msgpack")
+
+DEFLATE_OFF_LOOP = 64 * 1024
+"""Bodies at least this long are compressed by a ``Deflation`` (off the loop thread)."""
+
+_WINDOW = 32 * 1024  # raw deflate with wbits=15: the farthest a match reaches back
 
 
 def _json_default(obj: Any) -> Any:
@@ -93,6 +115,42 @@ def _msgpack_bin_header(size: int) -> bytes:
     return b"\xc6" + size.to_bytes(4, "big")
 
 
+class Deflation:
+    """A big body to compress apart from the connection's stream (see the module docstring).
+
+    ``run()`` does the work and may run on any thread (zlib releases the GIL
+    while it compresses); the driver keeps the packet's place in its output
+    until then. One ``Deflation`` can go to many connections (a fan-out).
+
+    Attributes:
+        size: Length of the body before compressing.
+        tail: The body's last 32 KiB, the dictionary of the stream after it.
+        job: Free for the driver (the asyncio one keeps its future here).
+    """
+
+    __slots__ = ("_body", "job", "size", "tail")
+
+    def __init__(self, body: bytes) -> None:
+        self._body: bytes | None = body
+        self.size = len(body)
+        self.tail = body[-_WINDOW:]
+        self.job: Any = None
+
+    def run(self) -> list[bytes]:
+        """Compress the body; returns the framed packet as ``[tag, compressed body]``."""
+        body = self._body
+        if body is None:
+            raise RuntimeError("this Deflation already ran")
+        self._body = None  # the body is not needed any more: free it as soon as possible
+        deflate = zlib.compressobj(wbits=-15)
+        compressed = deflate.compress(body) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        return [encode_tag(len(compressed)), compressed]
+
+
+Encoded = bytes | list[bytes] | Deflation
+"""What ``PacketCodec.encode_parts`` gives: framed bytes, framed parts, or a body to compress."""
+
+
 class PacketCodec:
     """Encodes and decodes the packets of one connection.
 
@@ -100,7 +158,8 @@ class PacketCodec:
         messagepack: Whether bodies are msgpack (else JSON).
         compress: Whether bodies go through the shared raw-deflate stream.
         max_size: Limit for a body after inflating, in bytes.
-        key: Connections with the same key can share encoded packets (None: never).
+        key: Connections with the same key can share encoded packets (None: compressed;
+            ``encode_shared`` shares what can be shared of those).
         loads: Decodes an uncompressed body to its packet (``decode`` without
             the checks: for a driver's fast path, which checks the result itself).
     """
@@ -149,32 +208,42 @@ class PacketCodec:
         else:
             self._deflate = self._inflate = None
 
-    def encode_body(self, packet: dict[str, Any]) -> bytes:
-        """Encode one packet dict to its body (without the tag)."""
+    def _pack_packet(self, packet: dict[str, Any]) -> bytes:
         try:
             body: bytes = self._pack(packet)
         except TypeError:
             body = self._pack_slow(packet)
+        return body
+
+    def encode_body(self, packet: dict[str, Any]) -> bytes:
+        """Encode one packet dict to its body (without the tag)."""
+        body = self._pack_packet(packet)
         if self._deflate is not None:
             body = self._deflate.compress(body) + self._deflate.flush(zlib.Z_SYNC_FLUSH)
         return body
 
     def encode(self, t: int, d: Any, n: str | None = None) -> bytes:
-        """Encode a packet ``{t, d, n}`` to framed bytes, ready to write.
+        """Encode a packet ``{t, d, n}`` to framed bytes, ready to write (compressed here).
 
         Raises:
             TypeError: ``d`` holds something the codec cannot encode.
         """
-        packet = self.encode_parts(t, d, n)
-        return b"".join(packet) if isinstance(packet, list) else packet
+        if d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
+            return b"".join(self._bin_packet(t, d, n))
+        body = self.encode_body({"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n})
+        size = len(body)
+        return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
 
-    def encode_parts(self, t: int, d: Any, n: str | None = None) -> bytes | list[bytes]:
-        """Like ``encode``; a big ``bytes`` payload in msgpack comes back in parts.
+    def encode_parts(self, t: int, d: Any, n: str | None = None) -> Encoded:
+        """Like ``encode``; a big payload may come back in parts, or still to compress.
 
         With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
         bytes or more is not copied: the result is ``[tag + head, d, tail]``
         for ``transport.writelines``, where head and tail are the msgpack
         bytes around the payload (map header, ``t``, the bin header; ``n``).
+        With compression, a body of ``DEFLATE_OFF_LOOP`` bytes or more comes
+        back as a ``Deflation``: the driver runs it (off its loop thread) and
+        writes its result in this packet's place, before anything encoded later.
         This is the hot path of every send, request and response.
 
         Raises:
@@ -182,9 +251,61 @@ class PacketCodec:
         """
         if d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
             return self._bin_packet(t, d, n)
-        body = self.encode_body({"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n})
+        packet = {"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}
+        try:
+            body: bytes = self._pack(packet)
+        except TypeError:
+            body = self._pack_slow(packet)
+        deflate = self._deflate
+        if deflate is not None:
+            if len(body) >= DEFLATE_OFF_LOOP:
+                return self._deflation(body)
+            body = deflate.compress(body) + deflate.flush(zlib.Z_SYNC_FLUSH)
         size = len(body)
         return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
+
+    def encode_shared(self, t: int, d: Any, cache: dict[str, Any]) -> Encoded:
+        """Encode a packet sent to many connections, sharing the work through ``cache``.
+
+        Start with an empty ``cache`` per packet and pass it to the codec of
+        every recipient: connections of one codec (``key``) get the same bytes;
+        compressed ones share the encoded body and, for a big body, one
+        ``Deflation`` (compressed once for all of them).
+
+        Raises:
+            TypeError: ``d`` holds something the codec cannot encode.
+        """
+        key = self.key
+        if key is not None:
+            packet: Encoded | None = cache.get(key)
+            if packet is None:
+                packet = cache[key] = self.encode_parts(t, d)
+            return packet
+        kind = "msgpack" if self.messagepack else "json"
+        shared: Deflation | None = cache.get(kind + "+deflate")
+        if shared is not None:
+            self._restart(shared.tail)
+            return shared
+        body: bytes | None = cache.get(kind + " body")
+        if body is None:
+            body = cache[kind + " body"] = self._pack_packet({"t": t, "d": d})
+        if len(body) >= DEFLATE_OFF_LOOP:
+            deflation = cache[kind + "+deflate"] = self._deflation(body)
+            return deflation
+        deflate = self._deflate
+        body = deflate.compress(body) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        size = len(body)
+        return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
+
+    def _deflation(self, body: bytes) -> Deflation:
+        deflation = Deflation(body)
+        self._restart(deflation.tail)
+        return deflation
+
+    def _restart(self, tail: bytes) -> None:
+        # The peer's inflater, once it has read the body, has the body's last
+        # 32 KiB as its window: this stream goes on from there.
+        self._deflate = zlib.compressobj(wbits=-15, zdict=tail)
 
     @staticmethod
     def _bin_packet(t: int, d: bytes, n: str | None) -> list[bytes]:

@@ -67,6 +67,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         max_concurrent: int | None = None,
         hold_while_paused: bool = False,
         cancel_on_lost: bool = False,
+        write_deadline: float | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         """The event loop this connection runs on."""
@@ -74,7 +75,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self._decoder = FrameDecoder(max_message_size)
         self._codec = PacketCodec(max_message_size)
         self._init_requests(nonces if nonces is not None else itertools.count(1))
-        self._init_writes(max_queued, hold_while_paused)
+        self._init_writes(max_queued, hold_while_paused, write_deadline)
         self._cancel_on_lost = cancel_on_lost
         self._handshaken = False
         self._closing = False
@@ -252,9 +253,9 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
 
     def eof_received(self) -> bool:
         # The peer finished writing (net-ipc ends with END then FIN). Returning
-        # False lets the transport flush what we still queued, then close.
-        self._flush()
-        return False
+        # False lets the transport flush what we still queued, then close
+        # (True keeps it open while our backlog still goes out).
+        return self._output_at_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
@@ -264,7 +265,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        self._wbuf.clear()
+        self._drop_output()
         end = self._peer_end
         reason, error = loss(end, self._close_reason, exc, self._destroyed, self.features)
         keep = end is not None and bool(end.get("a")) and "retry" in self.features
@@ -291,7 +292,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
     # ------------------------------------------------------------------ dispatch
 
     def _on_ping(self, d: Any, n: str) -> None:
-        self._write(self._codec.encode(PONG, d, n))
+        self._write(self._codec.encode_parts(PONG, d, n))
 
     def _on_end(self, d: dict[str, Any]) -> None:
         self._peer_end = d
@@ -420,17 +421,12 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             # Handlers still run: an END would say they did not. Drop the connection instead.
             self._abort()
             return True
-        self._flush()
-        transport.write(end(self._codec if self._handshaken else None, reason, allow_reconnect))
-        if transport.can_write_eof():
-            # Half-close: the peer reads all we sent, then hangs up (as net-ipc does).
-            transport.write_eof()
-        else:
-            transport.close()
+        # After everything queued; then half-close (the peer reads it all, then hangs up).
+        self._finish(end(self._codec if self._handshaken else None, reason, allow_reconnect))
         # Requests that still arrive are not run (_closing); read on, to see the peer hang up.
         self._eof_sent = True
-        for reason in list(self._holds):
-            self.release_reading(reason)
+        for hold in list(self._holds):
+            self.release_reading(hold)
         remaining = None if deadline is None else max(0.0, deadline - loop.time())
         try:
             await asyncio.wait_for(asyncio.shield(self._lost), remaining)
@@ -455,7 +451,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self._aborted = True
         self._halted = True
         self._held.clear()
-        self._wbuf.clear()
+        self._drop_output()
         if transport is not None:
             transport.abort()
 

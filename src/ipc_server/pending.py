@@ -21,7 +21,7 @@ from collections.abc import Coroutine, Generator, Iterator
 from time import perf_counter
 from typing import Any
 
-from .codecs import PacketCodec
+from .codecs import Encoded, PacketCodec
 from .errors import ConnectionClosedError, RequestTimeoutError
 from .options import check_timeout
 from .packets import PING, REQUEST, read_error
@@ -103,7 +103,7 @@ class RequestTable:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_deadline = 0.0
 
-    def _write(self, data: bytes | list[bytes]) -> None:
+    def _write(self, data: Encoded) -> None:
         raise NotImplementedError
 
     def _check_open(self) -> None:

@@ -99,6 +99,9 @@ class ServerOptions:
         max_message_size: Largest packet body accepted, before and after inflating.
         max_queued: Bytes that may queue for one client that does not read
             before it is disconnected.
+        write_deadline: Seconds a client's output may stay over the write
+            high-water mark without draining below the low-water mark before
+            the client is disconnected (reported on ``error``; 0/None: forever).
         socket_mode: File mode of the Unix socket (None leaves it to the umask).
         id_factory: Makes connection ids (default: 16 random hex digits).
         codec: ``"msgpack"`` (agree to msgpack when a client asks) or ``"json"`` (decline).
@@ -133,6 +136,7 @@ class ServerOptions:
     allowed_uids: Iterable[int] | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_queued: int = DEFAULT_MAX_QUEUED
+    write_deadline: float | None = 10.0
     socket_mode: int | None = 0o600
     id_factory: Callable[[], str] | None = None
     codec: CodecName = "msgpack"
@@ -167,6 +171,7 @@ class ServerOptions:
         check_timeout(self.handshake_timeout)
         check_timeout(self.keepalive_interval)
         check_timeout(self.read_timeout)
+        check_timeout(self.write_deadline)
 
 
 def _default_id() -> str:
@@ -192,6 +197,7 @@ class IPCConnection(Endpoint):
             max_concurrent=server.max_concurrent_requests,
             hold_while_paused=True,
             cancel_on_lost=server.cancel_on_disconnect,
+            write_deadline=server.write_deadline,
         )
         self.server = server
         self.id: str = server._new_id()
@@ -680,7 +686,7 @@ class IPCServer(ServerOptions, EventEmitter):
 
     def _write_all(self, conns: Iterable[IPCConnection], t: int, data: Any) -> int:
         """Encode once per codec and write the same bytes to every connection."""
-        encoded: dict[str | None, bytes | list[bytes]] = {}
+        encoded: dict[str, Any] = {}
         count = 0
         for conn in conns:
             if conn.write_shared(t, data, encoded):

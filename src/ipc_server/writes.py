@@ -3,27 +3,48 @@
 ``Writes`` is a mixin of the asyncio protocol both ends share. Writes made
 while a read is being dispatched, or several in one loop iteration, leave
 in one ``transport.write``; ``pause_writing`` / ``resume_writing`` make
-senders wait (``_drain``); a peer that lets more than ``max_queued`` bytes
-pile up is dropped; ``write_shared`` encodes a fan-out once per codec.
+senders wait (``_drain``); ``write_shared`` encodes a fan-out once per codec.
 ``Responder``, the asyncio ``respond`` callable, writes through it.
+
+What the transport cannot take now waits in our own backlog, in order: the
+transport gets a big packet in pieces of ``PIECE`` bytes while it is not
+paused, and nothing while it is, so the loop never copies more than a piece
+of it (asyncio's selector transport copies what it cannot send at once) and
+a fan-out's recipients share one copy of the bytes. A compressed body too big
+to deflate on the loop (``codecs.Deflation``) is compressed in the loop's
+default executor and keeps its place in the backlog until then. A peer is
+dropped when more than ``max_queued`` bytes wait for it, or when its
+transport stays paused (over its high-water mark, not yet back below the
+low-water mark) for ``write_deadline`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
-from .codecs import PacketCodec
+from .codecs import Deflation, Encoded, PacketCodec
 from .errors import IPCError, RequestTimeoutError
 from .events import DONE, Respond, settle
 from .options import check_timeout
 from .packets import RESPONSE, error_answer
 
-__all__ = ["FLUSH_SIZE", "Responder", "Writes"]
+__all__ = ["DEFLATING_LIMIT", "FLUSH_SIZE", "PIECE", "Responder", "Writes"]
 
 FLUSH_SIZE = 256 * 1024
 """Queued bytes that are written at once rather than at the end of the loop iteration."""
+
+PIECE = 256 * 1024
+"""The most the transport is handed at once from the backlog (a big packet goes in pieces)."""
+
+DEFLATING_LIMIT = 64 * 1024 * 1024
+"""Body bytes that may wait for the executor per loop; beyond, a big body is compressed inline."""
+
+# Body bytes handed to each loop's executor and not compressed yet.
+_deflating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 
 
 class Writes:
@@ -39,16 +60,29 @@ class Writes:
     _eof_sent: bool
     _lost_exc: BaseException | None
 
-    def _init_writes(self, max_queued: int, hold_while_paused: bool) -> None:
+    def _init_writes(
+        self, max_queued: int, hold_while_paused: bool, write_deadline: float | None = None
+    ) -> None:
         self._wbuf: list[bytes] = []
         self._wbuf_size = 0
         self._burst = False  # a write went out since data last came in: gather the next ones
         self._flush_handle: asyncio.Handle | None = None
         self._dispatching = False
+        # Writers wait (and the server reads no more) while _write_paused: the
+        # transport is paused, or the backlog is not empty (it waits for the
+        # transport, or for a Deflation at its front).
         self._write_paused = False
+        self._transport_paused = False
+        self._backlog: deque[Any] = deque()  # bytes, memoryview or Deflation, in wire order
+        self._backlog_size = 0  # bytes in the backlog, not counting Deflations not run yet
+        self._then_eof = False  # close(): half-close once the backlog is out
+        self._then_close = False  # the peer half-closed: close once the backlog is out
+        self._paused_at = 0.0
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._max_queued = max_queued
         self._hold_while_paused = hold_while_paused
+        self._write_deadline = write_deadline or None
 
     def _report(self, exc: BaseException) -> None:
         raise NotImplementedError
@@ -62,62 +96,223 @@ class Writes:
     def release_reading(self, reason: str) -> None:
         raise NotImplementedError
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        if self._hold_while_paused:
-            # A peer that does not read cannot make us park work for it: read no
-            # more requests from it until it has read what we sent.
-            self.hold_reading("writes")
+    @property
+    def queued(self) -> int:
+        """Bytes written but not handed to the OS yet (the transport's buffer and ours)."""
         transport = self._transport
-        if transport is not None and transport.get_write_buffer_size() > self._max_queued:
-            self._overflow(transport.get_write_buffer_size())
+        size = self._wbuf_size + self._backlog_size
+        return size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    # ------------------------------------------------------------------ asyncio flow control
+
+    def pause_writing(self) -> None:
+        self._transport_paused = True
+        loop = self.loop
+        self._paused_at = loop.time()
+        if self._write_deadline is not None and self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(
+                self._paused_at + self._write_deadline, self._deadline_passed
+            )
+        self._update_paused()
+        transport = self._transport
+        if transport is not None:
+            self._check_queued(transport)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self._transport_paused = False
+        if self._backlog:
+            self._pump()
+        else:
+            self._update_paused()
+
+    def _update_paused(self) -> None:
+        paused = self._transport_paused or bool(self._backlog)
+        if paused is self._write_paused:
+            return
+        self._write_paused = paused
+        if paused:
+            if self._hold_while_paused:
+                # A peer that does not read cannot make us park work for it: read no
+                # more requests from it until it has read what we sent.
+                self.hold_reading("writes")
+            return
         self._wake_writers(None)
         if self._hold_while_paused:
             self.release_reading("writes")
 
-    def _write(self, data: bytes | list[bytes]) -> None:
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        if not self._transport_paused or self._aborted or self._transport is None:
+            return
+        deadline = self._write_deadline
+        assert deadline is not None
+        loop = self.loop
+        due = self._paused_at + deadline
+        if loop.time() < due:  # it drained and paused again since: wait for the new pause
+            self._deadline_timer = loop.call_at(due, self._deadline_passed)
+            return
+        reason = (
+            "peer is not reading: output not drained below the low-water mark "
+            f"within write_deadline={deadline:g} s"
+        )
+        self._report(IPCError(reason))
+        self.destroy(reason)
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, data: Encoded) -> None:
         """Send framed bytes, coalescing bursts into few ``transport.write`` calls.
 
         The first write after the peer was last heard from goes out at once
         (lowest latency for request/response); further writes gather and
         leave together at the end of the loop iteration, or as soon as
         ``FLUSH_SIZE`` bytes are waiting. A list (a big payload from
-        ``PacketCodec.encode_parts``) goes out at once with ``writelines``,
-        after what was gathered before it.
+        ``PacketCodec.encode_parts``) or a ``Deflation`` goes out after what
+        was gathered before it, without waiting for the end of the iteration.
         """
-        if isinstance(data, list):
-            self._write_parts(data)
+        if data.__class__ is not bytes:
+            if data.__class__ is list:
+                self._write_parts(data)
+            else:
+                self._write_deflation(data)  # type: ignore[arg-type]
             return
         if self._dispatching or self._burst:
-            self._wbuf.append(data)
-            size = self._wbuf_size = self._wbuf_size + len(data)
-            if size >= FLUSH_SIZE:
-                # A producer that never yields must still reach the transport,
-                # so that pause_writing (and with it send()'s wait) can happen.
-                self._flush()
-            elif self._flush_handle is None and not self._dispatching:
-                self._flush_handle = self.loop.call_soon(self._flush_scheduled)
-            return
+            size = len(data)
+            if size <= PIECE:
+                self._wbuf.append(data)
+                size = self._wbuf_size = self._wbuf_size + size
+                if size >= FLUSH_SIZE:
+                    # A producer that never yields must still reach the transport,
+                    # so that pause_writing (and with it send()'s wait) can happen.
+                    self._flush()
+                elif self._flush_handle is None and not self._dispatching:
+                    self._flush_handle = self.loop.call_soon(self._flush_scheduled)
+                return
+            self._flush()  # a big packet is never copied into a batch: the batch goes first
         transport = self._transport
         if transport is None or self._aborted or self._eof_sent:
             return
-        transport.write(data)
         self._burst = True
-        if self._write_paused:
-            self._check_queued(transport)
+        if self._write_paused or len(data) > PIECE:
+            self._queue(data)
+        else:
+            transport.write(data)
 
     def _write_parts(self, parts: list[bytes]) -> None:
         self._flush()
         transport = self._transport
         if transport is None or self._aborted or self._eof_sent:
             return
-        transport.writelines(parts)
         self._burst = True
-        if self._write_paused:
-            self._check_queued(transport)
+        if self._write_paused or sum(map(len, parts)) > PIECE:
+            self._backlog.extend(parts[:-1])
+            self._backlog_size += sum(map(len, parts[:-1]))
+            self._queue(parts[-1])
+        else:
+            transport.writelines(parts)
+
+    def _write_deflation(self, deflation: Deflation) -> None:
+        self._flush()
+        transport = self._transport
+        if transport is None or self._aborted or self._eof_sent:
+            return
+        self._burst = True
+        job = deflation.job
+        if job is None:
+            job = deflation.job = self._deflate(deflation)
+        self._backlog.append(deflation)
+        if job.done():
+            if not self._write_paused:
+                self._pump()
+        else:
+            job.add_done_callback(self._deflated)
+            self._update_paused()
+
+    def _deflate(self, deflation: Deflation) -> asyncio.Future[list[bytes]]:
+        """Run ``deflation`` in the loop's default executor (inline when it is flooded)."""
+        loop = self.loop
+        waiting = _deflating.get(loop, 0)
+        if waiting and waiting + deflation.size > DEFLATING_LIMIT:
+            # Bodies arrive faster than the executor compresses them: the loop
+            # does it itself, which slows down the peers that send them.
+            job: asyncio.Future[list[bytes]] = loop.create_future()
+            job.set_result(deflation.run())
+            return job
+        _deflating[loop] = waiting + deflation.size
+        job = loop.run_in_executor(None, deflation.run)
+        job.add_done_callback(lambda done: _deflation_done(loop, deflation.size, done))
+        return job
+
+    def _deflated(self, job: asyncio.Future[list[bytes]]) -> None:
+        # A Deflation of ours is done: the backlog moves on, unless the transport
+        # is paused (then resume_writing moves it) or the connection is gone.
+        if self._backlog and not self._transport_paused and not self._aborted:
+            self._pump()
+
+    def _queue(self, data: bytes | memoryview) -> None:
+        """Append to the backlog; the transport gets it when it can."""
+        self._backlog.append(data)
+        self._backlog_size += len(data)
+        if not self._write_paused:
+            self._pump()
+        elif self._transport_paused and self._transport is not None:
+            self._check_queued(self._transport)
+
+    def _pump(self) -> None:
+        """Hand the backlog to the transport, a piece at a time, until it pauses."""
+        backlog = self._backlog
+        transport = self._transport
+        if transport is None or self._aborted:
+            self._drop_output()
+            return
+        while backlog and not self._transport_paused:
+            item = backlog[0]
+            if item.__class__ is Deflation:
+                job = item.job
+                if not job.done():
+                    break  # _deflated pumps again
+                backlog.popleft()
+                exc = job.exception()
+                if exc is not None:
+                    self._report(exc)
+                    self.destroy(f"compressing a packet failed: {exc}")
+                    return
+                parts = job.result()
+                backlog.extendleft(reversed(parts))
+                self._backlog_size += sum(map(len, parts))
+                continue
+            size = len(item)
+            chunk: Any
+            if size > PIECE:
+                view = item if item.__class__ is memoryview else memoryview(item)
+                chunk = view[:PIECE]
+                backlog[0] = view[PIECE:]
+                size = PIECE
+            else:
+                backlog.popleft()
+                chunk = item
+                if backlog:
+                    gathered = None
+                    while backlog:
+                        more = backlog[0]
+                        if more.__class__ is Deflation or size + len(more) > PIECE:
+                            break
+                        if gathered is None:
+                            gathered = [chunk]
+                        gathered.append(backlog.popleft())
+                        size += len(more)
+                    if gathered is not None:
+                        chunk = b"".join(gathered)
+            self._backlog_size -= size
+            transport.write(chunk)  # may call pause_writing, even destroy (max_queued)
+        self._pumped(transport)
+
+    def _pumped(self, transport: asyncio.Transport) -> None:
+        if self._aborted:
+            return
+        if not self._backlog and (self._then_eof or self._then_close):
+            self._end_transport(transport)
+        self._update_paused()
 
     def _flush_scheduled(self) -> None:
         self._flush_handle = None
@@ -129,22 +324,57 @@ class Writes:
             return
         self._wbuf_size = 0
         transport = self._transport
-        if transport is None:
+        if transport is None or self._aborted or self._eof_sent:
             buf.clear()
             return
-        if self._aborted or self._eof_sent:
-            buf.clear()
-            return
-        if len(buf) == 1:
-            transport.write(buf[0])
-        else:
-            transport.write(b"".join(buf))
+        data = buf[0] if len(buf) == 1 else b"".join(buf)  # at most FLUSH_SIZE + PIECE
         buf.clear()
         if self._write_paused:
-            self._check_queued(transport)
+            self._queue(data)
+        else:
+            transport.write(data)
+
+    def _finish(self, data: bytes) -> None:
+        """Write ``data`` (END) after everything queued, then half-close (or close)."""
+        self._flush()
+        transport = self._transport
+        if transport is None or self._aborted:
+            return
+        if self._backlog:
+            self._then_eof = True
+            self._queue(data)
+            return
+        transport.write(data)
+        self._end_transport(transport)
+
+    def _end_transport(self, transport: asyncio.Transport) -> None:
+        self._then_eof = False
+        if not self._then_close and transport.can_write_eof():
+            # Half-close: the peer reads all we sent, then hangs up (as net-ipc does).
+            transport.write_eof()
+        else:
+            transport.close()
+
+    def _output_at_eof(self) -> bool:
+        """The peer half-closed: flush, and whether to keep the transport open for the backlog."""
+        self._flush()
+        if self._backlog and not self._aborted:
+            self._then_close = True  # _pump closes the transport once the backlog is out
+            return True
+        return False
+
+    def _drop_output(self) -> None:
+        """The connection is aborted or lost: nothing more goes out."""
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        self._backlog.clear()
+        self._backlog_size = 0
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
 
     def _drain(self) -> asyncio.Future[None]:
-        """A future done when the transport is below its high-water mark again."""
+        """A future done when the connection is below its high-water mark again."""
         waiter: asyncio.Future[None] = self.loop.create_future()
         if self._lost_exc is not None:
             waiter.set_exception(self._lost_exc)
@@ -162,7 +392,7 @@ class Writes:
     def _check_queued(self, transport: asyncio.WriteTransport) -> None:
         # pause_writing fires once, when the high-water mark is crossed; a peer
         # that never reads is caught by checking again on every later write.
-        size = transport.get_write_buffer_size()
+        size = transport.get_write_buffer_size() + self._backlog_size
         if size > self._max_queued:
             self._overflow(size)
 
@@ -187,22 +417,15 @@ class Writes:
         except (asyncio.TimeoutError, TimeoutError):
             raise RequestTimeoutError(limit, what) from None
 
-    def write_shared(self, t: int, data: Any, cache: dict[str | None, bytes | list[bytes]]) -> bool:
+    def write_shared(self, t: int, data: Any, cache: dict[str, Any]) -> bool:
         """Queue a packet encoded once per codec (fan-out); False if this connection is closing.
 
-        Connections whose codecs have the same ``PacketCodec.key`` share the
-        encoded bytes kept in ``cache`` (start with an empty dict per packet).
+        The recipients share the encoded bytes kept in ``cache`` (start with an
+        empty dict per packet; see ``PacketCodec.encode_shared``).
         """
         if self._closing or self._transport is None:
             return False
-        codec = self._codec
-        key = codec.key
-        packet = cache.get(key) if key is not None else None
-        if packet is None:
-            packet = codec.encode_parts(t, data)
-            if key is not None:
-                cache[key] = packet
-        self._write(packet)
+        self._write(self._codec.encode_shared(t, data, cache))
         return True
 
 
@@ -242,3 +465,10 @@ class Responder(Respond):
         if endpoint._transport is None or endpoint._aborted:
             return
         endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))
+
+
+def _deflation_done(loop: asyncio.AbstractEventLoop, size: int, job: asyncio.Future[Any]) -> None:
+    """A Deflation ran in the executor: it no longer counts against ``DEFLATING_LIMIT``."""
+    _deflating[loop] = _deflating.get(loop, 0) - size
+    if not job.cancelled():
+        job.exception()  # retrieved here, so that one whose connections are all gone logs nothing
