@@ -10,7 +10,8 @@ plain function; ``"async_echo"``; ``"sleep"``, an ``async def`` that sleeps
 
 ``stats`` answers with the process's resident and peak memory, its task
 count, the server's connections, handshaking peers and topics, and the
-``error`` events it saw (the last 100, and how many in all).
+``error`` events it saw (the last 100, the id of the connection each named,
+and how many in all).
 """
 
 from __future__ import annotations
@@ -35,7 +36,11 @@ def memory() -> dict[str, float]:
     """Resident and peak memory of this process, in MiB."""
     with open("/proc/self/statm") as f:
         size, resident, *_ = (int(x) for x in f.read().split())
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM is this process's own peak: ru_maxrss keeps the parent's peak across
+    # fork and exec, so a test process bigger than the server would hide it.
+    with open("/proc/self/status") as f:
+        hwm = [line.split()[1] for line in f if line.startswith("VmHWM:")]
+    peak_kib = int(hwm[0]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "rss_mib": resident * PAGE / 2**20,
         "vm_mib": size * PAGE / 2**20,
@@ -46,11 +51,13 @@ def memory() -> dict[str, float]:
 async def main(config: dict[str, Any]) -> None:
     server = IPCServer(path=config["path"], **config.get("options", {}))
     errors: deque[str] = deque(maxlen=100)
+    error_connections: deque[str | None] = deque(maxlen=100)
     count = [0]
 
     def on_error(error: BaseException, connection: IPCConnection | None) -> None:
         count[0] += 1
         errors.append(f"{type(error).__name__}: {error}")
+        error_connections.append(None if connection is None else connection.id)
 
     server.on("error", on_error)
     handler = config.get("handler", "echo")
@@ -85,6 +92,7 @@ async def main(config: dict[str, Any]) -> None:
                     "handshaking": len(server._handshaking),
                     "topics": len(server.topics),
                     "errors": list(errors),
+                    "error_connections": list(error_connections),
                     "error_count": count[0],
                 }
             )

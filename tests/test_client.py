@@ -405,15 +405,17 @@ async def test_big_payloads_both_ways_from_several_clients_at_once(
         await client.close()
 
 
-async def test_a_big_connect_payload_arrives_whole(server: IPCServer, path: str) -> None:
+async def test_a_big_connect_payload_arrives_whole(path: str) -> None:
     """A CONNECTION packet bigger than BIG_BODY (read before the exchange is over) is read whole."""
     payloads: list[Any] = []
+    server = IPCServer(path=path, max_handshake_size=8 * BIG_BODY)  # the default is BIG_BODY
     server.on("connect", lambda conn, payload: payloads.append(payload))
     payload = {"token": "t" * (4 * BIG_BODY)}
-    client = await IPCClient(path=path).connect(payload)
-    assert payloads == [payload]
-    assert await client.request("after") is None
-    await client.close()
+    async with server:
+        client = await IPCClient(path=path).connect(payload)
+        assert payloads == [payload]
+        assert await client.request("after") is None
+        await client.close()
 
 
 async def test_topic_listeners_one_several_and_once(server: IPCServer, path: str) -> None:

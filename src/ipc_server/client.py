@@ -37,7 +37,12 @@ from .packets import (
     succeeded,
     unsubscribe_request,
 )
-from .protocol import BINARY_PREAMBLE, ClientPreamble, upgrade_request
+from .protocol import (
+    BINARY_PREAMBLE,
+    DEFAULT_MAX_HANDSHAKE_SIZE,
+    ClientPreamble,
+    upgrade_request,
+)
 from .transport import connect as open_transport
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
@@ -67,9 +72,12 @@ class _ClientProtocol(Endpoint):
     ) -> None:
         super().__init__(
             max_message_size=client.max_message_size,
+            max_packet_objects=client.max_packet_objects,
             max_queued=client.max_queued,
             nonces=nonces,
         )
+        # The server's CONNECTION answer is small; what it sends after may be big.
+        self._decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
         self.client = client
         # The client's own rule, called straight from the receive path (one call less per message).
         self._on_message = on_message  # type: ignore[method-assign,assignment]

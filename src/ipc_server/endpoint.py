@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, cast
 
-from .codecs import PacketCodec
+from .codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
 from .errors import (
     ConnectionClosedError,
     MessageTooLargeError,
@@ -71,6 +71,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS,
         max_queued: int = DEFAULT_MAX_QUEUED,
         nonces: Iterator[int] | None = None,
         max_concurrent: int | None = None,
@@ -80,7 +81,7 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(max_message_size)
-        self._codec = PacketCodec(max_message_size)
+        self._codec = PacketCodec(max_message_size, max_packet_objects)
         self._nonces = nonces if nonces is not None else itertools.count(1)
         self._pending: dict[Any, _Pending] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -185,17 +186,20 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
 
         Well-formed MESSAGE, REQUEST and RESPONSE packets are handled here,
         other well-formed packets go to ``_dispatch``; a body that is not a
-        packet goes through ``_read_packet``, which reports what is wrong. (Type codes are compared by identity: the
+        packet goes through ``_read_packet``, which reports what is wrong, and
+        so does one longer than the codec's ``plain_size`` (its objects are
+        counted). (Type codes are compared by identity: the
         decoders return the interpreter's shared small ints, and anything
         else, ``True`` included, falls through to the careful path.)
         """
         loads = self._codec.loads
+        plain = self._codec.plain_size  # longer bodies may hold too many objects: decode counts
         for body in bodies:
             if self._halted:
                 self._held.append(body)  # this one and the rest wait (see _read_bodies)
                 return
             try:
-                packet = loads(body)
+                packet = loads(body) if len(body) <= plain else None
             except Exception:
                 packet = None
             if packet.__class__ is dict:
@@ -616,6 +620,9 @@ class Endpoint(Writes, PacketDispatcher, asyncio.BufferedProtocol):
     def _fatal(self, exc: BaseException) -> None:
         """The stream is broken: report it and drop this connection."""
         self._report(exc)
+        # Kept as the reason, its traceback (frames holding this read's bytes, and
+        # self) would be a cycle that keeps a dropped peer's memory until a full gc.
+        exc.__traceback__ = None
         if self._close_reason is None:
             self._close_reason = exc
         transport = self._transport

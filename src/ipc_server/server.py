@@ -19,7 +19,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from .address import Address
-from .codecs import CodecName
+from .codecs import DEFAULT_MAX_PACKET_OBJECTS, CodecName
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, start_task
@@ -43,7 +43,7 @@ from .packets import (
     read_pubsub,
     topic_list,
 )
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
+from .protocol import DEFAULT_MAX_HANDSHAKE_SIZE, DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
 from .transport import Listener, PeerCredentials, listen, peer_credentials
 
 __all__ = ["SERVER_CLOSED", "Authenticate", "IPCConnection", "IPCServer", "ServerOptions"]
@@ -70,6 +70,10 @@ class ServerOptions:
         handshake_timeout: Seconds a new connection has to finish the
             CONNECTION exchange (0/None: forever).
         max_message_size: Largest packet body accepted, before and after inflating.
+        max_handshake_size: Largest packet body accepted before the client is
+            admitted (its CONNECTION packet), refused from its length tag.
+        max_packet_objects: Most containers (dicts and lists) one packet may
+            hold, counted before or while it is decoded; more closes the connection.
         max_queued: Bytes that may queue for one client that does not read
             before it is disconnected.
         socket_mode: File mode of the Unix socket (None leaves it to the umask).
@@ -94,6 +98,8 @@ class ServerOptions:
     max_connections: int | None = None
     handshake_timeout: float | None = 10.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_handshake_size: int = DEFAULT_MAX_HANDSHAKE_SIZE
+    max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS
     max_queued: int = DEFAULT_MAX_QUEUED
     socket_mode: int | None = 0o600
     id_factory: Callable[[], str] | None = None
@@ -114,6 +120,8 @@ class ServerOptions:
         if self.max_concurrent_requests is not None:
             check_size("max_concurrent_requests", self.max_concurrent_requests)
         check_size("max_message_size", self.max_message_size)
+        check_size("max_handshake_size", self.max_handshake_size)
+        check_size("max_packet_objects", self.max_packet_objects)
         check_size("max_queued", self.max_queued)
         check_timeout(self.handshake_timeout)
 
@@ -138,6 +146,7 @@ class IPCConnection(Endpoint):
     def __init__(self, server: IPCServer) -> None:
         super().__init__(
             max_message_size=server.max_message_size,
+            max_packet_objects=server.max_packet_objects,
             max_queued=server.max_queued,
             max_concurrent=server.max_concurrent_requests,
             hold_while_paused=True,
@@ -152,6 +161,8 @@ class IPCConnection(Endpoint):
         self._preamble: ServerPreamble | None = ServerPreamble()
         self._hs_timer: asyncio.TimerHandle | None = None
         self._registered = False
+        # Until admitted, a peer sends nothing bigger than a CONNECTION packet.
+        self._decoder.limit(server.max_handshake_size, "max_handshake_size")
 
     def __repr__(self) -> str:
         return f"<IPCConnection id={self.id!r} peer={self.peer}>"
@@ -280,6 +291,7 @@ class IPCConnection(Endpoint):
             )
         )
         self._codec.configure(messagepack=messagepack, compress=compress)
+        self._decoder.limit(server.max_message_size)
         self.remote_errors = "errors" in hello.features
         self._handshaken = True
         self.connected_at = time.time()
