@@ -77,7 +77,8 @@ class _ClientProtocol(Endpoint):
             nonces=nonces,
         )
         # The server's CONNECTION answer is small; what it sends after may be big.
-        self._decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
+        if client.max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
+            self._decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
         self.client = client
         # The client's own rule, called straight from the receive path (one call less per message).
         self._on_message = on_message  # type: ignore[method-assign,assignment]

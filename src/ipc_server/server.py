@@ -162,7 +162,8 @@ class IPCConnection(Endpoint):
         self._hs_timer: asyncio.TimerHandle | None = None
         self._registered = False
         # Until admitted, a peer sends nothing bigger than a CONNECTION packet.
-        self._decoder.limit(server.max_handshake_size, "max_handshake_size")
+        if server.max_handshake_size < server.max_message_size:
+            self._decoder.limit(server.max_handshake_size, "max_handshake_size")
 
     def __repr__(self) -> str:
         return f"<IPCConnection id={self.id!r} peer={self.peer}>"

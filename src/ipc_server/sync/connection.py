@@ -124,7 +124,8 @@ def handshake(
         sock.sendall(BINARY_PREAMBLE + hello)
     decoder = FrameDecoder(max_message_size)
     # The server's CONNECTION answer is small; what it sends after may be big.
-    decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
+    if max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
+        decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
     codec = PacketCodec(max_message_size, max_packet_objects)
     bodies = decoder.feed(rest) if rest else []
     while not bodies:
