@@ -350,14 +350,14 @@ async def test_subscription_gets_message_sent_right_after_subscribing(
     """A message the server publishes in the same breath as the subscribe answer reaches the iterator."""
     client = IPCClient(path=path)
     await client.connect()
-    original = server._pubsub
+    original = server.pubsub_request
 
     def pubsub_then_publish(conn: Any, request: Any, respond: Any) -> None:
         original(conn, request, respond)
         if request[0] == "sub":
             server._deliver("fast", "first!")  # same loop step as the answer
 
-    server._pubsub = pubsub_then_publish  # type: ignore[method-assign]
+    server.pubsub_request = pubsub_then_publish  # type: ignore[method-assign]
     async with client.subscription("fast") as sub:
         assert await sub.get(timeout=5) == "first!"
     await client.close()
@@ -405,15 +405,17 @@ async def test_big_payloads_both_ways_from_several_clients_at_once(
         await client.close()
 
 
-async def test_a_big_connect_payload_arrives_whole(server: IPCServer, path: str) -> None:
+async def test_a_big_connect_payload_arrives_whole(path: str) -> None:
     """A CONNECTION packet bigger than BIG_BODY (read before the exchange is over) is read whole."""
     payloads: list[Any] = []
+    server = IPCServer(path=path, max_handshake_size=8 * BIG_BODY)  # the default is BIG_BODY
     server.on("connect", lambda conn, payload: payloads.append(payload))
     payload = {"token": "t" * (4 * BIG_BODY)}
-    client = await IPCClient(path=path).connect(payload)
-    assert payloads == [payload]
-    assert await client.request("after") is None
-    await client.close()
+    async with server:
+        client = await IPCClient(path=path).connect(payload)
+        assert payloads == [payload]
+        assert await client.request("after") is None
+        await client.close()
 
 
 async def test_topic_listeners_one_several_and_once(server: IPCServer, path: str) -> None:

@@ -38,7 +38,12 @@ from .packets import (
     unsubscribe_request,
 )
 from .pending import Unanswered
-from .protocol import BINARY_PREAMBLE, ClientPreamble, upgrade_request
+from .protocol import (
+    BINARY_PREAMBLE,
+    DEFAULT_MAX_HANDSHAKE_SIZE,
+    ClientPreamble,
+    upgrade_request,
+)
 from .transport import PeerCredentials, peer_credentials
 from .transport import connect as open_transport
 
@@ -69,9 +74,13 @@ class _ClientProtocol(Endpoint):
     ) -> None:
         super().__init__(
             max_message_size=client.max_message_size,
+            max_packet_objects=client.max_packet_objects,
             max_queued=client.max_queued,
             nonces=nonces,
         )
+        # The server's CONNECTION answer is small; what it sends after may be big.
+        if client.max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
+            self._decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
         self.client = client
         # The client's own rule, called straight from the receive path (one call less per message).
         self._on_message = on_message  # type: ignore[method-assign,assignment]

@@ -14,10 +14,18 @@ fan-out compresses it once for every compressed subscriber
 (``PacketCodec.encode_shared``). The connection's own stream goes on from the
 body's last 32 KiB as its dictionary: what the peer's inflater holds as its
 window once it has read the body.
+
+Decoding is bounded twice: a body inflates to at most ``max_size`` bytes,
+and holds at most ``max_objects`` containers (dicts and lists), counted
+before they are built (JSON) or as they are built, the build stopped at the
+bound (msgpack). Every container takes at least one byte (two in JSON), so
+only a body longer than ``plain_size`` can cross the bound: shorter ones,
+nearly all traffic, are decoded as they are.
 """
 
 from __future__ import annotations
 
+import re
 import zlib
 from typing import Any, Literal
 
@@ -29,17 +37,22 @@ from .protocol import _SMALL_TAGS, BIG_BODY, DEFAULT_MAX_MESSAGE_SIZE, encode_ta
 
 __all__ = [
     "CODECS",
+    "DEFAULT_MAX_PACKET_OBJECTS",
     "DEFLATE_OFF_LOOP",
     "CodecName",
     "Deflation",
     "Encoded",
     "PacketCodec",
+    "json_containers",
     "json_dumps",
     "msgpack_packer",
 ]
 
 CodecName = Literal["json", "msgpack"]
 CODECS: tuple[CodecName, ...] = ("json", "msgpack")
+
+DEFAULT_MAX_PACKET_OBJECTS = 1_000_000
+"""Default bound on the containers (dicts and lists) one packet may hold."""
 
 DEFLATE_OFF_LOOP = 64 * 1024
 """Bodies at least this long are compressed by a ``Deflation`` (off the loop thread)."""
@@ -94,6 +107,99 @@ def _msgpack_loads(body: bytes | bytearray | memoryview) -> Any:
     return msgpack.unpackb(
         body, raw=False, strict_map_key=False, timestamp=3, ext_hook=_msgpack_ext
     )
+
+
+def _too_many(limit: int) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        limit + 1,
+        limit,
+        option="max_packet_objects",
+        unit="or more containers (dicts and lists)",
+    )
+
+
+class _Crossed(Exception):
+    """Raised by the msgpack hooks at the bound: the build stops there."""
+
+
+def _msgpack_loads_counted(body: bytes | bytearray | memoryview, limit: int) -> Any:
+    """``_msgpack_loads`` that stops building after ``limit`` containers.
+
+    Raises:
+        MessageTooLargeError: The body holds more than ``limit`` containers.
+    """
+    left = limit
+
+    def count(obj: Any) -> Any:
+        # Called once per map and per array, as each is complete.
+        nonlocal left
+        left -= 1
+        if left < 0:
+            raise _Crossed
+        return obj
+
+    try:
+        return msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=False,
+            timestamp=3,
+            ext_hook=_msgpack_ext,
+            object_hook=count,
+            list_hook=count,
+        )
+    except _Crossed:
+        raise _too_many(limit) from None
+
+
+_KEEP_OPENERS = bytes(sorted(set(range(256)) - set(b"{[")))  # translate() deletes the rest
+_KEEP_MARKS = bytes(sorted(set(range(256)) - set(b'"{[')))
+_STRING = re.compile(rb'"[^"]*"')
+
+
+def json_containers(body: bytes | bytearray, stop: int) -> int:
+    """How many dicts and lists the JSON ``body`` holds, counted without decoding it.
+
+    Exact for valid JSON; for any body, never fewer than a JSON parser
+    builds before it meets an error (both read the same strings up to
+    there). Once past ``stop`` it may stop counting: the result is then some
+    number over ``stop``. Linear in the body, in C but for one Python step
+    per string that holds an opener or follows one outside strings (at most
+    ``stop`` + 2 steps).
+    """
+    if b"\\" in body:
+        # Escapes out of the way (only strings hold them): a pair of
+        # backslashes is one character, then a backslash-quote is a quote
+        # inside a string. Every quote left opens or closes a string.
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    marks = body.translate(None, _KEEP_MARKS)  # quotes and openers, in order
+    if b'"' not in marks:
+        return len(marks)
+    # Two quotes side by side are an empty string, or the end of one string and
+    # the start of the next: without them every opener stays inside or outside.
+    marks = marks.replace(b'""', b"")
+    outside = 0
+    last = 0
+    for string in _STRING.finditer(marks):
+        outside += string.start() - last
+        if outside > stop:
+            return outside
+        last = string.end()
+    return outside + len(marks) - last
+
+
+def _json_loads_counted(body: bytes | bytearray | memoryview, limit: int) -> Any:
+    """``orjson.loads`` of a body that is first shown to hold at most ``limit`` containers.
+
+    Raises:
+        MessageTooLargeError: The body holds more than ``limit`` containers.
+    """
+    data = body if body.__class__ is bytes or body.__class__ is bytearray else bytes(body)
+    # Openers counted with those inside strings: an upper bound that is enough
+    # nearly always; the exact count only when it is not.
+    if len(data.translate(None, _KEEP_OPENERS)) > limit and json_containers(data, limit) > limit:
+        raise _too_many(limit)
+    return orjson.loads(data)
 
 
 _MSGPACK_MAP2 = b"\x82"
@@ -158,14 +264,19 @@ class PacketCodec:
         messagepack: Whether bodies are msgpack (else JSON).
         compress: Whether bodies go through the shared raw-deflate stream.
         max_size: Limit for a body after inflating, in bytes.
+        max_objects: Limit for the containers (dicts and lists) of one packet.
+        plain_size: Bodies of at most this many bytes cannot hold more than
+            ``max_objects`` containers (one byte each in msgpack, two in JSON).
         key: Connections with the same key can share encoded packets (None: compressed;
             ``encode_shared`` shares what can be shared of those).
-        loads: Decodes an uncompressed body to its packet (``decode`` without
-            the checks: for a driver's fast path, which checks the result itself).
+        loads: Decodes an uncompressed body of at most ``plain_size`` bytes to
+            its packet (``decode`` without the checks: for a driver's fast path,
+            which checks the result itself and hands longer bodies to ``decode``).
     """
 
     __slots__ = (
         "_bin_parts",
+        "_counted",
         "_deflate",
         "_inflate",
         "_pack",
@@ -173,12 +284,21 @@ class PacketCodec:
         "compress",
         "key",
         "loads",
+        "max_objects",
         "max_size",
         "messagepack",
+        "plain_size",
     )
 
-    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self,
+        max_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_objects: int = DEFAULT_MAX_PACKET_OBJECTS,
+    ) -> None:
         self.max_size = max_size
+        self.max_objects = max_objects
+        self.plain_size = 2 * max_objects
+        self._counted: Any = _json_loads_counted
         self.messagepack = False
         self.compress = False
         self._pack: Any = orjson.dumps
@@ -196,10 +316,14 @@ class PacketCodec:
         if messagepack:
             self._pack = self._pack_slow = msgpack_packer().pack
             self.loads = _msgpack_loads
+            self._counted = _msgpack_loads_counted
+            self.plain_size = self.max_objects
         else:
             self._pack = orjson.dumps
             self._pack_slow = json_dumps
             self.loads = orjson.loads
+            self._counted = _json_loads_counted
+            self.plain_size = 2 * self.max_objects
         self._bin_parts = messagepack and not compress
         self.key = None if compress else "msgpack" if messagepack else "json"
         if compress:
@@ -323,7 +447,8 @@ class PacketCodec:
 
         Raises:
             ProtocolError: The body is not a packet in the agreed codec.
-            MessageTooLargeError: Inflating it would exceed ``max_size``.
+            MessageTooLargeError: Inflating it would exceed ``max_size``, or it
+                holds more than ``max_objects`` containers.
         """
         if self._inflate is not None:
             try:
@@ -335,7 +460,12 @@ class PacketCodec:
                 raise MessageTooLargeError(len(raw), self.max_size, "inflated packet")
             body = raw
         try:
-            packet = self.loads(body)
+            if len(body) <= self.plain_size:
+                packet = self.loads(body)
+            else:
+                packet = self._counted(body, self.max_objects)
+        except MessageTooLargeError:
+            raise
         except Exception as exc:
             kind = "msgpack" if self.messagepack else "JSON"
             raise ProtocolError(f"packet is not valid {kind}: {exc}") from exc

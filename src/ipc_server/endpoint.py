@@ -22,9 +22,10 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, cast
 
-from .codecs import PacketCodec
+from .codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
 from .errors import (
     ConnectionClosedError,
+    IPCError,
     MessageTooLargeError,
     ProtocolError,
 )
@@ -62,6 +63,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS,
         max_queued: int = DEFAULT_MAX_QUEUED,
         nonces: Iterator[int] | None = None,
         max_concurrent: int | None = None,
@@ -73,7 +75,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         """The event loop this connection runs on."""
         self._transport: asyncio.Transport | None = None
         self._decoder = FrameDecoder(max_message_size)
-        self._codec = PacketCodec(max_message_size)
+        self._codec = PacketCodec(max_message_size, max_packet_objects)
         self._init_requests(nonces if nonces is not None else itertools.count(1))
         self._init_writes(max_queued, hold_while_paused, write_deadline)
         self._cancel_on_lost = cancel_on_lost
@@ -90,7 +92,10 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         # Reading stops while any reason holds it (hold_reading); packets already
         # read wait in _held, in order, and are dispatched before reading resumes.
         self._holds: set[str] = set()
-        self._reads = 0  # reads so far: how the server's keepalive tells a peer was heard
+        self._reads = 0  # reads so far: how check_liveness tells a peer was heard
+        self._ticked_reads = 0  # _reads at the last check_liveness
+        self._quiet = 0.0  # seconds without a read, counted by check_liveness
+        self._probes = 0  # keepalive pings sent since the peer was last heard
         self._halted = False  # held or aborted: dispatch no further packet
         self._held: list[Body] = []
         self.remote_errors = False
@@ -182,17 +187,20 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
 
         Well-formed MESSAGE, REQUEST and RESPONSE packets are handled here,
         other well-formed packets go to ``_dispatch``; a body that is not a
-        packet goes through ``_read_packet``, which reports what is wrong. (Type codes are compared by identity: the
+        packet goes through ``_read_packet``, which reports what is wrong, and
+        so does one longer than the codec's ``plain_size`` (its objects are
+        counted). (Type codes are compared by identity: the
         decoders return the interpreter's shared small ints, and anything
         else, ``True`` included, falls through to the careful path.)
         """
         loads = self._codec.loads
+        plain = self._codec.plain_size  # longer bodies may hold too many objects: decode counts
         for body in bodies:
             if self._halted:
                 self._held.append(body)  # this one and the rest wait (see _read_bodies)
                 return
             try:
-                packet = loads(body)
+                packet = loads(body) if len(body) <= plain else None
             except Exception:
                 packet = None
             if packet.__class__ is dict:
@@ -530,11 +538,63 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         """Wait until the connection is gone."""
         await asyncio.shield(self._lost)
 
+    # ------------------------------------------------------------------ liveness
+
+    def check_liveness(
+        self, period: float, keepalive: float | None, read_timeout: float | None
+    ) -> None:
+        """A tick of the owner's timer, ``period`` seconds after the last one.
+
+        A peer not heard from for ``keepalive`` seconds is pinged; two pings
+        unanswered close the connection with END "keepalive timeout". A
+        partial packet with no byte for ``read_timeout`` seconds closes it too.
+        While reading is held we cannot hear the peer: it is only pinged, so
+        that a peer gone away is noticed (the write fails).
+        """
+        if self._transport is None or self._aborted:
+            return
+        if self._reads != self._ticked_reads:
+            self._ticked_reads = self._reads
+            self._quiet = 0.0
+            self._probes = 0
+            return
+        self._quiet += period
+        quiet = self._quiet
+        if read_timeout is not None and quiet >= read_timeout and self._decoder.buffered:
+            self._fatal(
+                IPCError(
+                    f"read timeout: no byte of a partial packet for read_timeout={read_timeout:g} s"
+                )
+            )
+            return
+        if self._holds:
+            # Not reading it, we cannot hear it: a ping only shows whether it is still there
+            # (writing to a peer that is gone fails, and the connection is dropped).
+            self._probe()
+            return
+        if keepalive is not None and quiet >= keepalive * (self._probes + 1):
+            if self._probes >= 2:
+                self._fatal(
+                    IPCError(
+                        f"keepalive timeout: two pings unanswered (keepalive_interval={keepalive:g} s)"
+                    )
+                )
+            else:
+                self._probe()
+                self._probes += 1
+
+    def _probe(self) -> None:
+        # No request table entry: the PONG only counts as being heard.
+        self._write(self._codec.encode(PING, None, "keepalive"))
+
     # ------------------------------------------------------------------ failures
 
     def _fatal(self, exc: BaseException) -> None:
         """The stream is broken: report it and drop this connection."""
         self._report(exc)
+        # Kept as the reason, its traceback (frames holding this read's bytes, and
+        # self) would be a cycle that keeps a dropped peer's memory until a full gc.
+        exc.__traceback__ = None
         if self._close_reason is None:
             self._close_reason = exc
         transport = self._transport

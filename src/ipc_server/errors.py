@@ -8,7 +8,7 @@
     ├── RequestTimeoutError            (also a TimeoutError) no answer in time
     ├── AddressInUseError              (also an OSError) a live server owns the address
     ├── ProtocolError                  (also a ValueError) the peer sent something malformed
-    │   └── MessageTooLargeError       ... a packet over ``max_message_size``
+    │   └── MessageTooLargeError       ... a packet over a bound; ``option`` names it
     ├── HandshakeError                 the CONNECTION exchange failed or was refused
     └── RemoteError                    the peer's handler raised; carries ``type`` and ``message``
 
@@ -100,17 +100,30 @@ class ProtocolError(IPCError, ValueError):
 
 
 class MessageTooLargeError(ProtocolError):
-    """A packet is larger than the agreed ``max_message_size``.
+    """A packet is larger than a bound: ``max_message_size`` (bytes, before and
+    after inflating), ``max_handshake_size`` (bytes, before admission) or
+    ``max_packet_objects`` (dicts and lists in one packet).
 
     Attributes:
-        size: The size the packet announced (or reached while inflating).
+        size: The size the packet announced (or reached while inflating, or
+            the containers counted when the count stopped).
         limit: The limit it crossed.
+        option: The option that sets the limit.
     """
 
-    def __init__(self, size: int, limit: int, what: str = "packet") -> None:
+    def __init__(
+        self,
+        size: int,
+        limit: int,
+        what: str = "packet",
+        *,
+        option: str = "max_message_size",
+        unit: str = "bytes",
+    ) -> None:
         self.size = size
         self.limit = limit
-        super().__init__(f"{what} of {size} bytes exceeds max_message_size={limit}")
+        self.option = option
+        super().__init__(f"{what} of {size} {unit} exceeds {option}={limit}")
 
 
 class HandshakeError(IPCError):

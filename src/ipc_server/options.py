@@ -16,7 +16,7 @@ from dataclasses import InitVar, dataclass, field, fields
 from typing import Any
 
 from .address import Address, resolve_address
-from .codecs import CODECS, CodecName
+from .codecs import CODECS, DEFAULT_MAX_PACKET_OBJECTS, CodecName
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = [
@@ -134,6 +134,8 @@ class ClientOptions:
         codec: ``"json"`` or ``"msgpack"`` (asked for; used if the server agrees).
         compress: Ask for compression.
         max_message_size: Largest packet body accepted, before and after inflating.
+        max_packet_objects: Most containers (dicts and lists) one packet may
+            hold, counted before or while it is decoded; more closes the connection.
         request_timeout: Default timeout of ``request``, ``ping`` and the pub/sub calls.
         max_pending_events: Pushed messages that may wait for their listeners
             (coroutine listeners still running; the blocking client's listener
@@ -157,6 +159,7 @@ class ClientOptions:
     codec: CodecName = "json"
     compress: bool = False
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS
     request_timeout: float | None = DEFAULT_TIMEOUT
     max_pending_events: int = 10_000
     server_uid: int | None = None
@@ -175,6 +178,7 @@ class ClientOptions:
         if self.max_retry_time < RETRY_BASE:
             raise ValueError(f"max_retry_time must be >= {RETRY_BASE}, not {self.max_retry_time!r}")
         check_size("max_message_size", self.max_message_size)
+        check_size("max_packet_objects", self.max_packet_objects)
         check_timeout(self.connect_timeout)
         check_timeout(self.request_timeout)
         uid = self.server_uid

@@ -20,6 +20,7 @@ from .errors import MessageTooLargeError, ProtocolError
 __all__ = [
     "ACCEPTED_UPGRADE_TOKENS",
     "BINARY_PREAMBLE",
+    "DEFAULT_MAX_HANDSHAKE_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_PREAMBLE_SIZE",
     "Body",
@@ -33,6 +34,9 @@ __all__ = [
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 """Default limit for one packet body (and for its inflated size), in bytes."""
+
+DEFAULT_MAX_HANDSHAKE_SIZE = 64 * 1024
+"""Default limit for a packet body before the CONNECTION exchange is over, in bytes."""
 
 BINARY_PREAMBLE = b"IPC"
 """The three bytes a client sends first when it does not use the HTTP upgrade."""
@@ -77,13 +81,13 @@ def frame(body: bytes) -> bytes:
 
 
 def _read_tag(
-    source: bytes | bytearray, pos: int, size: int, max_size: int
+    source: bytes | bytearray | memoryview, pos: int, size: int, max_size: int, option: str
 ) -> tuple[int, int] | None:
     """``(length, end of tag)`` of the tag at ``pos``; None if it is not complete yet.
 
     Raises:
         ProtocolError: The tag is longer than any body could need.
-        MessageTooLargeError: The tag already announces more than ``max_size``.
+        MessageTooLargeError: The tag already announces more than ``max_size`` (set by ``option``).
     """
     length = 0
     i = pos
@@ -97,7 +101,7 @@ def _read_tag(
             raise ProtocolError(f"length tag longer than {_MAX_TAG_BYTES} bytes")
         # The final length is at least this times 128: refuse early.
         if (length << 7) > max_size:
-            raise MessageTooLargeError(length << 7, max_size)
+            raise MessageTooLargeError(length << 7, max_size, option=option)
     return None
 
 
@@ -113,8 +117,15 @@ class FrameDecoder:
     length; either returns the list of complete bodies (possibly empty) in
     order. A partial packet stays buffered until the rest arrives. If a tag
     announces a body over ``max_size``, they raise ``MessageTooLargeError``
-    before a byte of it is buffered, and the decoder is then unusable (the
-    stream cannot be resynchronised): close the connection.
+    (naming ``option``, the setting the limit comes from) before a byte of it
+    is buffered, and the decoder is then unusable (the stream cannot be
+    resynchronised): close the connection.
+
+    The limit can change between reads (``limit``): a server refuses bodies
+    over ``max_handshake_size`` until it admits the peer. ``limit_first``
+    gives the next body a limit of its own, and the bodies behind it in the
+    same read the usual one: a client bounds the server's CONNECTION answer
+    without refusing a big message the server sends right after it.
 
     Bodies are returned as ``bytes`` or ``bytearray`` (a whole chunk holding
     exactly whole packets is sliced without first being copied into the
@@ -125,13 +136,31 @@ class FrameDecoder:
     the next big body.
     """
 
-    __slots__ = ("_big", "_big_fill", "_buf", "max_size")
+    __slots__ = ("_big", "_big_fill", "_buf", "_then", "max_size", "option")
 
-    def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, max_size: int = DEFAULT_MAX_MESSAGE_SIZE, option: str = "max_message_size"
+    ) -> None:
         self.max_size = max_size
+        self.option = option
         self._buf = bytearray()
         self._big: memoryview | None = None
         self._big_fill = 0
+        self._then: tuple[int, str] | None = None  # the limit after the first body (limit_first)
+
+    def limit(self, max_size: int, option: str = "max_message_size") -> None:
+        """Refuse bodies over ``max_size`` from the next read on (the error names ``option``)."""
+        self.max_size = max_size
+        self.option = option
+        self._then = None
+
+    def limit_first(self, max_size: int, option: str) -> None:
+        """Refuse a next body over ``max_size`` (naming ``option``); the bodies after it
+        get the limit in force now. Call it between bodies (before the stream starts).
+        """
+        self._then = (self.max_size, self.option)
+        self.max_size = max_size
+        self.option = option
 
     @property
     def buffered(self) -> int:
@@ -142,6 +171,8 @@ class FrameDecoder:
         """Add ``data`` to the stream and return every body now complete."""
         if self._big is not None:
             return self._feed_big(data)
+        if self._then is not None:
+            return self._first(data)
         buf = self._buf
         if not buf and data.__class__ is bytes and data:
             # Fast path: a chunk that is exactly one small packet (request/response traffic).
@@ -182,6 +213,9 @@ class FrameDecoder:
                 return []
             self._big, self._big_fill = None, 0
             return [big]
+        if self._then is not None:
+            with memoryview(_scratch()) as view:
+                return self._first(view[:nbytes])
         scratch = _scratch()
         buf = self._buf
         if buf:
@@ -243,17 +277,17 @@ class FrameDecoder:
                 i = pos + 2
                 end = i + (byte << 7) + low - 0x80
             else:
-                tag = _read_tag(source, pos, size, max_size)
+                tag = _read_tag(source, pos, size, max_size, self.option)
                 if tag is None:
                     # Incomplete tag: keep it and wait for the rest.
                     self._keep(source, pos, size)
                     return out
                 length, i = tag
                 if length > max_size:
-                    raise MessageTooLargeError(length, max_size)
+                    raise MessageTooLargeError(length, max_size, option=self.option)
                 end = i + length
             if check_small and end - i > max_size:
-                raise MessageTooLargeError(end - i, max_size)
+                raise MessageTooLargeError(end - i, max_size, option=self.option)
             if end > size:
                 length = end - i
                 # A big body gets a buffer of its final size: the thread's spare one,
@@ -277,6 +311,39 @@ class FrameDecoder:
         if buf:
             buf.clear()
         return out
+
+    def _first(self, data: bytes | bytearray | memoryview) -> list[Body]:
+        """``feed`` or ``advance`` under ``limit_first``: cut the first body alone, with
+        its own limit, then split what follows it as usual.
+
+        Until the first body is complete it is kept in ``_buf`` (at most its
+        limit and one read), never in a body buffer of its own; a read whose
+        tag is refused is not copied at all.
+        """
+        buf = self._buf
+        source: bytes | bytearray | memoryview = data
+        if buf:
+            buf += data
+            source = buf
+        size = len(source)
+        max_size = self.max_size
+        tag = _read_tag(source, 0, size, max_size, self.option)
+        if tag is not None:
+            length, i = tag
+            if length > max_size:
+                raise MessageTooLargeError(length, max_size, option=self.option)
+            end = i + length
+            if end <= size:
+                assert self._then is not None
+                self.max_size, self.option = self._then
+                self._then = None
+                body = bytes(source[i:end])
+                rest = bytes(source[end:size])
+                buf.clear()
+                return [body, *self._split(rest, len(rest))] if rest else [body]
+        if source is not buf:
+            buf += data
+        return []
 
     def _feed_big(self, data: bytes | bytearray | memoryview) -> list[Body]:
         body = self._big

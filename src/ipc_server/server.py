@@ -29,9 +29,9 @@ from .admission import (
     default_max_connections,
     uid_refusal,
 )
-from .codecs import CodecName
+from .codecs import DEFAULT_MAX_PACKET_OBJECTS, CodecName
 from .endpoint import Endpoint, Responder
-from .errors import HandshakeError, IPCError, ProtocolError
+from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
 from .options import (
     DEFAULT_MAX_QUEUED,
@@ -42,19 +42,15 @@ from .options import (
     checked_address,
 )
 from .packets import (
-    MESSAGE,
-    PING,
     PUBSUB_KEYS,
     Hello,
     answer,
-    delivery,
     end,
-    pubsub_reply,
     read_hello,
     read_pubsub,
-    topic_list,
 )
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
+from .protocol import DEFAULT_MAX_HANDSHAKE_SIZE, DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
+from .pubsub import PubSub
 from .topics import TopicRegistry
 from .transport import Listener, PeerCredentials, accepted_peer, listen
 
@@ -97,6 +93,10 @@ class ServerOptions:
             the server's own uid and root, on a socket file whoever its
             ``socket_mode`` lets in. Not for TCP.
         max_message_size: Largest packet body accepted, before and after inflating.
+        max_handshake_size: Largest packet body accepted before the client is
+            admitted (its CONNECTION packet), refused from its length tag.
+        max_packet_objects: Most containers (dicts and lists) one packet may
+            hold, counted before or while it is decoded; more closes the connection.
         max_queued: Bytes that may queue for one client that does not read
             before it is disconnected.
         write_deadline: Seconds a client's output may stay over the write
@@ -135,6 +135,8 @@ class ServerOptions:
     handshake_timeout: float | None = 10.0
     allowed_uids: Iterable[int] | None = None
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_handshake_size: int = DEFAULT_MAX_HANDSHAKE_SIZE
+    max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS
     max_queued: int = DEFAULT_MAX_QUEUED
     write_deadline: float | None = 10.0
     socket_mode: int | None = 0o600
@@ -167,6 +169,8 @@ class ServerOptions:
         if self.allowed_uids is not None and self.address.kind == "tcp":
             raise ValueError("allowed_uids is for Unix sockets: a TCP peer has no uid")
         check_size("max_message_size", self.max_message_size)
+        check_size("max_handshake_size", self.max_handshake_size)
+        check_size("max_packet_objects", self.max_packet_objects)
         check_size("max_queued", self.max_queued)
         check_timeout(self.handshake_timeout)
         check_timeout(self.keepalive_interval)
@@ -193,6 +197,7 @@ class IPCConnection(Endpoint):
     def __init__(self, server: IPCServer) -> None:
         super().__init__(
             max_message_size=server.max_message_size,
+            max_packet_objects=server.max_packet_objects,
             max_queued=server.max_queued,
             max_concurrent=server.max_concurrent_requests,
             hold_while_paused=True,
@@ -207,9 +212,6 @@ class IPCConnection(Endpoint):
         self._preamble: ServerPreamble | None = ServerPreamble()
         self._hs_timer: asyncio.TimerHandle | None = None
         self._registered = False
-        self._ticked_reads = 0  # _reads at the server's last tick
-        self._quiet = 0.0  # seconds without a read, counted by the ticks
-        self._probes = 0  # keepalive pings sent since the peer was last heard
         self._log_throttle = Throttle()
         self._expired = False  # handshake_timeout ran out before connection_made
         # The loop calls this factory at accept, before a TLS handshake: the peer
@@ -230,6 +232,9 @@ class IPCConnection(Endpoint):
                 seconds = TLS_HANDSHAKE_TIMEOUT
             if seconds is not None:
                 self._hs_timer = self.loop.call_later(seconds, self._handshake_expired, seconds)
+        # Until admitted, a peer sends nothing bigger than a CONNECTION packet.
+        if server.max_handshake_size < server.max_message_size:
+            self._decoder.limit(server.max_handshake_size, "max_handshake_size")
 
     def __repr__(self) -> str:
         return f"<IPCConnection id={shorten(self.id)!r} peer={self.peer}>"
@@ -385,6 +390,7 @@ class IPCConnection(Endpoint):
             )
         )
         self._codec.configure(messagepack=messagepack, compress=compress)
+        self._decoder.limit(server.max_message_size)
         self.remote_errors = "errors" in hello.features
         self.features = frozenset(hello.features)
         self._handshaken = True
@@ -407,7 +413,7 @@ class IPCConnection(Endpoint):
         if data.__class__ is dict and not PUBSUB_KEYS.isdisjoint(data):
             pubsub = read_pubsub(data)
             if pubsub is not None:
-                server._pubsub(self, pubsub, respond)
+                server.pubsub_request(self, pubsub, respond)
                 return
         server.emit_request("request", (data, respond, self), respond, self._tasks)
 
@@ -423,44 +429,6 @@ class IPCConnection(Endpoint):
     def _report(self, exc: BaseException) -> None:
         self.server._report_error(exc, self)
 
-    def _tick(self, period: float, keepalive: float | None, read_timeout: float | None) -> None:
-        """The server's tick: ``period`` seconds since the last one (see ``IPCServer._tick``)."""
-        if self._transport is None or self._aborted:
-            return
-        if self._reads != self._ticked_reads:
-            self._ticked_reads = self._reads
-            self._quiet = 0.0
-            self._probes = 0
-            return
-        self._quiet += period
-        quiet = self._quiet
-        if read_timeout is not None and quiet >= read_timeout and self._decoder.buffered:
-            self._fatal(
-                IPCError(
-                    f"read timeout: no byte of a partial packet for read_timeout={read_timeout:g} s"
-                )
-            )
-            return
-        if self._holds:
-            # Not reading it, we cannot hear it: a ping only shows whether it is still there
-            # (writing to a peer that is gone fails, and the connection is dropped).
-            self._probe()
-            return
-        if keepalive is not None and quiet >= keepalive * (self._probes + 1):
-            if self._probes >= 2:
-                self._fatal(
-                    IPCError(
-                        f"keepalive timeout: two pings unanswered (keepalive_interval={keepalive:g} s)"
-                    )
-                )
-            else:
-                self._probe()
-                self._probes += 1
-
-    def _probe(self) -> None:
-        # No request table entry: the PONG only counts as being heard.
-        self._write(self._codec.encode(PING, None, "keepalive"))
-
     async def close(
         self, reason: Any = None, allow_reconnect: bool = False, *, timeout: float | None = 10.0
     ) -> bool:
@@ -468,7 +436,7 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-class IPCServer(ServerOptions, EventEmitter):
+class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
     """An IPC server: one listener, many client connections.
 
     Events: ``ready(address)``, ``error(error, connection)`` (connection may
@@ -564,7 +532,7 @@ class IPCServer(ServerOptions, EventEmitter):
         keepalive = check_timeout(self.keepalive_interval)
         read_timeout = check_timeout(self.read_timeout)
         for conn in list(self._connections):
-            conn._tick(period, keepalive, read_timeout)
+            conn.check_liveness(period, keepalive, read_timeout)
         self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
 
     async def close(self, allow_reconnect: bool = False, *, timeout: float | None = 10.0) -> None:
@@ -642,70 +610,6 @@ class IPCServer(ServerOptions, EventEmitter):
             return
         conn = next((a for a in args if isinstance(a, IPCConnection)), None)
         self._report_error(exc, conn)
-
-    # ------------------------------------------------------------------ pub/sub (docs/protocol.md)
-
-    def _pubsub(
-        self, conn: IPCConnection, request: tuple[str, Any, Any], respond: Responder
-    ) -> None:
-        """Answer a pub/sub request (``packets.read_pubsub``): subscribe, unsubscribe, publish."""
-        kind, named, message = request
-        if kind == "pub":
-            if isinstance(named, str):
-                self._deliver(named, message)
-                respond(pubsub_reply(True))
-            else:
-                respond(pubsub_reply(False))
-            return
-        topics = topic_list(named)
-        if kind == "sub":
-            if topics is None:
-                respond(pubsub_reply(False))
-                return
-            refusal = self._registry.refusal(conn, topics)
-            if refusal is not None:
-                self._report_error(IPCError(f"subscription refused: {refusal}"), conn)
-                respond(pubsub_reply(False))
-                return
-            self._registry.subscribe(conn, topics)
-            respond(pubsub_reply(True))
-            return
-        respond(pubsub_reply(self._registry.unsubscribe(conn, topics or [])))
-
-    @property
-    def topics(self) -> dict[str, list[IPCConnection]]:
-        """Each topic with at least one subscriber, and its subscribers."""
-        return self._registry.snapshot()
-
-    def _deliver(self, topic: str, message: Any) -> int:
-        subscribers = self._registry.subscribers(topic)
-        if not subscribers:
-            return 0
-        self._write_all(subscribers, MESSAGE, delivery(topic, message))
-        return len(subscribers)
-
-    def _write_all(self, conns: Iterable[IPCConnection], t: int, data: Any) -> int:
-        """Encode once per codec and write the same bytes to every connection."""
-        encoded: dict[str, Any] = {}
-        count = 0
-        for conn in conns:
-            if conn.write_shared(t, data, encoded):
-                count += 1
-        return count
-
-    async def publish(self, topic: str, message: Any = None) -> int:
-        """Send ``{"pub": topic, "message": message}`` to every subscriber of ``topic``.
-
-        The message is encoded once per codec; no subscriber is awaited, so a
-        slow one does not hold up the others. Returns how many got it.
-        """
-        if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        return self._deliver(topic, message)
-
-    async def broadcast(self, data: Any) -> int:
-        """Send a message to every connection; returns how many got it."""
-        return self._write_all(list(self._connections), MESSAGE, data)
 
     async def survey(
         self, data: Any, timeout: float | None = DEFAULT_TIMEOUT

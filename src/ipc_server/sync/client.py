@@ -340,6 +340,7 @@ class IPCClient(ClientCore):
                 deadline,
                 upgrade=upgrade if self.handshake else None,
                 max_message_size=self.max_message_size,
+                max_packet_objects=self.max_packet_objects,
             )
         except BaseException:
             sock.close()

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, cast
 
-from ..codecs import PacketCodec
+from ..codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
 from ..errors import (
     ConnectionClosedError,
     HandshakeError,
@@ -45,7 +45,14 @@ from ..packets import (
     read_answer,
     read_error,
 )
-from ..protocol import BINARY_PREAMBLE, Body, ClientPreamble, FrameDecoder, upgrade_request
+from ..protocol import (
+    BINARY_PREAMBLE,
+    DEFAULT_MAX_HANDSHAKE_SIZE,
+    Body,
+    ClientPreamble,
+    FrameDecoder,
+    upgrade_request,
+)
 from .reader import BG, ReadRoles, Waiter, poller
 
 __all__ = ["Connection", "Opened", "SyncRespond", "handshake"]
@@ -75,6 +82,7 @@ def handshake(
     *,
     upgrade: tuple[str, str] | None,
     max_message_size: int,
+    max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS,
 ) -> Opened:
     """The preamble and the CONNECTION exchange, blocking (nobody else uses ``sock`` yet).
 
@@ -115,7 +123,10 @@ def handshake(
     else:
         sock.sendall(BINARY_PREAMBLE + hello)
     decoder = FrameDecoder(max_message_size)
-    codec = PacketCodec(max_message_size)
+    # The server's CONNECTION answer is small; what it sends after may be big.
+    if max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
+        decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
+    codec = PacketCodec(max_message_size, max_packet_objects)
     bodies = decoder.feed(rest) if rest else []
     while not bodies:
         bodies = decoder.feed(recv())
