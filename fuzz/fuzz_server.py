@@ -9,7 +9,15 @@ throws at it, over many connections:
 - compressed streams that end in a broken or inflating-too-far packet;
 - mutated, truncated and foreign preambles and CONNECTION packets;
 - whole-stream mutations (tags included), and silent or half-open sockets
-  that only the handshake timeout ends.
+  that only the handshake timeout ends;
+- attacks on the bounds (SPEC section 7), run with small bounds: slow
+  requests pipelined and abandoned (``max_concurrent_requests``,
+  ``cancel_on_disconnect``), subscription floods (``max_topics_per_connection``,
+  ``max_topic_length``), packets of empty containers (``max_packet_objects``),
+  oversized CONNECTION packets (``max_handshake_size``), half a packet and
+  silence (``read_timeout``, checked to be dropped), claims of one id at once
+  and of ids over 128 characters (checked: never two live connections with
+  one id).
 
 Checked throughout: the server process never dies, never logs an exception
 from the event loop (``data_received`` failing, a callback raising), answers
@@ -59,6 +67,12 @@ from ipc_server.protocol import FrameDecoder, encode_tag, frame, upgrade_request
 
 MAX_MESSAGE_SIZE = 1 << 20
 HANDSHAKE_TIMEOUT = 1.0
+MAX_HANDSHAKE_SIZE = 16 << 10
+MAX_PACKET_OBJECTS = 20_000
+MAX_TOPICS = 200
+MAX_TOPIC_LENGTH = 64
+MAX_CONCURRENT = 32
+READ_TIMEOUT = 1.0
 MAX_QUEUED = 8 << 20
 PROBE_EVERY = 1.0
 PROBE_DEADLINE = 5.0
@@ -101,6 +115,15 @@ async def serve(path: str) -> int:
         max_queued=MAX_QUEUED,
         codec="msgpack",
         compress=True,
+        # The bounds, small enough that the attacks cross them quickly.
+        max_handshake_size=MAX_HANDSHAKE_SIZE,
+        max_packet_objects=MAX_PACKET_OBJECTS,
+        max_topics_per_connection=MAX_TOPICS,
+        max_topic_length=MAX_TOPIC_LENGTH,
+        max_concurrent_requests=MAX_CONCURRENT,
+        read_timeout=READ_TIMEOUT,
+        keepalive_interval=2.0,
+        write_deadline=2.0,
     )
     errors: Counter[str] = Counter()
     samples: dict[str, str] = {}
@@ -115,6 +138,8 @@ async def serve(path: str) -> int:
 
     async def on_request(request: Any, respond: Any, connection: IPCConnection) -> None:
         counts["requests"] += 1
+        if isinstance(request, dict) and request.get("slow"):
+            await asyncio.sleep(0.5)  # handlers in flight: max_concurrent_requests holds the rest
         await respond(request)
 
     server.on("error", on_error)
@@ -253,6 +278,8 @@ class Fuzzer:
         self.probe_worst = 0.0
         self.rss: list[float] = []
         self.idle: list[Peer] = []
+        self.stalled: list[Peer] = []
+        self.stalled_checked = 0
         self.idle_checked = 0
         self.idle_admitted = 0
         self.failures: list[str] = []
@@ -398,6 +425,115 @@ class Fuzzer:
             self.preambles += 1
         self.idle.append(peer)
 
+    # -- attacks: each crosses one of the bounds of SPEC section 7 ------------------
+
+    def request_flood(self) -> None:
+        """Hundreds of slow requests pipelined, no answer read, then gone."""
+        rng = self.rng
+        peer, codec = self.open_session(messagepack=rng.random() < 0.5, compress=False)
+        batch = [
+            codec.encode(REQUEST, {"slow": True, "i": i}, f"f{self.next_nonce()}")
+            for i in range(rng.randrange(100, 600))
+        ]
+        if peer.send(b"".join(batch)):
+            self.frames += len(batch)
+        peer.close()  # cancel_on_disconnect ends the handlers
+
+    def topic_flood(self) -> None:
+        """Subscriptions past max_topics_per_connection and max_topic_length."""
+        rng = self.rng
+        peer, codec = self.open_session(messagepack=False, compress=False)
+        for _ in range(rng.randrange(1, 6)):
+            length = rng.choice([8, MAX_TOPIC_LENGTH, MAX_TOPIC_LENGTH + 1, 1000])
+            topics = [
+                f"{self.next_nonce()}".ljust(length, "t") for _ in range(rng.randrange(1, 400))
+            ]
+            if not peer.send(codec.encode(REQUEST, {"sub": topics}, f"s{self.next_nonce()}")):
+                break
+            self.frames += 1
+        self.finish(peer, codec)
+
+    def object_bomb(self) -> None:
+        """A packet of empty containers, just under or over max_packet_objects."""
+        rng = self.rng
+        messagepack = rng.random() < 0.5
+        compress = rng.random() < 0.5
+        peer, codec = self.open_session(messagepack=messagepack, compress=compress)
+        count = MAX_PACKET_OBJECTS + rng.choice([-10, 10, 1000])
+        data: Any = [{} if rng.random() < 0.5 else [] for _ in range(count)]
+        if peer.send(codec.encode(MESSAGE, data)):
+            self.frames += 1
+        self.finish(peer, codec)
+
+    def handshake_bomb(self) -> None:
+        """A CONNECTION packet over max_handshake_size, announced or sent."""
+        rng = self.rng
+        peer = Peer(self.path)
+        self.connections += 1
+        if rng.random() < 0.5:
+            data = b"IPC" + encode_tag(rng.randrange(MAX_HANDSHAKE_SIZE + 1, 64 << 20)) + b"{"
+        else:
+            d = {"extras": "x" * (MAX_HANDSHAKE_SIZE + 10), "id": None}
+            data = b"IPC" + frame(json_dumps({"t": CONNECTION, "d": d}))
+        if peer.send(data):
+            self.preambles += 1
+        peer.drain()
+        peer.close()
+
+    def stall(self) -> None:
+        """Half a packet after the handshake, then silence: read_timeout must end it."""
+        if len(self.stalled) >= 32:
+            return
+        peer, codec = self.open_session(messagepack=False, compress=False)
+        packet = codec.encode(REQUEST, "x" * self.rng.randrange(100, 50_000), "stall")
+        if peer.send(packet[: len(packet) // 2]):
+            self.frames += 1
+            peer.opened = time.monotonic()
+            self.stalled.append(peer)
+        else:
+            peer.close()
+
+    def claimed_ids(self) -> None:
+        """Sessions claiming one id at once, or ids over 128 characters."""
+        rng = self.rng
+        peers = []
+        for _ in range(rng.randrange(2, 5)):
+            peer = Peer(self.path)
+            self.connections += 1
+            claim = "fuzz-same" if rng.random() < 0.7 else "i" * rng.randrange(129, 5000)
+            d = {"extras": None, "id": claim, "compress": False, "messagepack": False}
+            peer.send(b"IPC" + frame(json_dumps({"t": CONNECTION, "d": d})))
+            self.preambles += 1
+            answer = peer.read_packets(PacketCodec(), 1)
+            if answer and answer[0][0] == CONNECTION and isinstance(answer[0][1], dict):
+                given = answer[0][1].get("id")
+                if not isinstance(given, str) or len(given) > 128:
+                    self.failures.append(f"a claimed id came back as {str(given)[:40]!r}")
+                elif given == "fuzz-same" and any(p.head == b"fuzz-same" for p in peers):
+                    self.failures.append("two live connections were given the same id")
+                peer.head = given.encode() if isinstance(given, str) else b""
+            peers.append(peer)
+        for peer in peers:
+            peer.close()
+
+    def check_stalled(self, *, final: bool = False) -> None:
+        """A stalled partial packet must be dropped soon after read_timeout."""
+        now = time.monotonic()
+        kept = []
+        for peer in self.stalled:
+            age = now - peer.opened
+            if peer.closed_by_server():
+                self.stalled_checked += 1
+                peer.close()
+            elif age > READ_TIMEOUT + 4.0:
+                self.failures.append(f"a stalled partial packet was held after {age:.1f} s")
+                peer.close()
+            elif final:
+                peer.close()
+            else:
+                kept.append(peer)
+        self.stalled = kept
+
     def finish(self, peer: Peer, codec: PacketCodec) -> None:
         """Close a session: END then close, or just hang up."""
         if peer.alive and self.rng.random() < 0.5:
@@ -457,6 +593,12 @@ class Fuzzer:
             (self.bad_preamble, 6),
             (self.stream_mutation, 4),
             (self.silent, 1),
+            (self.request_flood, 1),
+            (self.topic_flood, 1),
+            (self.object_bomb, 1),
+            (self.handshake_bomb, 1),
+            (self.stall, 1),
+            (self.claimed_ids, 1),
         ]
         functions = [f for f, _ in scenarios]
         weights = [w for _, w in scenarios]
@@ -474,11 +616,17 @@ class Fuzzer:
                     raise Hang(f"the server process exited with {server.returncode}")
                 self.probe()
                 self.check_idle()
+                self.check_stalled()
                 next_probe = now + PROBE_EVERY
             scenario = self.rng.choices(functions, weights)[0]
             self.scenarios[scenario.__name__] += 1
             scenario()
         self.check_idle(final=True)
+        deadline = time.monotonic() + READ_TIMEOUT + 4.0
+        while self.stalled and time.monotonic() < deadline:
+            self.check_stalled()
+            time.sleep(0.1)
+        self.check_stalled(final=True)
 
 
 async def final_probe(path: str) -> str:
@@ -529,7 +677,7 @@ def fuzz(args: argparse.Namespace) -> dict[str, Any]:
         fuzzer.failures.append(f"{type(exc).__name__}: {exc}")
     finally:
         elapsed = time.monotonic() - started
-        for peer in fuzzer.idle:
+        for peer in fuzzer.idle + fuzzer.stalled:
             peer.close()
         try:
             out, _ = server.communicate(timeout=30)  # closes its stdin: the stop signal
@@ -555,6 +703,7 @@ def fuzz(args: argparse.Namespace) -> dict[str, Any]:
             "probes": fuzzer.probes,
             "probe_worst_ms": round(fuzzer.probe_worst * 1000, 1),
             "half_open_sockets_dropped": fuzzer.idle_checked,
+            "stalled_packets_dropped": fuzzer.stalled_checked,
             "half_open_sockets_admitted": fuzzer.idle_admitted,
             "rss_mb": {
                 "first": round(baseline, 1),

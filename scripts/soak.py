@@ -6,7 +6,10 @@ checked), pings, numbered one-way messages, subscribe / publish-to-self /
 unsubscribe, and clients closed and replaced every few dozen operations.
 Meanwhile the main loop injects faults in turn: SIGKILL a worker (and start a
 new one), destroy a random connection on the server side, close one with
-``allow_reconnect=True``.
+``allow_reconnect=True``, and attacks on the bounds from raw sockets
+(requests pipelined and never read, a packet of empty containers over
+``max_packet_objects``, a subscription flood over ``max_topics_per_connection``,
+half a packet left to ``read_timeout``) that the honest clients must not feel.
 
 At the end every worker is stopped gracefully and the run checks:
 
@@ -32,6 +35,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections import Counter
@@ -48,6 +52,9 @@ from ipc_server import (
     IPCServer,
     RequestTimeoutError,
 )
+from ipc_server.codecs import json_dumps
+from ipc_server.packets import REQUEST, hello
+from ipc_server.protocol import frame
 
 TOPICS = ("t0", "t1", "t2", "t3")
 SCRIPT = os.path.abspath(__file__)
@@ -196,6 +203,73 @@ async def worker(path: str, clients: int, seed: int) -> None:
 # ---------------------------------------------------------------------- the server side
 
 
+# ---------------------------------------------------------------------- attacks (raw sockets)
+
+
+def _raw_session(path: str) -> socket.socket:
+    """A socket past the CONNECTION exchange, as a peer of this library would be (JSON)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(5.0)
+    sock.connect(path)
+    sock.sendall(b"IPC" + hello("attacker", None, compress=False, codec="json"))
+    sock.recv(65536)  # the answer
+    return sock
+
+
+def _packet(t: int, d: Any, n: str | None = None) -> bytes:
+    return frame(json_dumps({"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}))
+
+
+def attack_unread(path: str, seed: int) -> None:
+    """Requests pipelined for a moment, no answer read, then gone."""
+    sock = _raw_session(path)
+    sock.setblocking(False)
+    chunk = b"".join(_packet(REQUEST, {"flood": i}, f"a{seed}-{i}") for i in range(200))
+    with contextlib.suppress(OSError):
+        for _ in range(50):
+            sock.send(chunk)
+    sock.close()
+
+
+def attack_bomb(path: str, seed: int) -> None:
+    """A packet of 60,000 empty containers (over max_packet_objects): the server drops it."""
+    sock = _raw_session(path)
+    with contextlib.suppress(OSError):
+        sock.sendall(frame(b'{"t":1,"d":[' + b"{}," * 59_999 + b"{}]}"))
+        while sock.recv(65536):  # until the server's END and close
+            pass
+    sock.close()
+
+
+def attack_topics(path: str, seed: int) -> None:
+    """A subscription to 2,000 topics (over max_topics_per_connection): answered false."""
+    sock = _raw_session(path)
+    with contextlib.suppress(OSError):
+        sock.sendall(_packet(REQUEST, {"sub": [f"flood{seed}-{i}" for i in range(2000)]}, "s"))
+        sock.recv(65536)
+    sock.close()
+
+
+def attack_stall(path: str, seed: int) -> None:
+    """Half a packet, then silence until read_timeout drops it."""
+    sock = _raw_session(path)
+    packet = _packet(REQUEST, "x" * 10_000, "stall")
+    with contextlib.suppress(OSError):
+        sock.sendall(packet[: len(packet) // 2])
+        sock.settimeout(5.0)
+        while sock.recv(65536):  # until read_timeout ends it
+            pass
+    sock.close()
+
+
+ATTACKS: dict[str, Callable[[str, int], None]] = {
+    "attack_unread": attack_unread,
+    "attack_bomb": attack_bomb,
+    "attack_topics": attack_topics,
+    "attack_stall": attack_stall,
+}
+
+
 class Soak:
     """The server, the workers, the faults, and the bookkeeping."""
 
@@ -204,7 +278,14 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.folder = tempfile.mkdtemp(prefix="ipcsk", dir="/tmp")
         self.path = os.path.join(self.folder, "s")
-        self.server = IPCServer(path=self.path, handshake_timeout=5.0)
+        self.server = IPCServer(
+            path=self.path,
+            handshake_timeout=5.0,
+            # Small bounds, so that the attacks cross them quickly.
+            max_packet_objects=50_000,
+            max_topics_per_connection=500,
+            read_timeout=1.0,
+        )
         self.workers: list[asyncio.subprocess.Process] = []
         self.reports: list[dict[str, Any]] = []
         self.faults: Counter[str] = Counter()
@@ -276,7 +357,11 @@ class Soak:
         self.counts["workers"] += 1
 
     async def inject(self, kind: str) -> None:
-        """One fault of ``kind``: kill a worker, drop or close a connection on the server."""
+        """One fault of ``kind``: kill a worker, drop or close a connection, or an attack."""
+        if kind.startswith("attack_"):
+            await asyncio.to_thread(ATTACKS[kind], self.path, self.rng.randrange(1 << 30))
+            self.faults[kind] += 1
+            return
         if kind == "worker_kills":
             victim = self.rng.choice(self.workers)
             self.workers.remove(victim)
@@ -319,11 +404,11 @@ class Soak:
         started = loop.time()
         for _ in range(self.args.workers):
             await self.spawn_worker()
-        kinds = ["worker_kills", "server_drops", "server_closes"]
+        kinds = ["worker_kills", "server_drops", "server_closes", *ATTACKS]
         turn = 0
         while loop.time() - started < self.args.seconds:
             await asyncio.sleep(self.rng.uniform(0.2, 0.8))  # pacing between faults
-            kind = kinds[turn % 3] if turn < 3 else self.rng.choice(kinds)
+            kind = kinds[turn] if turn < len(kinds) else self.rng.choice(kinds)
             turn += 1
             await self.inject(kind)
             self.rss.append((loop.time() - started, rss_mb()))
@@ -397,7 +482,8 @@ class Soak:
             "connects": self.counts["connects"],
             "reconnects": self.counts["reconnects"],
             "faults": {
-                k: self.faults[k] for k in ("worker_kills", "server_drops", "server_closes")
+                k: self.faults[k]
+                for k in ("worker_kills", "server_drops", "server_closes", *ATTACKS)
             },
             # Counted by the server, over every client (killed workers' included):
             "server_requests_answered": self.counts["server_requests"],

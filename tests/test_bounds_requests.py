@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from boundkit import BoundServer, Bystander, flood, raw_packet, raw_peer, wait_for
-from helpers import POSIX_ONLY, within
+from helpers import POSIX_ONLY, wait_until, within
 from ipc_server import ConnectionClosedError, IPCClient, IPCConnection, IPCServer, Respond
 from ipc_server.packets import END, REQUEST, RESPONSE
 from ipc_server.protocol import FrameDecoder
@@ -328,3 +328,38 @@ async def wait_until_logged(caplog: pytest.LogCaptureFixture, match: Any, count:
     while sum(1 for r in caplog.records if match(r)) < count:
         assert time.monotonic() < deadline, "not logged"
         await asyncio.sleep(0.01)
+
+
+async def test_packets_held_when_the_peer_leaves_are_never_run(path: str) -> None:
+    """A subscribe held behind a busy handler is dropped with its peer (no topic left behind).
+
+    The order that showed it (found by fuzz/fuzz_server.py): the loop reports
+    the loss, then the reads are released, in the same loop iteration.
+    """
+    server = IPCServer(path=path, max_concurrent_requests=1)
+
+    async def slow(request: Any, respond: Respond, connection: IPCConnection) -> None:
+        await asyncio.sleep(30)
+
+    server.on("request", slow)
+    await server.start()
+    try:
+        sock = await asyncio.to_thread(raw_peer, path)
+        sock.sendall(raw_packet(REQUEST, "slow", "1") + raw_packet(REQUEST, {"sub": "left"}, "2"))
+        conn = await within(wait_until_held(server))
+        assert conn._held  # the subscribe waits
+        conn._transport.abort()  # type: ignore[union-attr]  # the loss, reported next
+        conn.release_reading("busy")  # and the release, right behind it
+        await within(conn.wait_closed())
+        await asyncio.sleep(0.05)
+        assert server.topics == {}
+        sock.close()
+    finally:
+        await server.close()
+
+
+async def wait_until_held(server: IPCServer) -> IPCConnection:
+    await wait_until(
+        lambda: server.connections and server.connections[0].reading_held, "the reads to be held"
+    )
+    return server.connections[0]

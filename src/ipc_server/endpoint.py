@@ -270,6 +270,8 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             release_lost(self._transport)
         self._transport = None
         self._aborted = True
+        self._halted = True  # packets still held (hold_reading) are never dispatched now
+        self._held.clear()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
