@@ -33,6 +33,7 @@ from .options import (
     check_timeout,
 )
 from .packets import (
+    GROUPS,
     PUBSUB_KEYS,
     STATS,
     Hello,
@@ -321,7 +322,7 @@ class IPCConnection(Endpoint):
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server
         if data.__class__ is dict and not PUBSUB_KEYS.isdisjoint(data):
-            pubsub = read_pubsub(data)
+            pubsub = read_pubsub(data, GROUPS in self.features)
             if pubsub is not None:
                 server.pubsub_request(self, pubsub, respond)
                 return
