@@ -12,7 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
-from .clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
+from .calls import Calls
+from .clientcore import IPCClientStatus, connect_error
 from .endpoint import Endpoint, Responder
 from .errors import (
     ConnectionClosedError,
@@ -31,6 +32,8 @@ from .options import (
     check_timeout,
 )
 from .packets import (
+    CALL,
+    SERVICES,
     STATS,
     Agreement,
     read_answer,
@@ -45,6 +48,7 @@ from .protocol import (
     ClientPreamble,
     upgrade_request,
 )
+from .subscriptions import SubscriptionBase
 from .transport import PeerCredentials, peer_credentials
 from .transport import connect as open_transport
 
@@ -83,6 +87,7 @@ class _ClientProtocol(Endpoint):
         if client.max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
             self._decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
         self.client = client
+        self._resends = True
         # The client's own rule, called straight from the receive path (one call less per message).
         self._on_message = on_message  # type: ignore[method-assign,assignment]
         self._hello = hello
@@ -138,8 +143,7 @@ class _ClientProtocol(Endpoint):
             self._fatal(exc)
             return
         self._codec.configure(messagepack=agreement.messagepack, compress=agreement.compress)
-        self.remote_errors = agreement.remote_errors
-        self.features = agreement.features
+        self._agreed(agreement.features)
         self._handshaken = True
         if not self.ready.done():
             self.ready.set_result(agreement)
@@ -150,6 +154,14 @@ class _ClientProtocol(Endpoint):
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         self.client._request_arrived(data, respond, self._tasks)
+
+    def _on_request_extension(
+        self, x: Any, packet: dict[str, Any], n: str, respond: Responder
+    ) -> bool:
+        if x == CALL and SERVICES in self.features:
+            self.client._call_arrived(packet.get("s"), packet.get("d"), respond, self._tasks)
+            return True
+        return False
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if not self.ready.done():
@@ -213,7 +225,7 @@ class Subscription(SubscriptionBase):
             raise TimeoutError(f"no message on {self.topic!r} within {limit:g} s") from None
 
 
-class IPCClient(AsyncClientOptions, ClientCore):
+class IPCClient(AsyncClientOptions, Calls):
     """An IPC client for asyncio.
 
     Events: ``ready(info)``, ``error(error)``, ``close(reason)`` (closed for
@@ -268,6 +280,17 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self, data: Any, respond: Responder, tasks: set[asyncio.Task[Any]]
     ) -> None:
         self.emit_request("request", (data, respond), respond, tasks)
+
+    def _call_arrived(
+        self, name: Any, data: Any, respond: Responder, tasks: set[asyncio.Task[Any]]
+    ) -> None:
+        """The server sent a call of service ``name``: its handler answers it."""
+        handler = self._service_handler(name)
+        if handler is None:
+            # Unserved while the server sent it: the caller learns that nobody serves it.
+            respond.fail(IPCError(f"this worker does not serve {name!r} (any more)"), own=True)
+            return
+        self._run_chain(f"service {name!r}", [handler], (data, respond), respond, tasks)
 
     def _connection_error(self, exc: BaseException) -> None:
         self._report(exc)
@@ -341,7 +364,13 @@ class IPCClient(AsyncClientOptions, ClientCore):
             # After a reconnect: subscriptions and services are back before anyone hears "ready".
             left = _left(deadline, 0.001)
             answers = await asyncio.gather(
-                *(proto.request(request, left) for request in restore), return_exceptions=True
+                *(
+                    proto.request(data, left)
+                    if fields is None
+                    else proto.extended_request(data, fields, left)
+                    for data, fields in restore
+                ),
+                return_exceptions=True,
             )
             for answer in answers:
                 if isinstance(answer, IPCError):

@@ -46,6 +46,7 @@ __all__ = [
     "RESPONSE",
     "SERVE",
     "SERVICES",
+    "SERVICE_REQUESTS",
     "STATS",
     "STREAM",
     "STREAMS",
@@ -56,6 +57,7 @@ __all__ = [
     "IPCMessageType",
     "PacketDispatcher",
     "answer",
+    "call_fields",
     "cancel_notice",
     "credit_notice",
     "delivery",
@@ -125,6 +127,9 @@ STREAM = "stream"
 ITEM = "item"
 LAST = "end"
 CREDIT = "credit"
+
+SERVICE_REQUESTS = frozenset({SERVE, UNSERVE, CALL})
+"""The ``x`` of the REQUEST packets a server answers for the ``services`` extension."""
 
 FEATURES: tuple[str, ...] = ("errors", "retry", STATS, WILDCARDS, GROUPS, SERVICES, STREAMS, CANCEL)
 """Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
@@ -493,6 +498,11 @@ def request_fields(
     if cancel and timeout is not None:
         fields["dl"] = timeout
     return fields or None
+
+
+def call_fields(name: str) -> dict[str, Any]:
+    """The extension fields of a call to service ``name`` (caller to server, server to worker)."""
+    return {"x": CALL, "s": name}
 
 
 def read_deadline(packet: dict[str, Any]) -> float | None:

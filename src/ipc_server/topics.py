@@ -27,6 +27,7 @@ __all__ = [
     "matches",
     "pattern_error",
     "publishable",
+    "service_error",
 ]
 
 S = TypeVar("S", bound=Hashable)
@@ -97,6 +98,18 @@ def matches(pattern: str, topic: str) -> bool:
         if i >= len(have) or (token != "*" and token != have[i]):
             return False
     return len(want) == len(have)
+
+
+def service_error(name: object) -> str | None:
+    """Why ``name`` cannot name a service (names follow the topic rules, without wildcards)."""
+    if not isinstance(name, str):
+        return f"a service name is a str, not {type(name).__name__}"
+    error = pattern_error(name)
+    if error is not None:
+        return error
+    if not publishable(name):
+        return f"a service name has no wildcard token: {name!r}"
+    return None
 
 
 class Group(Generic[S]):

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
+from ..clientcore import ClientCore, IPCClientStatus, connect_error
 from ..errors import ConnectionClosedError, IPCError, ProtocolError, RequestTimeoutError
 from ..events import Respond
 from ..options import DEFAULT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_TIMEOUT, Default, check_timeout
@@ -32,6 +32,7 @@ from ..packets import (
     succeeded,
     unsubscribe_request,
 )
+from ..subscriptions import SubscriptionBase
 from ..transport import dial, socket_credentials
 from .connection import GONE, Connection, SendTimeout, SyncRespond, handshake
 from .reader import Background, background
@@ -392,11 +393,11 @@ class IPCClient(ClientCore):
             else:
                 bg.signal()
         conn.flush_outbox()
-        for request in restore:
+        for data, fields in restore:
             # After a reconnect: subscriptions and services are back before anyone hears "ready".
             try:
                 nonce = str(next(self._nonces))
-                conn.call(REQUEST, request, nonce, deadline, limit)
+                conn.call(REQUEST, data, nonce, deadline, limit, fields)
             except IPCError as exc:
                 self._report(exc)
                 if isinstance(exc, ConnectionClosedError):
@@ -521,7 +522,7 @@ class IPCClient(ClientCore):
         if STATS not in conn.features:
             raise self._stats_unsupported()
         nonce = str(next(self._nonces))
-        value = conn.call(REQUEST, connections, nonce, deadline, limit, extension=STATS)
+        value = conn.call(REQUEST, connections, nonce, deadline, limit, {"x": STATS})
         if value is GONE:
             raise ConnectionClosedError("connection lost before the stats request left")
         result: dict[str, Any] = value
