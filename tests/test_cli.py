@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,77 +17,26 @@ from typing import Any
 import pytest
 
 import ipc_server
+from clikit import Running, events, one_error_line, run, run_async
 from ipc_server import IPCConnection, IPCServer
 from ipc_server.cli import json_arg
+from ipc_server.cli.data import DataError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix socket paths and signals")
 
-CLI = [sys.executable, "-m", "ipc_server"]
-COMMANDS = ("serve", "send", "request", "ping", "publish", "subscribe", "bench", "demo")
-
-
-def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run the command to its end (killed after ``timeout``)."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def events(stdout: str) -> list[dict[str, Any]]:
-    """The JSON lines of a run."""
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-class Running:
-    """A long-running command whose JSON lines are read by a thread, waited on with deadlines."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.strip():
-                self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr.extend(self.proc.stderr)
-
-    def wait_for(self, event: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
-        """The next line with ``event`` (and ``match``); fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self.lines.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                raise AssertionError(f"no {event!r} line within {timeout} s: {self.seen}") from None
-            if item is None:
-                self.lines.put(None)
-                raise AssertionError(f"output ended before {event!r}: {self.seen} {self.stderr}")
-            self.seen.append(item)
-            if item.get("event") == event and all(item.get(k) == v for k, v in match.items()):
-                return item
-
-    def finish(self, timeout: float = 10.0) -> int:
-        """Wait for the exit code (fails after ``timeout``)."""
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """Make sure the process is gone."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+COMMANDS = (
+    "serve",
+    "reply",
+    "send",
+    "request",
+    "ping",
+    "publish",
+    "subscribe",
+    "stats",
+    "top",
+    "bench",
+    "demo",
+)
 
 
 @pytest.fixture
@@ -141,13 +87,42 @@ def running() -> Iterator[list[Running]]:
         ("42", 42),
         ("null", None),
         ('"quoted"', "quoted"),
-        ("hello", "hello"),
-        ("hello world", "hello world"),
+        ("1.5e3", 1500.0),
+        (str(2**64 - 1), 2**64 - 1),
+        (str(-(2**63)), -(2**63)),
     ],
 )
-def test_data_argument_is_json_or_a_bare_string(text: str, value: Any) -> None:
-    """A data argument is parsed as JSON; text that is not JSON is a string."""
+def test_data_argument_is_json(text: str, value: Any) -> None:
+    """A data argument is parsed as JSON, integers up to the 64-bit bounds included."""
     assert json_arg(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("hello", "DATA is not JSON"),
+        ("{bad", "DATA is not JSON"),
+        ("", "DATA is not JSON"),
+        (str(2**64), "does not fit in 64 bits"),
+        (str(-(2**63) - 1), "does not fit in 64 bits"),
+        ("1" * 5000, "does not fit in 64 bits"),
+        ("[NaN]", "NaN is not JSON"),
+        ("-Infinity", "Infinity is not JSON"),
+        ("1e400", "too big for a 64-bit float"),
+    ],
+)
+def test_data_that_cannot_be_sent_is_refused(text: str, said: str) -> None:
+    """Text that is not JSON, and numbers the wire cannot carry, are refused with exit 2."""
+    with pytest.raises(DataError) as caught:
+        json_arg(text)
+    assert said in str(caught.value)
+    assert caught.value.code == 2
+
+
+def test_string_data_is_the_text_itself() -> None:
+    """With --string a data argument is the text, whatever it looks like."""
+    assert json_arg("hello world", string=True) == "hello world"
+    assert json_arg("42", string=True) == "42"
 
 
 # ---------------------------------------------------------------------- against `serve`
@@ -164,9 +139,9 @@ def test_request_echoes_json(served: Running, path: str) -> None:
     assert served.wait_for("request")["data"] == {"a": [1, 2]}
 
 
-def test_request_bare_word_with_msgpack_and_compression(served: Running, path: str) -> None:
-    """A bare word travels as a string, also over msgpack with compression."""
-    result = run("request", "--path", path, "--codec", "msgpack", "--compress", "hello")
+def test_request_string_with_msgpack_and_compression(served: Running, path: str) -> None:
+    """--string sends the text as a string, also over msgpack with compression."""
+    result = run("request", "--path", path, "--codec", "msgpack", "--compress", "--string", "hello")
     assert result.returncode == 0, result.stderr
     assert events(result.stdout)[0]["data"] == "hello"
 
@@ -271,7 +246,7 @@ def test_subscribe_survives_a_serve_restart(path: str, running: list[Running]) -
     deadline = time.monotonic() + 10
     # Its subscription is restored just after it reconnects: publish until it arrives.
     while sub.proc.poll() is None and time.monotonic() < deadline:
-        assert run("publish", "--path", path, "news", "again").returncode == 0
+        assert run("publish", "--path", path, "news", '"again"').returncode == 0
         with contextlib.suppress(subprocess.TimeoutExpired):
             sub.proc.wait(timeout=0.2)
     assert sub.finish() == 0
@@ -307,7 +282,7 @@ def test_serve_over_tcp(running: list[Running]) -> None:
     running.append(server)
     address = server.wait_for("ready")["address"]
     port = address.rsplit(":", 1)[1]
-    result = run("request", "--port", port, "tcp")
+    result = run("request", "--port", port, "-s", "tcp")
     assert result.returncode == 0, result.stderr
     assert events(result.stdout)[0]["data"] == "tcp"
 
@@ -318,15 +293,19 @@ def test_serve_over_tcp(running: list[Running]) -> None:
 def test_no_server_exits_1(path: str) -> None:
     """Every client command exits 1 with a clear message when nothing listens."""
     for args in (
-        ["request", "x"],
-        ["send", "x"],
+        ["request", "1"],
+        ["send", "1"],
         ["ping"],
-        ["publish", "t", "x"],
+        ["publish", "t", "1"],
         ["subscribe", "t"],
+        ["stats"],
+        ["top", "--count", "1"],
     ):
         result = run(*args, "--path", path)
         assert result.returncode == 1, args
-        assert "no server listening" in result.stderr, args
+        assert one_error_line(result.stderr, args[0]).endswith(
+            f"no IPC server at {path}: no such socket file (is the server running?)"
+        ), args
 
 
 @pytest.fixture
@@ -351,24 +330,9 @@ async def odd_server(path: str) -> AsyncIterator[asyncio.Event]:
         await server.close(timeout=2.0)
 
 
-async def run_async(*args: str) -> tuple[int, str, str]:
-    """Run the command while this test's loop keeps serving."""
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30.0)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_request_timeout_exits_3(odd_server: asyncio.Event, path: str) -> None:
     """A request the server never answers exits 3 after --timeout."""
-    code, out, err = await run_async("request", "--path", path, "--timeout", "0.3", "hang")
+    code, out, err = await run_async("request", "--path", path, "--timeout", "0.3", '"hang"')
     assert code == 3, err
     assert out == ""
     assert "timed out" in err
@@ -376,7 +340,7 @@ async def test_request_timeout_exits_3(odd_server: asyncio.Event, path: str) -> 
 
 async def test_remote_error_exits_1(odd_server: asyncio.Event, path: str) -> None:
     """A request whose handler raises exits 1 and shows the remote exception."""
-    code, _, err = await run_async("request", "--path", path, "boom")
+    code, _, err = await run_async("request", "--path", path, "-s", "boom")
     assert code == 1
     assert "ValueError: boom" in err
 
@@ -387,15 +351,24 @@ async def test_remote_error_exits_1(odd_server: asyncio.Event, path: str) -> Non
         [],
         ["nope"],
         ["request"],
-        ["request", "x", "--timeout", "-1"],
-        ["request", "x", "--timeout", "soon"],
-        ["request", "x", "--host", "localhost"],
-        ["request", "x", "--path", "p", "--port", "1"],
-        ["request", "x", "--port", "70000"],
-        ["request", "x", "--codec", "xml"],
+        ["request", "1", "--timeout", "-1"],
+        ["request", "1", "--timeout", "soon"],
+        ["request", "1", "--host", "localhost"],
+        ["request", "1", "--path", "p", "--port", "1"],
+        ["request", "1", "--port", "70000"],
+        ["request", "1", "--codec", "xml"],
+        ["request", "hello"],
+        ["request", str(2**64)],
+        ["send", "[1, NaN]"],
+        ["publish", "t", "{bad"],
+        ["send", "1", "--payload", "{bad"],
         ["ping", "--count", "-1"],
         ["serve", "--socket-mode", "9"],
         ["serve", "--path", "/tmp/" + "x" * 200],
+        ["reply", "--echo", "--command", "cat"],
+        ["reply", "--echo", "1"],
+        ["reply", "--jobs", "0"],
+        ["top", "--interval", "0"],
         ["bench", "--workloads", "nope"],
         ["subscribe"],
     ],
@@ -405,6 +378,7 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 2, (args, result.stdout, result.stderr)
     assert "error" in result.stderr
+    assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
+import select
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -415,6 +417,48 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------- main
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of stdout has gone (a pipe closed at the other end)."""
+    poll = getattr(select, "poll", None)
+    if poll is None:  # pragma: no cover - Windows
+        return False
+    try:
+        poller = poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _log_to_stderr(prog: str, level: int) -> None:
+    """The library's log lines as ``prog: warning: ...`` on stderr, from ``level`` up.
+
+    A client command reports what went wrong itself, in one line: it shows only
+    the library's errors. ``serve`` and ``reply`` show its warnings too.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogFormatter(prog))
+    logger = logging.getLogger("ipc_server")
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+class _LogFormatter(logging.Formatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__()
+        self.prog = prog
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{self.prog}: {record.levelname.lower()}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+_SERVERS = ("serve", "reply")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (``--help`` / usage errors exit here).
 
@@ -425,12 +469,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Output(args.format)
     prog = f"{PROG} {args.command}"
+    _log_to_stderr(prog, logging.WARNING if args.command in _SERVERS else logging.ERROR)
     try:
         result = args.run(args, out)
         if asyncio.iscoroutine(result):
             result = run_loop(result)
         return int(result)
-    except BrokenPipeError:  # e.g. `ipc-server subscribe t | head -1`
+    except BrokenPipeError as exc:
+        if not _stdout_closed():
+            report_error(prog, f"the connection broke: {exc.strerror or exc}")
+            return EXIT_ERROR
+        # e.g. `ipc-server subscribe t | head -1`: nobody reads stdout any more.
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR

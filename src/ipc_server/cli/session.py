@@ -92,6 +92,12 @@ async def connect(client: IPCClient, args: argparse.Namespace) -> None:
         raise CommandError(
             f"the server at {client.address} refused the connection: {text}"
         ) from exc
+    except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError) as exc:
+        # A peer that is not an IPC server may answer garbage and hang up.
+        raise CommandError(
+            f"{client.address} closed the connection during the handshake "
+            f"({exc.strerror or exc}): not an IPC server, or one that refused this client"
+        ) from exc
 
 
 async def shut(client: IPCClient) -> None:
