@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import ipc_server
-from clikit import Running, events, one_error_line, run, run_async
+from clikit import CLI, Running, events, one_error_line, run, run_async
 from ipc_server import IPCConnection, IPCServer
 from ipc_server.cli import json_arg
 from ipc_server.cli.data import DataError
@@ -448,3 +448,250 @@ def test_bench_table_text() -> None:
     assert "seq_rtt" in result.stdout
     assert "msg/s" in result.stdout
     assert "\r" not in result.stderr
+
+
+# ---------------------------------------------------------------------- - reads stdin
+
+
+def run_with_stdin(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command with ``stdin`` as its standard input."""
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=30.0)
+
+
+def test_request_dash_reads_all_of_stdin(served: Running, path: str) -> None:
+    """`request -` sends all of stdin as one JSON value (--string: as text, without its line end)."""
+    result = run_with_stdin('{"a":\n  [1, 2]}\n', "request", "--path", path, "-")
+    assert result.returncode == 0, result.stderr
+    assert events(result.stdout)[0]["data"] == {"a": [1, 2]}
+    result = run_with_stdin("two\nlines\n", "request", "--path", path, "--string", "-")
+    assert result.returncode == 0, result.stderr
+    assert events(result.stdout)[0]["data"] == "two\nlines"
+
+
+def test_send_dash_sends_one_message_per_line(served: Running, path: str) -> None:
+    """`send -` sends each line of stdin as a message, in order; blank lines are skipped."""
+    result = run_with_stdin('1\n\n"two"\n{"three": 3}\n', "send", "--path", path, "-")
+    assert result.returncode == 0, result.stderr
+    assert [line["data"] for line in events(result.stdout)] == [1, "two", {"three": 3}]
+    connect = served.wait_for("connect")
+    got = [served.wait_for("message", id=connect["id"])["data"] for _ in range(3)]
+    assert got == [1, "two", {"three": 3}]
+
+
+def test_publish_dash_string_publishes_each_line(
+    served: Running, path: str, running: list[Running]
+) -> None:
+    """`publish TOPIC --string -` publishes each line of stdin as a string."""
+    sub = Running("subscribe", "--path", path, "news", "--count", "2", "--timeout", "10")
+    running.append(sub)
+    sub.wait_for("subscribed")
+    result = run_with_stdin(
+        "hello world\n{not json}\n", "publish", "--path", path, "news", "-s", "-"
+    )
+    assert result.returncode == 0, result.stderr
+    assert sub.wait_for("message")["data"] == "hello world"
+    assert sub.wait_for("message")["data"] == "{not json}"
+    assert sub.finish() == 0
+
+
+def test_a_bad_line_of_stdin_stops_with_exit_2(served: Running, path: str) -> None:
+    """A line of stdin that is not JSON ends `send -` with exit 2, naming the line; the lines before were sent."""
+    result = run_with_stdin("1\n2\noops\n4\n", "send", "--path", path, "-")
+    assert result.returncode == 2
+    assert one_error_line(result.stderr, "send").endswith(
+        "stdin line 3 is not JSON (Expecting value at column 1); give --string to send text"
+    )
+    assert [line["data"] for line in events(result.stdout)] == [1, 2]
+
+
+def test_bad_data_is_refused_before_connecting(served: Running, path: str) -> None:
+    """Malformed JSON and integers over 64 bits: one line, exit 2, and nothing reaches the server."""
+    for data, said in (("hello", "DATA is not JSON"), (str(2**64), "does not fit in 64 bits")):
+        result = run("request", "--path", path, data)
+        assert result.returncode == 2
+        assert said in one_error_line(result.stderr, "request")
+    result = run("request", "--path", path, '"after"')
+    assert result.returncode == 0
+    assert served.wait_for("connect")  # the first connect is the good request's
+    assert served.wait_for("request")["data"] == "after"
+
+
+# ---------------------------------------------------------------------- errors name the problem
+
+
+@pytest.fixture
+def listener(path: str) -> Iterator[Any]:
+    """A Unix socket at ``path`` that is not an IPC server: ``listener(reply)`` serves ``reply``
+    (bytes sent before hanging up; None: accept and say nothing)."""
+    import socket
+    import threading
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(8)
+    peers: list[socket.socket] = []
+
+    def serve(reply: bytes | None) -> None:
+        def loop() -> None:
+            while True:
+                try:
+                    peer, _ = sock.accept()
+                except OSError:
+                    return
+                peers.append(peer)
+                if reply is not None:
+                    with contextlib.suppress(OSError):
+                        peer.sendall(reply)
+                    peer.close()
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    try:
+        yield serve
+    finally:
+        sock.close()
+        for peer in peers:
+            peer.close()
+
+
+def test_not_an_ipc_server_is_one_line(listener: Any, path: str) -> None:
+    """A socket that answers something else: exit 1, one line naming the address, no traceback."""
+    listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    result = run("request", "--path", path, "1")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr, "request")
+    assert path in line
+    assert "IPC" in line
+
+
+def test_a_silent_socket_times_out_with_exit_3(listener: Any, path: str) -> None:
+    """A socket that never answers the handshake: exit 3 within --timeout, one line naming it."""
+    listener(None)
+    started = time.monotonic()
+    result = run("request", "--path", path, "--timeout", "0.5", "1")
+    assert result.returncode == 3
+    line = one_error_line(result.stderr, "request")
+    assert f"no answer from {path}" in line
+    assert time.monotonic() - started < 10
+
+
+def test_a_stale_socket_file_is_one_line(path: str) -> None:
+    """A socket file nobody listens on: exit 1, 'connection refused ... stale socket file'."""
+    import socket
+
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()
+    result = run("send", "--path", path, "1")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr, "send")
+    assert f"no IPC server at {path}: connection refused" in line
+    assert "stale socket file" in line
+
+
+async def test_a_refused_client_is_one_line(path: str) -> None:
+    """A server that turns the client away (full): exit 1, 'refused the connection: server full'."""
+    server = IPCServer(path=path, max_connections=1)
+    server.on("error", lambda error, connection: None)
+    await server.start()
+    holder = await ipc_server.IPCClient(path=path).connect()
+    try:
+        code, _, err = await run_async("request", "--path", path, "1")
+        assert code == 1
+        line = one_error_line(err, "request")
+        assert f"the server at {path} refused the connection" in line
+        assert "server full" in line
+    finally:
+        await holder.close()
+        await server.close()
+
+
+def test_error_lines_for_permission_and_closed_connections() -> None:
+    """The one-line wording of errors that are hard to cause as root: permission, a closed connection."""
+    from ipc_server.cli.output import error_message
+    from ipc_server.errors import ConnectionClosedError
+
+    text = "cannot connect to /run/x.sock: permission denied (the socket or its folder ...)"
+    assert error_message(PermissionError(13, text)) == (text, 1)
+    assert error_message(ConnectionClosedError("server closed")) == (
+        "connection closed: server closed",
+        1,
+    )
+    assert error_message(ValueError("a bug")) is None  # a bug keeps its traceback
+
+
+# ---------------------------------------------------------------------- serve's lines
+
+
+def test_serve_lines_have_the_time_and_log_pub_sub(
+    served: Running, path: str, running: list[Running]
+) -> None:
+    """serve's JSON lines carry an ISO time; subscribe, publish and unsubscribe are logged."""
+    import datetime
+
+    sub = Running("subscribe", "--path", path, "news", "sport", "--count", "1", "--timeout", "10")
+    running.append(sub)
+    sub.wait_for("subscribed")
+    subscribe = served.wait_for("subscribe")
+    assert subscribe["topics"] == ["news"] or subscribe["topics"] == ["news", "sport"]
+    assert run("publish", "--path", path, "news", '{"n": 1}').returncode == 0
+    publish = served.wait_for("publish", topic="news")
+    assert publish["data"] == {"n": 1}
+    assert publish["subscribers"] == 1
+    assert sub.finish() == 0  # closing unsubscribes nothing explicitly; the connection goes
+    ready = served.seen[0]
+    assert ready["event"] == "ready"
+    for line in served.seen:
+        when = datetime.datetime.fromisoformat(line["time"])
+        assert when.tzinfo is not None
+        assert abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) < 60
+
+
+async def test_serve_logs_unsubscribe(path: str, running: list[Running]) -> None:
+    """An unsubscribe is logged with its topics."""
+    server = Running("serve", "--path", path)
+    running.append(server)
+    server.wait_for("ready")
+    client = await ipc_server.IPCClient(path=path).connect()
+    try:
+        await client.subscribe(["a", "b"])
+        await client.unsubscribe("a")
+    finally:
+        await client.close()
+    assert server.wait_for("subscribe")["topics"] == ["a", "b"]
+    assert server.wait_for("unsubscribe")["topics"] == ["a"]
+
+
+def test_serve_text_lines_start_with_the_time(path: str) -> None:
+    """On a terminal (--format text) each line starts with HH:MM:SS.mmm and the event."""
+    import re
+
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--path", path, "--format", "text"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert re.match(r"\d\d:\d\d:\d\d\.\d{3}  ready +listening on ", first), first
+        assert run("publish", "--path", path, "t", "1").returncode == 0
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert [line.split()[1] for line in lines] == ["connect", "publish", "disconnect"]
+        assert "[t] 1 -> 0 subscriber(s)" in lines[1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+
+def test_serve_quiet_logs_no_traffic(path: str, running: list[Running]) -> None:
+    """--quiet logs connects and disconnects, not requests or publishes."""
+    server = Running("serve", "--path", path, "--quiet")
+    running.append(server)
+    server.wait_for("ready")
+    assert run("publish", "--path", path, "t", "1").returncode == 0
+    assert run("request", "--path", path, "2").returncode == 0
+    server.wait_for("disconnect")
+    server.wait_for("disconnect")
+    assert {line["event"] for line in server.seen} == {"ready", "connect", "disconnect"}
