@@ -261,7 +261,7 @@ class _Answerer:
         )
         try:
             stdout, stderr = await asyncio.wait_for(
-                proc.communicate((to_json(request) + "\n").encode()), self.timeout
+                _communicate(proc, (to_json(request) + "\n").encode()), self.timeout
             )
         except (asyncio.TimeoutError, TimeoutError):
             _kill(proc)
@@ -285,6 +285,27 @@ class _Answerer:
             return parse_data(text, what="the command's output")
         except CommandError as exc:
             raise RuntimeError(str(exc).replace("send text", "answer text")) from None
+
+
+async def _communicate(proc: asyncio.subprocess.Process, data: bytes) -> tuple[bytes, bytes]:
+    """Like ``communicate``, also when the command exits without reading its stdin.
+
+    (uvloop raises ``RuntimeError`` writing to the closed pipe, asyncio ``BrokenPipeError``.)
+    """
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+
+    async def feed(stdin: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            stdin.write(data)
+            await stdin.drain()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):
+            stdin.close()
+
+    _, stdout, stderr = await asyncio.gather(
+        feed(proc.stdin), proc.stdout.read(), proc.stderr.read()
+    )
+    await proc.wait()
+    return stdout, stderr
 
 
 def _kill(proc: asyncio.subprocess.Process) -> None:
