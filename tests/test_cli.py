@@ -100,9 +100,9 @@ def test_data_argument_is_json(text: str, value: Any) -> None:
 @pytest.mark.parametrize(
     ("text", "said"),
     [
-        ("hello", "DATA is not JSON"),
-        ("{bad", "DATA is not JSON"),
-        ("", "DATA is not JSON"),
+        ("hello", "DATA 'hello' is not JSON"),
+        ("{bad", "DATA '{bad' is not JSON"),
+        ("", "DATA '' is not JSON"),
         (str(2**64), "does not fit in 64 bits"),
         (str(-(2**63) - 1), "does not fit in 64 bits"),
         ("1" * 5000, "does not fit in 64 bits"),
@@ -499,14 +499,17 @@ def test_a_bad_line_of_stdin_stops_with_exit_2(served: Running, path: str) -> No
     result = run_with_stdin("1\n2\noops\n4\n", "send", "--path", path, "-")
     assert result.returncode == 2
     assert one_error_line(result.stderr, "send").endswith(
-        "stdin line 3 is not JSON (Expecting value at column 1); give --string to send text"
+        "stdin line 3 'oops' is not JSON (Expecting value at column 1); give --string to send text"
     )
     assert [line["data"] for line in events(result.stdout)] == [1, 2]
 
 
 def test_bad_data_is_refused_before_connecting(served: Running, path: str) -> None:
     """Malformed JSON and integers over 64 bits: one line, exit 2, and nothing reaches the server."""
-    for data, said in (("hello", "DATA is not JSON"), (str(2**64), "does not fit in 64 bits")):
+    for data, said in (
+        ("hello", "DATA 'hello' is not JSON"),
+        (str(2**64), "does not fit in 64 bits"),
+    ):
         result = run("request", "--path", path, data)
         assert result.returncode == 2
         assert said in one_error_line(result.stderr, "request")

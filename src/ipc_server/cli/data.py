@@ -84,7 +84,10 @@ def parse_data(text: str, *, string: bool = False, what: str = "DATA") -> Any:
         )
     except json.JSONDecodeError as exc:
         hint = "; give --string to send text" if what != "--payload" else ""
-        raise DataError(f"{what} is not JSON ({exc.msg} at column {exc.colno}){hint}") from None
+        shown = _shorten(" ".join(text.split()))
+        raise DataError(
+            f"{what} {shown!r} is not JSON ({exc.msg} at column {exc.colno}){hint}"
+        ) from None
 
 
 def read_all(stream: TextIO | None = None, *, string: bool = False) -> Any:

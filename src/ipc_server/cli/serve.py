@@ -292,7 +292,9 @@ async def _communicate(proc: asyncio.subprocess.Process, data: bytes) -> tuple[b
 
     (uvloop raises ``RuntimeError`` writing to the closed pipe, asyncio ``BrokenPipeError``.)
     """
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    assert proc.stderr is not None
 
     async def feed(stdin: asyncio.StreamWriter) -> None:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError, RuntimeError):

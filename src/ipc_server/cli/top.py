@@ -82,7 +82,7 @@ class Rates:
 
 def _rate(value: float) -> str:
     """A rate in at most 6 characters: ``0.5``, ``42``, ``3690``, ``12.3k``."""
-    if value < 10:
+    if value < 9.95:  # what rounds to 10.0 shows as 10
         return f"{value:.1f}"
     if value < 10_000:
         return f"{value:.0f}"
@@ -181,7 +181,7 @@ def frame(
     lines = [bold + head[0][:width] + reset, *(line[:width] for line in head[1:]), ""]
     columns = _fit(_COLUMNS, width)
     header = " ".join(_cell(c[0], c[1]) for c in columns)
-    lines.append(reverse + header.ljust(width)[:width] + reset)
+    lines.append(reverse + (header.ljust(width) if styled else header)[:width] + reset)
     per = list(stats.get("per_connection", ()))
     per.sort(
         key=lambda c: (
