@@ -336,13 +336,18 @@ class IPCClient(AsyncClientOptions, ClientCore):
             raise error from exc
         if proto.closed:
             raise ConnectionClosedError("connection lost during the handshake")
-        topics = self._admitted(agreement)
-        if topics:
-            # After a reconnect: subscriptions are back before anyone hears "ready".
-            try:
-                await proto.request(subscribe_request(topics), _left(deadline, 0.001))
-            except IPCError as exc:
-                self._report(exc)
+        restore = self._admitted(agreement)
+        if restore:
+            # After a reconnect: subscriptions and services are back before anyone hears "ready".
+            left = _left(deadline, 0.001)
+            answers = await asyncio.gather(
+                *(proto.request(request, left) for request in restore), return_exceptions=True
+            )
+            for answer in answers:
+                if isinstance(answer, IPCError):
+                    self._report(answer)
+                elif isinstance(answer, BaseException):
+                    raise answer
             if self._proto is not proto:
                 return  # lost again: its loss has been dealt with (reconnecting or closed)
         if self._full:
@@ -516,17 +521,35 @@ class IPCClient(AsyncClientOptions, ClientCore):
     # ------------------------------------------------------------------ pub/sub
 
     async def subscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Subscribe to a topic (or several); messages are emitted under the topic's name."""
-        reply = await self.request(self._subscribe_request(topic), timeout)
-        return self._subscribe_done(topic, reply)
+        """Subscribe to a topic or pattern (or several); messages are emitted under its name.
+
+        A pattern's ``*`` matches one ``.``-separated token, a last ``>`` one or
+        more: its listeners are called ``listener(message, topic)``. With
+        ``group``, this client joins that worker group: each message goes to
+        one member of the group (and to every plain subscriber).
+
+        Raises:
+            ValueError: An invalid topic or pattern (``a..b``, ``a.>.b``, ``*x``).
+            IPCError: The server cannot match patterns or has no groups (a Node server).
+        """
+        reply = await self.request(self._subscribe_request(topic, group), timeout)
+        return self._subscribe_done(topic, reply, group=group)
 
     async def unsubscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Unsubscribe; False when it was not subscribed."""
-        return succeeded(await self.request(self._unsubscribe_request(topic), timeout))
+        """Unsubscribe (from ``group``'s subscription, if given); False when it was not subscribed."""
+        return succeeded(await self.request(self._unsubscribe_request(topic, group), timeout))
 
     async def publish(
         self, topic: str, message: Any = None, *, timeout: float | Default | None = DEFAULT

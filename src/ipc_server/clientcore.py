@@ -38,6 +38,8 @@ from .errors import (
 from .events import EventEmitter, Tasks, Throttle, shorten
 from .options import RETRY_BASE, ClientOptions
 from .packets import (
+    GROUPS,
+    WILDCARDS,
     Agreement,
     hello,
     publish_request,
@@ -47,6 +49,7 @@ from .packets import (
     topic_list,
     unsubscribe_request,
 )
+from .topics import check_pattern, check_topic, is_pattern, matches
 from .transport import PeerCredentials
 
 __all__ = [
@@ -63,7 +66,7 @@ __all__ = [
     "connect_error",
 ]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.client")
 
 
 class IPCClientStatus(enum.IntEnum):
@@ -210,6 +213,8 @@ class SubscriptionBase:
     def __init__(self, client: ClientCore, topic: str, maxsize: int = 0) -> None:
         self.client = client
         self.topic = topic
+        self.pattern = is_pattern(topic)
+        """Whether ``topic`` is a wildcard pattern: then each item is ``(topic, message)``."""
         self._box = Mailbox(maxsize)
         # Without maxsize, max_pending_events bounds it by backpressure instead of by dropping.
         self._limit = client.max_pending_events if not maxsize else 0
@@ -248,33 +253,67 @@ class Topics:
     """What a client is subscribed to, and why.
 
     Attributes:
-        confirmed: Topics the server has confirmed, in order: restored after a reconnect.
+        confirmed: Topics (and patterns) the server has confirmed, in order:
+            restored after a reconnect.
+        grouped: ``(topic, group)`` subscriptions in worker groups the server
+            has confirmed: restored too.
         explicit: Topics ``subscribe()`` asked for (kept when a ``subscription()`` ends).
         refs: Live ``subscription()`` contexts per topic.
         streams: The subscriptions that receive each topic's messages (lists
             are replaced, never changed, so a reader may iterate one unlocked).
+        patterns: The wildcard patterns among all of these, matched against
+            each delivery's topic (a tuple, replaced on change).
     """
 
-    __slots__ = ("confirmed", "explicit", "refs", "streams")
+    __slots__ = ("confirmed", "explicit", "grouped", "patterns", "refs", "streams")
 
     def __init__(self) -> None:
         self.confirmed: dict[str, None] = {}
+        self.grouped: dict[tuple[str, str], None] = {}
         self.explicit: set[str] = set()
         self.refs: dict[str, int] = {}
         self.streams: dict[str, list[SubscriptionBase]] = {}
+        self.patterns: tuple[str, ...] = ()
 
-    def subscribed(self, topics: list[str], *, explicit: bool) -> None:
-        """The server confirmed a subscription to ``topics``."""
+    def _changed(self) -> None:
+        names = [*self.confirmed, *(t for t, _ in self.grouped), *self.streams]
+        self.patterns = tuple(dict.fromkeys(t for t in names if is_pattern(t)))
+
+    def subscribed(self, topics: list[str], *, explicit: bool, group: str | None = None) -> None:
+        """The server confirmed a subscription to ``topics`` (in worker ``group``)."""
         for t in topics:
+            if group is not None:
+                self.grouped[t, group] = None
+                continue
             self.confirmed[t] = None
             if explicit:
                 self.explicit.add(t)
+        self._changed()
 
-    def unsubscribed(self, topics: list[str]) -> None:
-        """``unsubscribe()`` was called for ``topics``."""
+    def unsubscribed(self, topics: list[str], group: str | None = None) -> None:
+        """``unsubscribe()`` was called for ``topics`` (leaving worker ``group``)."""
         for t in topics:
+            if group is not None:
+                self.grouped.pop((t, group), None)
+                continue
             self.confirmed.pop(t, None)
             self.explicit.discard(t)
+        self._changed()
+
+    def names(self) -> list[str]:
+        """Every topic and pattern subscribed to, plainly or in a group, once each."""
+        return list(dict.fromkeys([*self.confirmed, *(t for t, _ in self.grouped)]))
+
+    def restore(self) -> list[tuple[list[str], str | None]]:
+        """What to subscribe to again on a new connection: ``(topics, group or None)``."""
+        out: list[tuple[list[str], str | None]] = []
+        if self.confirmed:
+            out.append((list(self.confirmed), None))
+        by_group: dict[str, list[str]] = {}
+        for topic, group in self.grouped:
+            by_group.setdefault(group, []).append(topic)
+        out.extend((topics, group) for group, topics in by_group.items())
+        return out
 
     def open(self, sub: SubscriptionBase) -> bool:
         """Register a ``subscription()``; True if its topic still needs subscribing.
@@ -285,6 +324,7 @@ class Topics:
         topic = sub.topic
         self.refs[topic] = self.refs.get(topic, 0) + 1
         self.streams[topic] = [*self.streams.get(topic, ()), sub]
+        self._changed()
         return topic not in self.confirmed
 
     def close(self, sub: SubscriptionBase) -> bool:
@@ -306,8 +346,10 @@ class Topics:
             return False
         self.refs.pop(topic, None)
         if topic in self.explicit or topic not in self.confirmed:
+            self._changed()
             return False
         del self.confirmed[topic]
+        self._changed()
         return True
 
     def end_all(self) -> None:
@@ -350,6 +392,7 @@ class ClientCore(ClientOptions, EventEmitter):
         self._full_lock = threading.Lock()  # the blocking front changes it from several threads
         self._log_throttle = Throttle()
         self._connects = 0  # CONNECTION exchanges that admitted this client, reconnects included
+        self._features: frozenset[str] = frozenset()  # what the server announced, last admission
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.address} id={self.id!r} status={self.status.name}>"
@@ -391,7 +434,7 @@ class ClientCore(ClientOptions, EventEmitter):
             "status": self.status.name,
             "connects": self._connects,
             "reconnects": max(0, self._connects - 1),
-            "topics": len(registry.confirmed),
+            "topics": len(registry.names()),
             "events_waiting": waiting,
             "connection": self._connection_stats(),
         }
@@ -492,17 +535,24 @@ class ClientCore(ClientOptions, EventEmitter):
         """This client's CONNECTION packet (its payload, and its id once it has one)."""
         return hello(self._payload, self.id, compress=self.compress, codec=self.codec)
 
-    def _admitted(self, agreement: Agreement) -> list[str]:
-        """The server answered: record its answer; return the topics to subscribe again."""
+    def _admitted(self, agreement: Agreement) -> list[dict[str, Any]]:
+        """The server answered: record its answer; return the requests that restore what
+        this client had (subscriptions, services), to send before it is ready."""
         info = agreement.info
         self.info = info
+        self._features = agreement.features
         self._connects += 1
         if isinstance(info.get("id"), str):
             self.id = info["id"]
-        return list(self._registry.confirmed)
+        return self._restore_requests()
+
+    _logger = logger
 
     def _ready(self) -> None:
         """Admitted (and topics restored): READY, waiters go on, ``ready`` is emitted."""
+        if logger.isEnabledFor(logging.INFO):
+            again = " again" if self._connects > 1 else ""
+            logger.info("connected%s to %s as %s", again, self.address, shorten(self.id))
         self._set_status(IPCClientStatus.READY)
         self._wake_waiters(None)
         self._emit("ready", self.info)
@@ -528,6 +578,7 @@ class ClientCore(ClientOptions, EventEmitter):
             return False, peer_end.get("m")  # the server closed us for good
         if ended_here or not self.reconnect or self.retries == 0:
             return False, reason
+        logger.info("connection to %s lost (%s); reconnecting", self.address, shorten(reason, 200))
         return True, reason
 
     def _retry_delays(self) -> Iterator[float]:
@@ -557,6 +608,7 @@ class ClientCore(ClientOptions, EventEmitter):
         self._registry.end_all()
         self._set_status(IPCClientStatus.IDLE)
         if first:
+            logger.info("closed (%s): %s", self.address, shorten(reason, 200))
             self._emit("close", reason)
 
     def _closed_error(self) -> ConnectionClosedError:
@@ -584,34 +636,73 @@ class ClientCore(ClientOptions, EventEmitter):
 
     @property
     def topics(self) -> list[str]:
-        """Topics this client is subscribed to (restored after a reconnect)."""
-        return list(self._registry.confirmed)
+        """Topics and patterns this client is subscribed to (restored after a reconnect)."""
+        return self._registry.names()
 
-    @staticmethod
-    def _subscribe_request(topic: str | list[str]) -> dict[str, Any]:
-        checked_topics(topic)
-        return subscribe_request(topic)
+    def _pubsub_check(self, topics: list[str], group: str | None) -> None:
+        """Refuse, before anything is sent, what this server cannot do (once it is known)."""
+        if group is not None:
+            if not isinstance(group, str):
+                raise TypeError(f"group must be a str, not {type(group).__name__}")
+            if not group:
+                raise ValueError("group must be a non-empty str")
+        if not self._connects:
+            return  # nothing known of the server yet
+        features = self._features
+        if group is not None and GROUPS not in features:
+            raise IPCError(
+                f"the server at {self.address} has no worker groups (not a server of this library)"
+            )
+        if WILDCARDS not in features and any(is_pattern(t) for t in topics):
+            raise IPCError(
+                f"the server at {self.address} does not match wildcard topics "
+                "(not a server of this library)"
+            )
 
-    def _subscribe_done(self, topic: str | list[str], reply: Any, *, explicit: bool = True) -> bool:
+    def _subscribe_request(
+        self, topic: str | list[str], group: str | None = None
+    ) -> dict[str, Any]:
+        topics = checked_topics(topic)
+        for t in topics:
+            check_pattern(t)
+        self._pubsub_check(topics, group)
+        return subscribe_request(topic, group)
+
+    def _subscribe_done(
+        self,
+        topic: str | list[str],
+        reply: Any,
+        *,
+        explicit: bool = True,
+        group: str | None = None,
+    ) -> bool:
         ok = succeeded(reply)
         if ok:
-            self._registry.subscribed(checked_topics(topic), explicit=explicit)
+            self._registry.subscribed(checked_topics(topic), explicit=explicit, group=group)
         return ok
 
-    def _unsubscribe_request(self, topic: str | list[str]) -> dict[str, Any]:
-        self._registry.unsubscribed(checked_topics(topic))
-        return unsubscribe_request(topic)
+    def _unsubscribe_request(
+        self, topic: str | list[str], group: str | None = None
+    ) -> dict[str, Any]:
+        topics = checked_topics(topic)
+        self._pubsub_check([], group)
+        self._registry.unsubscribed(topics, group)
+        return unsubscribe_request(topic, group)
+
+    def _restore_requests(self) -> list[dict[str, Any]]:
+        """The requests that put this client's subscriptions back on a new connection."""
+        return [subscribe_request(topics, group) for topics, group in self._registry.restore()]
 
     @staticmethod
     def _publish_request(topic: str, message: Any) -> dict[str, Any]:
-        if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        check_topic(topic)
         return publish_request(topic, message)
 
-    @staticmethod
-    def _subscription_topic(topic: str) -> str:
+    def _subscription_topic(self, topic: str) -> str:
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        check_pattern(topic)
+        self._pubsub_check([topic], None)
         return topic
 
     def _message_arrived(self, data: Any) -> None:
@@ -624,9 +715,19 @@ class ClientCore(ClientOptions, EventEmitter):
         # A topic named like a built-in event ("close", "error", ...) would fire
         # that event's listeners: such topics reach subscription() only.
         message = data["message"]
-        subs = self._registry.streams.get(topic)
+        registry = self._registry
+        subs = registry.streams.get(topic)
         if subs:
             for sub in subs:
                 sub._put(message)
         if topic not in RESERVED_EVENTS:
             self._emit(topic, message)
+        if registry.patterns:
+            # Each matching pattern's subscriptions and listeners get it too, with the topic.
+            for pattern in registry.patterns:
+                if matches(pattern, topic):
+                    subs = registry.streams.get(pattern)
+                    if subs:
+                        for sub in subs:
+                            sub._put((topic, message))
+                    self._emit(pattern, message, topic)

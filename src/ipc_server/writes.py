@@ -105,6 +105,12 @@ class Writes:
         size = self._wbuf_size + self._backlog_size
         return size + (transport.get_write_buffer_size() if transport is not None else 0)
 
+    @property
+    def congested(self) -> bool:
+        """Whether its output is backed up (over the transport's high-water mark, or a
+        backlog of ours waits): senders wait, and worker groups pick another member."""
+        return self._write_paused
+
     # ------------------------------------------------------------------ asyncio flow control
 
     def pause_writing(self) -> None:

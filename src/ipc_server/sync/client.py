@@ -39,7 +39,7 @@ from .server import check_not_serving, serving_threads
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.sync")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,7 +106,7 @@ class _Listeners:
                 else:
                     client.emit_request(event, args, respond)
             except Exception:  # pragma: no cover - the chain reports listener errors itself
-                logger.exception("ipc_server: failure running %r listeners", event)
+                logger.exception("failure running %r listeners", event)
             self._taken()
 
 
@@ -377,7 +377,7 @@ class IPCClient(ClientCore):
                 report=self._report,
             )
             self._conn = conn
-            topics = self._admitted(opened.agreement)
+            restore = self._admitted(opened.agreement)
             for body in opened.early:
                 conn.dispatch_body(body)
             bg = self._bg
@@ -392,13 +392,15 @@ class IPCClient(ClientCore):
             else:
                 bg.signal()
         conn.flush_outbox()
-        if topics:
-            # After a reconnect: subscriptions are back before anyone hears "ready".
+        for request in restore:
+            # After a reconnect: subscriptions and services are back before anyone hears "ready".
             try:
                 nonce = str(next(self._nonces))
-                conn.call(REQUEST, subscribe_request(topics), nonce, deadline, limit)
+                conn.call(REQUEST, request, nonce, deadline, limit)
             except IPCError as exc:
                 self._report(exc)
+                if isinstance(exc, ConnectionClosedError):
+                    break
         with lock:
             if conn.dead:
                 return  # lost again: its loss has been dealt with (reconnecting or closed)
@@ -528,19 +530,27 @@ class IPCClient(ClientCore):
     # ------------------------------------------------------------------ pub/sub
 
     def subscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Subscribe to a topic (or several); messages are emitted under the topic's name."""
-        reply = self.request(self._subscribe_request(topic), timeout)
+        """Subscribe to a topic or pattern (or several), as ``ipc_server.IPCClient.subscribe``."""
+        reply = self.request(self._subscribe_request(topic, group), timeout)
         with self._slock:
-            return self._subscribe_done(topic, reply)
+            return self._subscribe_done(topic, reply, group=group)
 
     def unsubscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Unsubscribe; False when it was not subscribed."""
+        """Unsubscribe (from ``group``'s subscription, if given); False when it was not subscribed."""
         with self._slock:
-            request = self._unsubscribe_request(topic)
+            request = self._unsubscribe_request(topic, group)
         return succeeded(self.request(request, timeout))
 
     def publish(
