@@ -640,7 +640,6 @@ def test_serve_lines_have_the_time_and_log_pub_sub(
     assert run("publish", "--path", path, "news", '{"n": 1}').returncode == 0
     publish = served.wait_for("publish", topic="news")
     assert publish["data"] == {"n": 1}
-    assert publish["subscribers"] == 1
     assert sub.finish() == 0  # closing unsubscribes nothing explicitly; the connection goes
     ready = served.seen[0]
     assert ready["event"] == "ready"
@@ -682,7 +681,7 @@ def test_serve_text_lines_start_with_the_time(path: str) -> None:
         assert run("publish", "--path", path, "t", "1").returncode == 0
         lines = [proc.stdout.readline() for _ in range(3)]
         assert [line.split()[1] for line in lines] == ["connect", "publish", "disconnect"]
-        assert "[t] 1 -> 0 subscriber(s)" in lines[1]
+        assert lines[1].rstrip().endswith("publish      " + lines[1].split()[2] + " [t] 1")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=10)

@@ -52,7 +52,8 @@ class _ServeServer(IPCServer):
     """The server of ``serve``: it also tells ``on_pubsub`` of each pub/sub request.
 
     The library answers subscribe, unsubscribe and publish itself, without an
-    event; ``serve`` logs them from here, before they are answered.
+    event; ``serve`` logs them from here, as they come (before they are answered:
+    a refused subscription is an ``error`` line after it).
     """
 
     on_pubsub: Callable[[IPCConnection, str, Any, Any], None] | None = None
@@ -142,21 +143,21 @@ def _log_server_events(server: IPCServer, log: _Log, quiet: bool) -> None:
     def _message(data: Any, conn: IPCConnection) -> None:
         log("message", f"{conn.id} {to_json(data)}", id=conn.id, data=data)
 
-    def pubsub(conn: IPCConnection, kind: str, named: Any, message: Any) -> None:
+    def pubsub(conn: IPCConnection, kind: str, named: Any, extra: Any) -> None:
+        # (kind, topic or topics, message for "pub" / worker group for "sub" and "unsub")
         if kind == "pub":
-            count = len(server.topics.get(named, ())) if isinstance(named, str) else 0
             log(
                 "publish",
-                f"{conn.id} [{named}] {to_json(message)} -> {count} subscriber(s)",
+                f"{conn.id} [{named}] {to_json(extra)}",
                 id=conn.id,
                 topic=named,
-                data=message,
-                subscribers=count,
+                data=extra,
             )
             return
         event = "subscribe" if kind == "sub" else "unsubscribe"
         topics = [named] if isinstance(named, str) else named
-        log(event, f"{conn.id} {to_json(topics)}", id=conn.id, topics=topics)
+        group = "" if extra is None else f" group={extra}"
+        log(event, f"{conn.id} {to_json(topics)}{group}", id=conn.id, topics=topics, group=extra)
 
     if isinstance(server, _ServeServer):
         server.on_pubsub = pubsub
