@@ -93,7 +93,7 @@ def test_a_command_answers_text_with_string(path: str, running: list[Running]) -
 @pytest.mark.parametrize(
     ("command", "said"),
     [
-        ("echo not json", "the command's output is not JSON"),
+        ("echo not json", "the command's output 'not json' is not JSON"),
         ("echo oops >&2; exit 4", "the command exited with code 4: oops"),
         ("sleep 30", "did not finish within --timeout 0.5 s"),
     ],
