@@ -22,6 +22,7 @@ from .errors import (
     RequestTimeoutError,
 )
 from .events import EventEmitter, settle
+from .listeners import ClientEvents
 from .options import (
     DEFAULT,
     DEFAULT_CLOSE_TIMEOUT,
@@ -213,7 +214,7 @@ class Subscription(SubscriptionBase):
             raise TimeoutError(f"no message on {self.topic!r} within {limit:g} s") from None
 
 
-class IPCClient(AsyncClientOptions, ClientCore):
+class IPCClient(AsyncClientOptions, ClientCore, ClientEvents):
     """An IPC client for asyncio.
 
     Events: ``ready(info)``, ``error(error)``, ``close(reason)`` (closed for

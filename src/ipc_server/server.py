@@ -28,6 +28,7 @@ from .admission import (
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
+from .listeners import ServerListeners
 from .options import (
     DEFAULT_TIMEOUT,
     check_timeout,
@@ -368,7 +369,10 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
+# ServerListeners types on/once for the seven events, narrower than EventEmitter's (hence the ignore).
+class IPCServer(  # type: ignore[misc]
+    ServerOptions, PubSub[IPCConnection], ServerListeners[IPCConnection], EventEmitter
+):
     """An IPC server: one listener, many client connections.
 
     Events: ``ready(address)``, ``error(error, connection)`` (connection may

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from ..clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
 from ..errors import ConnectionClosedError, IPCError, ProtocolError, RequestTimeoutError
 from ..events import Respond
+from ..listeners import BlockingClientEvents
 from ..options import DEFAULT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_TIMEOUT, Default, check_timeout
 from ..packets import (
     MESSAGE,
@@ -177,7 +178,7 @@ class Subscription(SubscriptionBase):
         return message
 
 
-class IPCClient(ClientCore):
+class IPCClient(ClientCore, BlockingClientEvents):
     """A blocking IPC client; thread-safe: any number of threads may call it at once.
 
     Events (listeners are plain functions; they run on one library thread):
