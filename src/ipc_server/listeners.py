@@ -157,7 +157,12 @@ class ServerListeners(Generic[C]):
 
 
 class ClientEvents(EventEmitter):
-    """The asyncio client's emitter: ``on``/``once`` typed for its events and its topics."""
+    """The asyncio client's emitter: ``on``/``once`` typed for its events and its topics.
+
+    The built-in names come before the topic overload (any ``str``), which
+    they overlap on purpose; and they are narrower than ``EventEmitter``'s
+    (hence the ignores).
+    """
 
     if TYPE_CHECKING:
 
@@ -205,9 +210,9 @@ class ClientEvents(EventEmitter):
             self, event: Literal["message"]
         ) -> Callable[[MessageListener], MessageListener]: ...
         @overload
-        def once(
+        def once(  # type: ignore[overload-overlap]
             self, event: Literal["request"]
-        ) -> Callable[[RequestListener], RequestListener]: ...  # type: ignore[overload-overlap]
+        ) -> Callable[[RequestListener], RequestListener]: ...
         @overload
         def once(self, event: str) -> Callable[[TopicListener], TopicListener]: ...
         @overload
@@ -229,7 +234,10 @@ class ClientEvents(EventEmitter):
 
 
 class BlockingClientEvents(EventEmitter):
-    """The blocking client's emitter: ``on``/``once`` typed for plain-function listeners."""
+    """The blocking client's emitter: ``on``/``once`` typed for plain-function listeners.
+
+    Built the same way as ``ClientEvents``.
+    """
 
     if TYPE_CHECKING:
 
@@ -254,9 +262,9 @@ class BlockingClientEvents(EventEmitter):
             self, event: Literal["message"]
         ) -> Callable[[PlainMessageListener], PlainMessageListener]: ...
         @overload
-        def on(
+        def on(  # type: ignore[overload-overlap]
             self, event: Literal["request"]
-        ) -> Callable[[PlainRequestListener], PlainRequestListener]: ...  # type: ignore[overload-overlap]
+        ) -> Callable[[PlainRequestListener], PlainRequestListener]: ...
         @overload
         def on(self, event: str) -> Callable[[PlainTopicListener], PlainTopicListener]: ...
         @overload
@@ -309,9 +317,9 @@ class BlockingClientEvents(EventEmitter):
             self, event: Literal["message"]
         ) -> Callable[[PlainMessageListener], PlainMessageListener]: ...
         @overload
-        def once(
+        def once(  # type: ignore[overload-overlap]
             self, event: Literal["request"]
-        ) -> Callable[[PlainRequestListener], PlainRequestListener]: ...  # type: ignore[overload-overlap]
+        ) -> Callable[[PlainRequestListener], PlainRequestListener]: ...
         @overload
         def once(self, event: str) -> Callable[[PlainTopicListener], PlainTopicListener]: ...
         @overload
