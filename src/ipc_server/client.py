@@ -221,8 +221,10 @@ class IPCClient(AsyncClientOptions, ClientCore, ClientEvents):
     good), ``status(status)``, ``message(message)``, ``request(request,
     respond)``, and one event per subscribed topic (``handler(message)``).
 
-    The keyword options are those of ``ipc_server.options.ClientOptions``
-    plus ``max_queued`` (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ClientOptions`][ipc_server.options.ClientOptions] plus ``max_queued``
+    ([`AsyncClientOptions`][ipc_server.options.AsyncClientOptions]), described
+    there (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:

@@ -31,6 +31,9 @@ C = TypeVar("C")
 so that this module does not import the server."""
 
 if TYPE_CHECKING:
+    ServerEvent = Literal["ready", "error", "connect", "disconnect", "close", "message", "request"]
+    """The names of a server's events (it has no others)."""
+
     # A server's listeners, plain functions or coroutine functions. A type
     # variable's bound cannot use C, so these are aliases, and the decorator
     # form gives the function back typed as its event's listener.
@@ -113,8 +116,13 @@ class ServerListeners(Generic[C]):
         def on(
             self, event: Literal["request"], handler: _ServerRequest[C]
         ) -> _ServerRequest[C]: ...
-        def on(self, event: str, handler: Any = None) -> Any:
-            """Add ``handler`` for ``event``; without a handler, return a decorator."""
+        def on(self, event: ServerEvent, handler: Callable[..., object] | None = None) -> Any:
+            """Add ``handler`` for ``event``; without a handler, return a decorator.
+
+            ``event`` is one of the server's seven events; a misspelt one, or
+            a listener of another shape than its event's, fails type checking
+            (docs/guide.md, Typed listeners).
+            """
 
         @overload
         def once(self, event: Literal["ready"]) -> Callable[[_ServerReady], _ServerReady]: ...
@@ -152,7 +160,7 @@ class ServerListeners(Generic[C]):
         def once(
             self, event: Literal["request"], handler: _ServerRequest[C]
         ) -> _ServerRequest[C]: ...
-        def once(self, event: str, handler: Any = None) -> Any:
+        def once(self, event: ServerEvent, handler: Callable[..., object] | None = None) -> Any:
             """Like ``on``, but the handler is removed after its first call."""
 
 
@@ -194,8 +202,13 @@ class ClientEvents(EventEmitter):
         def on(self, event: Literal["request"], handler: RequestListener) -> RequestListener: ...
         @overload
         def on(self, event: str, handler: TopicListener) -> TopicListener: ...
-        def on(self, event: str, handler: Any = None) -> Any:
-            """Add ``handler`` for ``event``; without a handler, return a decorator."""
+        def on(self, event: str, handler: Callable[..., object] | None = None) -> Any:
+            """Add ``handler`` for ``event``; without a handler, return a decorator.
+
+            ``event`` is a built-in event or a topic; a listener of another
+            shape than its event's fails type checking (docs/guide.md, Typed
+            listeners).
+            """
 
         @overload  # type: ignore[override]
         def once(self, event: Literal["ready"]) -> Callable[[ReadyListener], ReadyListener]: ...
@@ -229,7 +242,7 @@ class ClientEvents(EventEmitter):
         def once(self, event: Literal["request"], handler: RequestListener) -> RequestListener: ...
         @overload
         def once(self, event: str, handler: TopicListener) -> TopicListener: ...
-        def once(self, event: str, handler: Any = None) -> Any:
+        def once(self, event: str, handler: Callable[..., object] | None = None) -> Any:
             """Like ``on``, but the handler is removed after its first call."""
 
 
@@ -293,8 +306,13 @@ class BlockingClientEvents(EventEmitter):
         ) -> PlainRequestListener: ...
         @overload
         def on(self, event: str, handler: PlainTopicListener) -> PlainTopicListener: ...
-        def on(self, event: str, handler: Any = None) -> Any:
-            """Add ``handler`` for ``event``; without a handler, return a decorator."""
+        def on(self, event: str, handler: Callable[..., object] | None = None) -> Any:
+            """Add ``handler`` for ``event``; without a handler, return a decorator.
+
+            ``event`` is a built-in event or a topic; a listener of another
+            shape than its event's fails type checking (docs/guide.md, Typed
+            listeners).
+            """
 
         @overload  # type: ignore[override]
         def once(
@@ -348,5 +366,5 @@ class BlockingClientEvents(EventEmitter):
         ) -> PlainRequestListener: ...
         @overload
         def once(self, event: str, handler: PlainTopicListener) -> PlainTopicListener: ...
-        def once(self, event: str, handler: Any = None) -> Any:
+        def once(self, event: str, handler: Callable[..., object] | None = None) -> Any:
             """Like ``on``, but the handler is removed after its first call."""

@@ -380,8 +380,9 @@ class IPCServer(  # type: ignore[misc]
     reason)``, ``close()``, ``message(message, connection)``,
     ``request(request, respond, connection)``.
 
-    The keyword options are those of ``ServerOptions``
-    (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ServerOptions`][ipc_server.serveroptions.ServerOptions], described there
+    (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:

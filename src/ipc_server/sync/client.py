@@ -186,8 +186,8 @@ class IPCClient(ClientCore, BlockingClientEvents):
     ``status(status)``, ``message(message)``, ``request(request, respond)``,
     and one event per subscribed topic (``handler(message)``).
 
-    The keyword options are those of ``ipc_server.options.ClientOptions``,
-    as for the asyncio client (which alone has ``max_queued``: this one
+    The keyword options are those of
+    [`ClientOptions`][ipc_server.options.ClientOptions], as for the asyncio client (which alone has ``max_queued``: this one
     writes directly and queues nothing). Windows named pipes are not
     supported by the blocking client; TCP and TLS are.
     """

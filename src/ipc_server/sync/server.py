@@ -121,7 +121,7 @@ class IPCServer(BlockingServerOptions, ServerListeners[IPCConnection]):
     ``server.run(connection.request(data))``.
 
     The keyword options are those of the asyncio server
-    (``ipc_server.serveroptions.ServerOptions``), plus ``loop_factory``
+    ([`ServerOptions`][ipc_server.serveroptions.ServerOptions]), plus ``loop_factory``
     (``BlockingServerOptions``).
     """
 
