@@ -63,7 +63,7 @@ __all__ = [
     "connect_error",
 ]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.client")
 
 
 class IPCClientStatus(enum.IntEnum):
@@ -501,8 +501,13 @@ class ClientCore(ClientOptions, EventEmitter):
             self.id = info["id"]
         return list(self._registry.confirmed)
 
+    _logger = logger
+
     def _ready(self) -> None:
         """Admitted (and topics restored): READY, waiters go on, ``ready`` is emitted."""
+        if logger.isEnabledFor(logging.INFO):
+            again = " again" if self._connects > 1 else ""
+            logger.info("connected%s to %s as %s", again, self.address, shorten(self.id))
         self._set_status(IPCClientStatus.READY)
         self._wake_waiters(None)
         self._emit("ready", self.info)
@@ -528,6 +533,7 @@ class ClientCore(ClientOptions, EventEmitter):
             return False, peer_end.get("m")  # the server closed us for good
         if ended_here or not self.reconnect or self.retries == 0:
             return False, reason
+        logger.info("connection to %s lost (%s); reconnecting", self.address, shorten(reason, 200))
         return True, reason
 
     def _retry_delays(self) -> Iterator[float]:
@@ -557,6 +563,7 @@ class ClientCore(ClientOptions, EventEmitter):
         self._registry.end_all()
         self._set_status(IPCClientStatus.IDLE)
         if first:
+            logger.info("closed (%s): %s", self.address, shorten(reason, 200))
             self._emit("close", reason)
 
     def _closed_error(self) -> ConnectionClosedError:

@@ -29,7 +29,7 @@ from .errors import (
     MessageTooLargeError,
     ProtocolError,
 )
-from .events import Tasks, all_done
+from .events import Tasks, all_done, shorten
 from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
 from .packets import (
     MESSAGE,
@@ -49,7 +49,7 @@ from .writes import Responder, Writes
 
 __all__ = ["Endpoint", "Responder"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.endpoint")
 
 
 class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol):
@@ -671,4 +671,4 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
 
     def _report(self, exc: BaseException) -> None:
         """Report a problem on the owner's ``error`` event."""
-        logger.warning("ipc_server: %s", exc)
+        logger.warning("%s: %s", type(exc).__name__, shorten(exc, 500))

@@ -37,7 +37,7 @@ __all__ = [
 
 _EAGER = sys.version_info >= (3, 12)
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.events")
 
 LISTENER_ERRORS = (Exception, asyncio.CancelledError)
 """What a listener may raise and have reported on ``error``: anything but
@@ -272,6 +272,9 @@ class Respond(abc.ABC):
 
 class EventEmitter:
     """Ordered listeners per event name; plain functions or coroutine functions."""
+
+    _logger = logger
+    """Where a listener's exception is logged when nobody listens to ``error``."""
 
     def __init__(self) -> None:
         # Copy-on-write: a list here is never changed in place, so emit() can
@@ -526,4 +529,10 @@ class EventEmitter:
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
         """A listener of ``event`` (called with ``args``) raised: report it on ``error``, or log it."""
         if event == "error" or not self.emit("error", exc):
-            logger.error("unhandled exception in %r listener", event, exc_info=exc)
+            self._logger.error(
+                "a %r listener raised %s: %s",
+                event,
+                type(exc).__name__,
+                shorten(exc, 500),
+                exc_info=exc,
+            )

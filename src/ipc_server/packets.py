@@ -310,23 +310,32 @@ def publish_request(topic: str, message: Any) -> dict[str, Any]:
 
 
 PUBSUB_KEYS = frozenset({"sub", "unsub", "pub"})
-"""A request dict with none of these keys is not a pub/sub request (a cheap first test)."""
+"""A request dict with none of these keys is not a pub/sub request (a cheap first test;
+``read_pubsub`` decides)."""
 
 
 def read_pubsub(data: Any) -> tuple[str, Any, Any] | None:
     """``(kind, topics or topic, message)`` if a request is a pub/sub one, else None.
 
+    Only the exact shapes are: ``{"sub": topics}``, ``{"unsub": topics}``,
+    ``{"pub": topic, "message": m}`` (or ``{"pub": topic}``, which a Node peer
+    sends for an undefined message), and nothing else in the dict. Any other
+    request, ``{"user": "ann", "sub": "premium"}`` included, is the handlers'.
     ``kind`` is ``"sub"``, ``"unsub"`` or ``"pub"``; the second item is what
     the request named, unchecked (``topic_list`` reads it).
     """
     if type(data) is not dict:
         return None
-    if "pub" in data:
-        return "pub", data["pub"], data.get("message")
-    if "sub" in data:
-        return "sub", data["sub"], None
-    if "unsub" in data:
-        return "unsub", data["unsub"], None
+    size = len(data)
+    if size == 1:
+        if "sub" in data:
+            return "sub", data["sub"], None
+        if "unsub" in data:
+            return "unsub", data["unsub"], None
+        if "pub" in data:
+            return "pub", data["pub"], None
+    elif size == 2 and "pub" in data and "message" in data:
+        return "pub", data["pub"], data["message"]
     return None
 
 

@@ -8,16 +8,20 @@ message is encoded once per codec.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from .endpoint import Endpoint
 from .errors import IPCError
+from .events import shorten
 from .packets import MESSAGE, delivery, pubsub_reply, topic_list
 from .topics import TopicRegistry
 from .writes import Responder
 
 __all__ = ["PubSub"]
+
+logger = logging.getLogger("ipc_server.server")
 
 C = TypeVar("C", bound=Endpoint)
 
@@ -57,6 +61,10 @@ class PubSub(Generic[C]):
                 respond(pubsub_reply(False))
                 return
             self._registry.subscribe(conn, topics)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s subscribed to %s", shorten(getattr(conn, "id", conn)), shorten(topics, 200)
+                )
             respond(pubsub_reply(True))
             return
         respond(pubsub_reply(self._registry.unsubscribe(conn, topics or [])))

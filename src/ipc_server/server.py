@@ -57,7 +57,7 @@ __all__ = [
     "serving_loop",
 ]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.server")
 
 SERVER_CLOSED = "server closed"
 
@@ -78,6 +78,10 @@ def serving_loop(address: Address | None) -> asyncio.AbstractEventLoop | None:
     if address is None:
         return next(iter(_SERVING.values()), None)
     return _SERVING.get(address)
+
+
+def _peer_text(peer: PeerCredentials | None) -> str:
+    return "" if peer is None else f" (pid {peer.pid}, uid {peer.uid})"
 
 
 def _default_id() -> str:
@@ -194,6 +198,8 @@ class IPCConnection(Endpoint):
         self._close_reason = reason
         self._closing = True
         self.server._refused[reason.partition(":")[0]] += 1
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("peer refused%s: %s", _peer_text(self.peer), shorten(reason, 200))
         if transport is None:
             return
         transport.write(end(None, reason))
@@ -303,6 +309,8 @@ class IPCConnection(Endpoint):
         server._handshaking.discard(self)
         server._connections[self] = None
         server._ids[self.id] = self
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("connection %s admitted%s", shorten(self.id), _peer_text(self.peer))
         server.emit("connect", self, self.payload)
         self.release_reading("auth")
 
@@ -332,6 +340,8 @@ class IPCConnection(Endpoint):
         if server._ids.get(self.id) is self:
             del server._ids[self.id]
         if self._handshaken and server._connections.pop(self, 0) is None:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("connection %s gone: %s", shorten(self.id), shorten(reason, 200))
             server.emit("disconnect", self, reason)
 
     def _report(self, exc: BaseException) -> None:
@@ -458,6 +468,7 @@ class IPCServer(  # type: ignore[misc]
         if period is not None:
             self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
         _SERVING[self.address] = asyncio.get_running_loop()
+        logger.info("listening on %s", self.bound_address)
         self.emit("ready", self.bound_address)
         return self
 
@@ -538,24 +549,45 @@ class IPCServer(  # type: ignore[misc]
         """Whether a client may have the id it asks for: short, and no live connection's."""
         return len(claimed) <= MAX_ID_LENGTH and claimed not in self._ids
 
-    def _report_error(self, exc: BaseException, connection: IPCConnection | None) -> None:
+    def _report_error(
+        self, exc: BaseException, connection: IPCConnection | None, listener: str | None = None
+    ) -> None:
+        """Count a problem, emit it on ``error``, and log it (``listener``: the event whose
+        listener raised it; else a protocol problem or a bound crossed)."""
         self._errors[getattr(exc, "option", None) or type(exc).__name__] += 1
-        if self.emit("error", exc, connection):
+        heard = self.emit("error", exc, connection)
+        # Logged at ERROR (a handler's exception, with its traceback) or WARNING (a peer's
+        # doing), or at DEBUG only when the application listens to "error" itself;
+        # throttled per connection, so a flood of bad packets cannot flood the log.
+        level = logging.DEBUG if heard else logging.ERROR if listener else logging.WARNING
+        if not logger.isEnabledFor(level):
             return
-        # Nobody listens: log it, throttled per connection (a peer may send a flood of bad packets).
         throttle = self._log_throttle if connection is None else connection._log_throttle
         held = throttle.allow()
-        if held is not None:
-            who = "" if connection is None else f" (connection {shorten(connection.id)})"
-            more = f" [{held} similar lines held back]" if held else ""
-            logger.warning("%s%s%s", shorten(exc, 500), who, more)
+        if held is None:
+            return
+        who = "" if connection is None else f" (connection {shorten(connection.id)})"
+        more = f" [{held} similar lines held back]" if held else ""
+        if listener is None:
+            logger.log(level, "%s: %s%s%s", type(exc).__name__, shorten(exc, 500), who, more)
+        else:
+            logger.log(
+                level,
+                "a %r handler raised %s: %s%s%s",
+                listener,
+                type(exc).__name__,
+                shorten(exc, 500),
+                who,
+                more,
+                exc_info=exc,
+            )
 
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
         if event == "error":
             super()._listener_failed(event, exc)
             return
         conn = next((a for a in args if isinstance(a, IPCConnection)), None)
-        self._report_error(exc, conn)
+        self._report_error(exc, conn, event)
 
     # ------------------------------------------------------------------ stats
 

@@ -40,7 +40,7 @@ from .server import check_not_serving, serving_threads
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.sync")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,7 +107,7 @@ class _Listeners:
                 else:
                     client.emit_request(event, args, respond)
             except Exception:  # pragma: no cover - the chain reports listener errors itself
-                logger.exception("ipc_server: failure running %r listeners", event)
+                logger.exception("failure running %r listeners", event)
             self._taken()
 
 

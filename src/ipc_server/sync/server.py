@@ -26,7 +26,7 @@ from ..server import IPCServer as AsyncIPCServer
 
 __all__ = ["BlockingServerOptions", "IPCServer", "check_not_serving", "serving_threads"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.sync")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
