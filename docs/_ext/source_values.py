@@ -17,7 +17,9 @@ import griffe
 
 def _written(node: ast.expr | None, code: str) -> str | None:
     """The source text of ``node`` if it is a number literal written otherwise than ``str()`` gives."""
-    if not isinstance(node, ast.Constant) or isinstance(node.value, (bool, str, bytes)):
+    if not isinstance(node, ast.Constant) or isinstance(
+        node.value, (bool, str, bytes)
+    ):
         return None
     text = ast.get_source_segment(code, node)
     return text if text is not None and text != repr(node.value) else None
@@ -34,13 +36,20 @@ class SourceValues(griffe.Extension):
         agent: Any,
         **kwargs: Any,
     ) -> None:
-        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(agent, griffe.Visitor):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(
+            agent, griffe.Visitor
+        ):
             text = _written(node.value, agent.code)
             if text is not None:
                 attr.value = text
 
     def on_function_instance(
-        self, *, node: ast.AST | griffe.ObjectNode, func: griffe.Function, agent: Any, **kwargs: Any
+        self,
+        *,
+        node: ast.AST | griffe.ObjectNode,
+        func: griffe.Function,
+        agent: Any,
+        **kwargs: Any,
     ) -> None:
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             return
@@ -49,8 +58,14 @@ class SourceValues(griffe.Extension):
         args = node.args
         positional = [*args.posonlyargs, *args.args]
         pairs = [
-            *zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True),
-            *zip(args.kwonlyargs, args.kw_defaults, strict=True),  # None: no default
+            *zip(
+                positional[len(positional) - len(args.defaults) :],
+                args.defaults,
+                strict=True,
+            ),
+            *zip(
+                args.kwonlyargs, args.kw_defaults, strict=True
+            ),  # None: no default
         ]
         for arg, default in pairs:
             text = _written(default, agent.code)
