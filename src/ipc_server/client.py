@@ -23,6 +23,7 @@ from .errors import (
     RequestTimeoutError,
 )
 from .events import EventEmitter, settle
+from .listeners import ClientEvents
 from .options import (
     DEFAULT,
     DEFAULT_CLOSE_TIMEOUT,
@@ -225,15 +226,17 @@ class Subscription(SubscriptionBase):
             raise TimeoutError(f"no message on {self.topic!r} within {limit:g} s") from None
 
 
-class IPCClient(AsyncClientOptions, Calls):
+class IPCClient(AsyncClientOptions, Calls, ClientEvents):
     """An IPC client for asyncio.
 
     Events: ``ready(info)``, ``error(error)``, ``close(reason)`` (closed for
     good), ``status(status)``, ``message(message)``, ``request(request,
     respond)``, and one event per subscribed topic (``handler(message)``).
 
-    The keyword options are those of ``ipc_server.options.ClientOptions``
-    plus ``max_queued`` (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ClientOptions`][ipc_server.options.ClientOptions] plus ``max_queued``
+    ([`AsyncClientOptions`][ipc_server.options.AsyncClientOptions]), described
+    there (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:

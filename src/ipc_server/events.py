@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
-from typing import Any, TypeVar, cast, overload
+from typing import Any, Final, TypeVar, cast, overload
 
 __all__ = [
     "DONE",
@@ -66,14 +66,15 @@ class IPCEvents:
     Published messages are emitted under their topic's own name.
     """
 
-    READY = "ready"
-    ERROR = "error"
-    CONNECT = "connect"
-    DISCONNECT = "disconnect"
-    CLOSE = "close"
-    STATUS = "status"
-    MESSAGE = "message"
-    REQUEST = "request"
+    # Final: type checkers read each as its literal, so on(IPCEvents.READY, f) is typed as on("ready", f).
+    READY: Final = "ready"
+    ERROR: Final = "error"
+    CONNECT: Final = "connect"
+    DISCONNECT: Final = "disconnect"
+    CLOSE: Final = "close"
+    STATUS: Final = "status"
+    MESSAGE: Final = "message"
+    REQUEST: Final = "request"
 
 
 class _Done:

@@ -28,6 +28,7 @@ from .admission import (
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
+from .listeners import ServerListeners
 from .options import (
     DEFAULT_TIMEOUT,
     check_timeout,
@@ -386,7 +387,14 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-class IPCServer(ServerOptions, PubSub[IPCConnection], Services[IPCConnection], EventEmitter):
+# ServerListeners types on/once for the seven events, narrower than EventEmitter's (hence the ignore).
+class IPCServer(  # type: ignore[misc]
+    ServerOptions,
+    PubSub[IPCConnection],
+    Services[IPCConnection],
+    ServerListeners[IPCConnection],
+    EventEmitter,
+):
     """An IPC server: one listener, many client connections.
 
     Events: ``ready(address)``, ``error(error, connection)`` (connection may
@@ -394,8 +402,9 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], Services[IPCConnection], E
     reason)``, ``close()``, ``message(message, connection)``,
     ``request(request, respond, connection)``.
 
-    The keyword options are those of ``ServerOptions``
-    (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ServerOptions`][ipc_server.serveroptions.ServerOptions], described there
+    (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from ..clientcore import ClientCore, IPCClientStatus, connect_error
 from ..errors import ConnectionClosedError, IPCError, ProtocolError, RequestTimeoutError
 from ..events import Respond
+from ..listeners import BlockingClientEvents
 from ..options import DEFAULT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_TIMEOUT, Default, check_timeout
 from ..packets import (
     MESSAGE,
@@ -178,7 +179,7 @@ class Subscription(SubscriptionBase):
         return message
 
 
-class IPCClient(ClientCore):
+class IPCClient(ClientCore, BlockingClientEvents):
     """A blocking IPC client; thread-safe: any number of threads may call it at once.
 
     Events (listeners are plain functions; they run on one library thread):
@@ -186,8 +187,8 @@ class IPCClient(ClientCore):
     ``status(status)``, ``message(message)``, ``request(request, respond)``,
     and one event per subscribed topic (``handler(message)``).
 
-    The keyword options are those of ``ipc_server.options.ClientOptions``,
-    as for the asyncio client (which alone has ``max_queued``: this one
+    The keyword options are those of
+    [`ClientOptions`][ipc_server.options.ClientOptions], as for the asyncio client (which alone has ``max_queued``: this one
     writes directly and queues nothing). Windows named pipes are not
     supported by the blocking client; TCP and TLS are.
     """
