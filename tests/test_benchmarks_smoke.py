@@ -104,3 +104,18 @@ def test_quick_netipc(tmp_path: Path) -> None:
 
 def test_quick_ours(tmp_path: Path) -> None:
     check_every_cell(run_quick(OURS, tmp_path), OURS)
+
+
+@pytest.mark.skipif(not _has("uvloop"), reason="uvloop is not installed")
+def test_patterns_quick_runs() -> None:
+    """`python -m benchmarks.patterns --quick` measures every row (no timing is checked)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.patterns", "--quick"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT,
+        check=True,
+    ).stdout
+    for row in ("publish, 10,000 exact", "call() round trip", "stream(), 16 KiB items, window 1024"):
+        assert row in out
