@@ -107,6 +107,7 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
         self._halted = False  # held or aborted: dispatch no further packet
         self._held: list[Body] = []
         self._skip: set[str] = set()  # held requests a held cancel notice names: never run
+        self._scanned = 0  # how many of the packets held first were looked at for cancel notices
         self.remote_errors = False
         """Whether the peer announced the ``errors`` extension."""
         self.features: frozenset[str] = frozenset()
@@ -548,8 +549,11 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
         if self._halted or not held:
             return
         self._held = []
-        self._drop_cancelled(held)
+        if self._cancel:
+            self._drop_cancelled(held, self._scanned)
         self._read_bodies(held)
+        # What is held again was scanned (reads that come while halted are appended behind it).
+        self._scanned = len(self._held)
         if not self._halted:
             self._skip.clear()
         if not self._halted and not self._held and self._transport is not None:

@@ -68,9 +68,16 @@ class Extensions:
         features = self.features
         if not features:
             return False  # a Node peer: its extra keys mean nothing
-        seconds = read_deadline(packet)
-        if seconds is not None and CANCEL in features:
-            respond.deadline = self.loop.time() + seconds
+        seconds = packet.get("dl")
+        if seconds is not None:
+            if self._cancel and seconds.__class__ is float and 0.0 < seconds < 1e12:
+                respond.deadline = self.loop.time() + seconds  # the common case, inlined
+            elif self._cancel:
+                seconds = read_deadline(packet)
+                if seconds is not None:
+                    respond.deadline = self.loop.time() + seconds
+            if len(packet) == 4:
+                return False  # t, d, n and dl: a plain request with a deadline
         x = packet.get("x")
         if x is None:
             return False
@@ -102,14 +109,13 @@ class Extensions:
                 responder.grant(count)
         return True  # an extension message is never the message event
 
-    def _drop_cancelled(self, held: list[Any]) -> None:
+    def _drop_cancelled(self, held: list[Any], scanned: int) -> None:
         """Packets read but held (``hold_reading``) are about to run: the requests among
-        them that a cancel notice also held names are never started (``_skip``)."""
-        if not self._cancel:
-            return
+        them that a cancel notice also held names are never started (``_skip``). The first
+        ``scanned`` were looked at before (each packet is looked at once)."""
         codec = self._codec
         compressed = codec.compress
-        for body in held:
+        for body in held[scanned:] if scanned else held:
             # A cancel notice is small and names itself: skip the rest unread.
             if not compressed and (body.__class__ is memoryview or b"cancel" not in body):
                 continue
