@@ -11,9 +11,11 @@ import json
 import socket
 from typing import Any
 
+import pytest
+
 from boundkit import raw_packet, raw_peer
 from helpers import eventually, within
-from ipc_server import IPCConnection, IPCServer
+from ipc_server import IPCClient, IPCConnection, IPCServer, RequestTimeoutError
 from ipc_server.protocol import FrameDecoder, frame
 
 
@@ -94,4 +96,38 @@ async def test_the_deadline_travels_as_a_relative_time(sock_path: str) -> None:
         assert deadlines["plain"] is None
     finally:
         sock.close()
+        await within(server.close())
+
+
+async def test_compressed_connections_carry_credit_and_cancel_notices(sock_path: str) -> None:
+    """With compress=True every packet takes the careful path: a stream longer than its
+    window still flows (credit), and a caller's timeout still cancels the handler."""
+    server = IPCServer(path=sock_path)
+    cancelled = asyncio.Event()
+
+    async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
+        if request == "count":
+            await respond.stream(range(100))
+            return
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    server.on("request", handler)
+    await within(server.start())
+    client = IPCClient(path=sock_path, compress=True)
+    messages: list[Any] = []
+    server.on("message", lambda message, conn: messages.append(message))
+    try:
+        await within(client.connect())
+        items = [item async for item in client.stream("count", window=4, timeout=5)]
+        assert items == list(range(100))
+        with pytest.raises(RequestTimeoutError):
+            await within(client.request("wait", timeout=0.2))
+        await within(cancelled.wait())
+        assert messages == []  # credit and cancel notices are never message events
+    finally:
+        await within(client.close())
         await within(server.close())

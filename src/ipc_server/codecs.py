@@ -370,11 +370,17 @@ class PacketCodec:
             return len(self._pack_slow(value))
 
     def encode_parts(
-        self, t: int, d: Any, n: str | None = None, extra: dict[str, Any] | None = None
+        self,
+        t: int,
+        d: Any,
+        n: str | None = None,
+        extra: dict[str, Any] | None = None,
+        dl: float | None = None,
     ) -> Encoded:
         """Like ``encode``; a big payload may come back in parts, or still to compress.
 
-        ``extra`` holds the extension fields of the packet (``packets.request_fields``).
+        ``extra`` holds the extension fields of the packet (``packets.request_fields``);
+        ``dl``, a plain request's deadline (``"dl"``, seconds), is the common one.
 
         With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
         bytes or more is not copied: the result is ``[tag + head, d, tail]``
@@ -388,7 +394,9 @@ class PacketCodec:
         Raises:
             TypeError: ``d`` holds something the codec cannot encode.
         """
-        if extra is not None:
+        if dl is not None:
+            packet = {"t": t, "d": d, "n": n, "dl": dl}
+        elif extra is not None:
             packet = {"t": t, "d": d, "n": n, **extra}
         elif d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
             return self._bin_packet(t, d, n)

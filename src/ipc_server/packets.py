@@ -567,6 +567,8 @@ class PacketDispatcher:
 
     __slots__ = ()
 
+    features: frozenset[str]  # the extensions both ends announced (set by the driver)
+
     def _dispatch(self, t: int, d: Any, n: Any, packet: dict[str, Any]) -> None:
         """Hand a decoded packet to the hook of its type."""
         if REQUEST <= t <= PONG and n.__class__ is not str:
@@ -579,6 +581,8 @@ class PacketDispatcher:
         elif t == RESPONSE:
             self._on_response(n, packet)
         elif t == MESSAGE:
+            if len(packet) > 2 and self._on_message_extension(packet):
+                return
             self._on_message(d)
         elif t == PING:
             self._on_ping(d, n)
@@ -593,6 +597,13 @@ class PacketDispatcher:
 
     def _on_message(self, d: Any) -> None:
         raise NotImplementedError
+
+    def _on_message_extension(self, packet: dict[str, Any]) -> bool:
+        """A MESSAGE with more than ``t`` and ``d``: True if it is an extension's (a
+        cancel notice, a credit: ``extensions.Extensions``), which is never a message
+        event. Here, a driver that acts on none: such a message from a peer of this
+        library is dropped; a Node peer's extra keys mean nothing."""
+        return bool(self.features) and "x" in packet
 
     def _on_request_packet(self, d: Any, n: str, packet: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -155,17 +155,21 @@ class RequestTable:
                 timeout if timeout.__class__ is float and timeout > 0 else check_timeout(timeout)
             )
             nonce = str(next(self._nonces))
-            if self._cancel and seconds is not None and t == REQUEST:
-                fields = {"dl": seconds} if fields is None else {**fields, "dl": seconds}
-            packet = self._codec.encode_parts(t, data, nonce, fields)
+            if fields is not None:
+                data = Extended(data, fields)  # so that a resend sends it as it was
+                if self._cancel and seconds is not None:
+                    fields = {**fields, "dl": seconds}
+                packet = self._codec.encode_parts(t, data.data, nonce, fields)
+            elif self._cancel and seconds is not None and t == REQUEST:
+                packet = self._codec.encode_parts(t, data, nonce, None, seconds)
+            else:
+                packet = self._codec.encode_parts(t, data, nonce)
         except Exception as exc:
             pending.set_exception(exc)
             return pending
         pending._table = self
         pending._nonce = nonce
         started = perf_counter() if t == PING else 0.0  # not loop.time(): uvloop ticks in ms
-        if fields is not None:
-            data = Extended(data, fields)  # so that a resend sends it as it was
         if seconds is None:
             self._pending[nonce] = (pending, None, started, 0.0, None, data)
         else:
