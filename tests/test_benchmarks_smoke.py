@@ -117,5 +117,9 @@ def test_patterns_quick_runs() -> None:
         timeout=SUITE_TIMEOUT,
         check=True,
     ).stdout
-    for row in ("publish, 10,000 exact", "call() round trip", "stream(), 16 KiB items, window 1024"):
+    for row in (
+        "publish, 10,000 exact",
+        "call() round trip",
+        "stream(), 16 KiB items, window 1024",
+    ):
         assert row in out
