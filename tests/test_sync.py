@@ -694,3 +694,53 @@ def test_once_and_off(server: IPCServer, client: IPCClient) -> None:
     assert first.empty()
     client.off("message", always)
     assert client.listener_count("message") == 0
+
+
+def test_a_plain_handler_of_the_blocking_server_streams_without_await(path: str) -> None:
+    """respond.stream(iterable) from a plain-function handler of the blocking server: the
+    items go out as the requester consumes them (credit and all), and a plain requester
+    gets them in one list."""
+    threads: list[str] = []
+
+    def numbers(n: int) -> Iterator[int]:
+        threads.append(threading.current_thread().name)
+        yield from range(n)
+
+    def handler(request: Any, respond: Any, connection: IPCConnection) -> None:
+        respond.stream(numbers(request))  # no await, nothing returned
+
+    with IPCServer(path=path) as srv:
+        srv.on("request", handler)
+        with IPCClient(path=path) as c:
+            assert list(c.stream(50, window=2)) == list(range(50))
+            assert c.request(3) == [0, 1, 2]
+            with c.stream(1_000_000, window=4) as items:
+                assert [next(items) for _ in range(3)] == [0, 1, 2]
+                assert items.buffered <= 4
+    assert threads == ["ipc_server loop"] * 3  # the generator runs on the server's loop
+
+
+def test_serve_refuses_coroutine_handlers(client: IPCClient) -> None:
+    """The blocking client serves with plain functions; a coroutine function is a TypeError."""
+
+    async def handler(request: Any, respond: Any) -> None:
+        return None
+
+    with pytest.raises(TypeError, match="plain functions"):
+        client.serve("job", handler)
+    with pytest.raises(TypeError, match="plain functions"):
+        client.serve("job")(handler)
+
+
+def test_an_unencodable_request_leaves_a_compressed_connection_usable(
+    path: str, server: IPCServer
+) -> None:
+    """With compression, a packet is encoded under the write lock: a request the codec cannot
+    carry raises TypeError and releases it, so later calls (and the END) still go out."""
+    with IPCClient(path=path, compress=True, request_timeout=2.0) as c:
+        assert c.info["compress"] is True
+        for _ in range(2):
+            with pytest.raises(TypeError):
+                c.request(object())
+        assert c.request("ok") == "ok"
+        c.send("still")

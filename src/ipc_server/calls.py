@@ -17,7 +17,6 @@ from typing import Any, TypeVar, overload
 
 from .clientcore import ClientCore
 from .endpoint import Endpoint
-from .errors import IPCError
 from .events import shorten
 from .options import DEFAULT, Default
 from .packets import MAX_WINDOW, SERVE, UNSERVE, call_fields
@@ -76,7 +75,8 @@ class Calls(ClientCore):
 
         ``await client.serve(name, handler)`` is True once the server has the
         registration. Without a handler, ``serve(name)`` is a decorator that
-        registers in the background (a failure is reported on ``error``).
+        registers in the background (a failure is reported on ``error``);
+        before ``connect()``, it only keeps the handler, for ``connect()`` to register.
         The registration is restored after a reconnect, as subscriptions are.
 
         Raises:
@@ -88,7 +88,7 @@ class Calls(ClientCore):
 
             def decorator(fn: F) -> F:
                 self._served[name] = fn
-                if self._live is not None:
+                if self._registers_now():
                     coro = self._register(name, timeout)
                     asyncio.get_running_loop().create_task(self._quietly(coro, name))
                 return fn
@@ -109,7 +109,7 @@ class Calls(ClientCore):
     async def _quietly(self, coro: Coroutine[Any, Any, bool], name: str) -> None:
         try:
             if not await coro:
-                self._report(IPCError(f"the server refused to register service {name!r}"))
+                self._report(self._refused(name))
         except Exception as exc:
             self._report(exc)
         else:
@@ -122,7 +122,9 @@ class Calls(ClientCore):
         seconds = self.request_timeout if timeout is DEFAULT else timeout
         proto = self._live
         if proto is None:
-            return known  # not connected: there is nothing to tell the server
+            if not self._registers_now():
+                return known  # not connected: there is nothing to tell the server
+            proto, seconds = await self._connection(seconds)
         left: bool = await proto.extended_request(name, {"x": UNSERVE}, seconds) is True
         return left or known
 

@@ -291,7 +291,7 @@ class IPCClient(AsyncClientOptions, Calls, ClientEvents):
         handler = self._service_handler(name)
         if handler is None:
             # Unserved while the server sent it: the caller learns that nobody serves it.
-            respond.fail(IPCError(f"this worker does not serve {name!r} (any more)"), own=True)
+            respond.fail(self._not_served(name), own=True)
             return
         self._run_chain(f"service {name!r}", [handler], (data, respond), respond, tasks)
 

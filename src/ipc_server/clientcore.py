@@ -522,6 +522,22 @@ class ClientCore(ClientOptions, EventEmitter):
         """The handler this client serves ``name`` with, if it does."""
         return self._served.get(name) if isinstance(name, str) else None
 
+    def _registers_now(self) -> bool:
+        """Whether a ``serve``/``unserve`` is sent now: the client is connected, or connecting
+        (it then waits for the connection; a registration restored meanwhile is harmless).
+        Else only this client's registry changes, and ``connect()`` sends what it holds."""
+        return not self._closed
+
+    @staticmethod
+    def _not_served(name: Any) -> IPCError:
+        """The answer to a call of ``name`` that this worker does not serve (any more)."""
+        return IPCError(f"this worker does not serve {name!r} (any more)")
+
+    @staticmethod
+    def _refused(name: str) -> IPCError:
+        """What a registration the server did not take raises (or reports)."""
+        return IPCError(f"the server refused to register service {name!r}")
+
     @staticmethod
     def _publish_request(topic: str, message: Any) -> dict[str, Any]:
         check_topic(topic)

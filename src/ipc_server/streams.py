@@ -10,7 +10,8 @@ sends a cancel notice, which stops the producer. A peer without the
 ``streams`` extension gets a plain request; its one answer is the whole
 stream (``packets.stream_answer``).
 
-``StreamReader`` is the per-connection state (kept in ``Endpoint._streams``);
+``StreamItems`` is the per-stream state both clients share (no I/O);
+``StreamReader`` adds the asyncio wait (kept in ``Endpoint._streams``), and
 ``Stream`` is the async iterator ``IPCClient.stream()`` returns.
 """
 
@@ -25,21 +26,30 @@ from .errors import IPCError, RequestTimeoutError
 from .options import check_timeout
 from .packets import ITEM, LAST, cancel_notice, credit_notice, read_error, stream_answer
 
-__all__ = ["Stream", "StreamReader", "StreamSink"]
+__all__ = ["LoopSink", "Stream", "StreamItems", "StreamReader", "StreamSink"]
 
 
 class StreamSink(Protocol):
-    """What a ``StreamReader`` needs of its connection (``endpoint.Endpoint``)."""
-
-    loop: asyncio.AbstractEventLoop
+    """What the items of a stream need of their connection (either client's)."""
 
     def _notify(self, packet: dict[str, Any]) -> None: ...
 
     def _forget_stream(self, nonce: str) -> None: ...
 
 
-class StreamReader:
-    """The items of one stream this end asked for, as they arrive.
+class LoopSink(StreamSink, Protocol):
+    """An asyncio connection (``endpoint.Endpoint``): a sink with its loop."""
+
+    loop: asyncio.AbstractEventLoop
+
+
+class StreamItems:
+    """The items of one stream this end asked for, as they arrive; no I/O, no clock.
+
+    Both clients keep one per stream they read: the asyncio ``StreamReader``
+    below, and the blocking client's (``sync/calls.py``), which add only how a
+    consumer waits (``_wake`` is their hook). ``take`` hands the consumer the
+    next item and grants credit as items are consumed, through the sink.
 
     Args:
         sink: The connection it came on.
@@ -48,34 +58,26 @@ class StreamReader:
             peer without ``streams``; no credit is granted).
     """
 
-    __slots__ = (
-        "_ended",
-        "_error",
-        "_items",
-        "_sink",
-        "_unacked",
-        "_waiter",
-        "nonce",
-        "plain",
-        "window",
-    )
+    __slots__ = ("_ended", "_error", "_items", "_sink", "_unacked", "nonce", "window")
 
     def __init__(self, sink: StreamSink, nonce: str, window: int) -> None:
         self._sink = sink
-        self.plain: asyncio.Future[Any] | None = None
-        """The plain request sent instead, to a peer without ``streams``."""
         self.nonce = nonce
         self.window = window
         self._items: deque[Any] = deque()
         self._ended = False
         self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
         self._unacked = 0  # items consumed since credit was last granted
 
     @property
     def buffered(self) -> int:
         """Items received and not consumed yet (never more than ``window``)."""
         return len(self._items)
+
+    @property
+    def ended(self) -> bool:
+        """Whether nothing more arrives (its end came, it failed, or it was cancelled)."""
+        return self._ended
 
     def arrive(self, packet: dict[str, Any]) -> None:
         """A RESPONSE for this stream: an item, its end, or a plain answer (the whole of it)."""
@@ -106,33 +108,26 @@ class StreamReader:
         self._sink._forget_stream(self.nonce)
 
     def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        """Something arrived, or the stream ended: a waiting consumer may go on (a hook)."""
 
-    async def next(self, timeout: float | None) -> tuple[bool, Any]:
-        """``(True, item)``, or ``(False, None)`` at its end; waits at most ``timeout`` seconds.
+    def take(self) -> tuple[bool, Any] | None:
+        """``(True, item)``, ``(False, None)`` at its end, or None when nothing is here yet.
+
+        Taking an item grants credit (every ``window // 2`` items) through the sink.
 
         Raises:
-            RequestTimeoutError: No item within ``timeout`` (the stream is then cancelled).
             RemoteError: The producer raised (after the items before it).
             ConnectionClosedError: The connection closed before the end.
         """
-        while not self._items:
-            if self._ended:
-                if self._error is not None:
-                    error, self._error = self._error, None
-                    raise error
-                return False, None
-            waiter = self._waiter = self._sink.loop.create_future()
-            try:
-                await asyncio.wait_for(waiter, timeout)
-            except (asyncio.TimeoutError, TimeoutError):
-                self.cancel()
-                raise RequestTimeoutError(timeout or 0.0, "stream item") from None
-            finally:
-                self._waiter = None
-        item = self._items.popleft()
+        items = self._items
+        if not items:
+            if not self._ended:
+                return None
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            return False, None
+        item = items.popleft()
         if self.window and not self._ended:
             self._unacked += 1
             if self._unacked >= max(1, self.window // 2):
@@ -147,11 +142,62 @@ class StreamReader:
         self._ended = True
         self._items.clear()
         self._sink._forget_stream(self.nonce)
+        self._stop_producer()
+        self._wake()
+
+    def _stop_producer(self) -> None:
+        self._sink._notify(cancel_notice(self.nonce))
+
+
+class StreamReader(StreamItems):
+    """The items of one stream, for the asyncio client (kept in ``Endpoint._streams``).
+
+    Args:
+        sink: The connection it came on.
+        nonce: The stream request's nonce.
+        window: The credit window the request asked for (0: a plain request).
+    """
+
+    __slots__ = ("_waiter", "loop", "plain")
+
+    def __init__(self, sink: LoopSink, nonce: str, window: int) -> None:
+        super().__init__(sink, nonce, window)
+        self.loop = sink.loop
+        self.plain: asyncio.Future[Any] | None = None
+        """The plain request sent instead, to a peer without ``streams``."""
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self, timeout: float | None) -> tuple[bool, Any]:
+        """``(True, item)``, or ``(False, None)`` at its end; waits at most ``timeout`` seconds.
+
+        Raises:
+            RequestTimeoutError: No item within ``timeout`` (the stream is then cancelled).
+            RemoteError: The producer raised (after the items before it).
+            ConnectionClosedError: The connection closed before the end.
+        """
+        while True:
+            got = self.take()
+            if got is not None:
+                return got
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                self.cancel()
+                raise RequestTimeoutError(timeout or 0.0, "stream item") from None
+            finally:
+                self._waiter = None
+
+    def _stop_producer(self) -> None:
         if self.plain is not None:
             self.plain.cancel()  # its own cancel notice, if the peer takes one
         else:
-            self._sink._notify(cancel_notice(self.nonce))
-        self._wake()
+            super()._stop_producer()
 
     def answered(self, plain: asyncio.Future[Any]) -> None:
         """The plain request sent instead got its answer (a done callback)."""
@@ -228,8 +274,8 @@ class Stream:
     def __del__(self) -> None:
         # Dropped without aclose (a ``break`` out of ``async for``): the producer must stop.
         reader = self._reader
-        if reader is not None and not reader._ended:
-            loop = reader._sink.loop
+        if reader is not None and not reader.ended:
+            loop = reader.loop
             if loop.is_closed():
                 return
             try:

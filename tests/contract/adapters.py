@@ -17,10 +17,11 @@ import contextlib
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 import ipc_server
 import ipc_server.client
+import ipc_server.streams
 import ipc_server.sync
 from ipc_server import IPCClientStatus
 from ipc_server.options import Default
@@ -28,6 +29,7 @@ from ipc_server.options import Default
 from .polling import DEADLINE, wait_until
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 FRONTS = ("asyncio", "blocking")
 """The client implementations the contract runs over."""
@@ -42,6 +44,19 @@ class Subscription(Protocol):
     def get(self, timeout: float | None = ...) -> Any: ...
 
     def __iter__(self) -> Iterator[Any]: ...
+
+
+class Stream(Protocol):
+    """What a test does with the iterator ``stream()`` returns."""
+
+    @property
+    def buffered(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __next__(self) -> Any: ...
+
+    def close(self) -> None: ...
 
 
 class Client(Protocol):
@@ -96,6 +111,24 @@ class Client(Protocol):
     def subscription(
         self, topic: str, *, maxsize: int = ..., timeout: float | Default | None = ...
     ) -> AbstractContextManager[Subscription]: ...
+
+    @overload
+    def serve(
+        self, name: str, handler: None = ..., *, timeout: float | Default | None = ...
+    ) -> Callable[[F], F]: ...
+
+    @overload
+    def serve(
+        self, name: str, handler: Callable[..., Any], *, timeout: float | Default | None = ...
+    ) -> Any: ...
+
+    def unserve(self, name: str, *, timeout: float | Default | None = ...) -> bool: ...
+
+    def call(self, name: str, data: Any = ..., *, timeout: float | Default | None = ...) -> Any: ...
+
+    def stream(
+        self, data: Any, *, timeout: float | Default | None = ..., window: int = ...
+    ) -> Stream: ...
 
     def close(self, reason: Any = ..., *, timeout: float | None = ...) -> bool: ...
 
@@ -185,11 +218,44 @@ class AsyncioSubscription:
         return message
 
 
+async def _next_item(stream: ipc_server.streams.Stream) -> tuple[bool, Any]:
+    try:
+        return True, await stream.__anext__()
+    except StopAsyncIteration:
+        return False, None
+
+
+class AsyncioStream:
+    """``ipc_server.streams.Stream``, forwarded to the loop."""
+
+    def __init__(self, loop: LoopThread, stream: ipc_server.streams.Stream) -> None:
+        self._loop = loop
+        self.aio = stream
+
+    @property
+    def buffered(self) -> int:
+        return self.aio.buffered
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        more, item = self._loop.run(_next_item(self.aio), "Stream.__anext__()")
+        if not more:
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self._loop.run(self.aio.aclose(), "Stream.aclose()")
+
+
 class AsyncioClient:
     """``ipc_server.IPCClient``, each method forwarded to the loop and waited for."""
 
     def __init__(self, loop: LoopThread, client: ipc_server.IPCClient) -> None:
         self._loop = loop
+        self.loop = loop
+        """The loop thread the client runs on (for tests of the asyncio front alone)."""
         self.aio = client
 
     def __repr__(self) -> str:
@@ -254,6 +320,25 @@ class AsyncioClient:
                 raise
         else:
             self._loop.run(manager.__aexit__(None, None, None), "subscription() exit")
+
+    def serve(self, name: str, handler: Callable[..., Any] | None = None, **kwargs: Any) -> Any:
+        if handler is None:
+            decorator = self._loop.call(self.aio.serve, "serve()", name, **kwargs)
+
+            def register(fn: Callable[..., Any]) -> Any:
+                return self._loop.call(decorator, "serve() decorator", fn)
+
+            return register
+        return self._loop.run(self.aio.serve(name, handler, **kwargs), "serve()")
+
+    def unserve(self, *args: Any, **kwargs: Any) -> bool:
+        return self._loop.run(self.aio.unserve(*args, **kwargs), "unserve()")
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        return self._loop.run(self.aio.call(*args, **kwargs), "call()")
+
+    def stream(self, *args: Any, **kwargs: Any) -> AsyncioStream:
+        return AsyncioStream(self._loop, self.aio.stream(*args, **kwargs))
 
     def close(self, *args: Any, **kwargs: Any) -> bool:
         return self._loop.run(self.aio.close(*args, **kwargs), "close()")

@@ -4,12 +4,15 @@ Its ``request`` handler answers every request with the request itself, except:
 
 - ``{"cmd": "fail", "why": text}`` raises ``ValueError(text)``;
 - ``{"cmd": "hold", "value": v}`` answers ``v`` only once ``release()`` is
-  called (the request counts in ``held`` as soon as it arrived).
+  called (the request counts in ``held`` as soon as it arrived);
+- ``{"cmd": name, ...}`` for a name a test put in ``commands``: that handler
+  answers, called as ``handler(request, respond, connection)`` on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from ipc_server import IPCConnection
@@ -28,8 +31,10 @@ class Peer:
         held: Each ``hold`` request, once it reached the handler.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, **options: Any) -> None:
         self.path = path
+        self.options = options
+        self.commands: dict[str, Callable[..., Any]] = {}
         self.connects: Recorder[tuple[str, Any]] = Recorder()
         self.disconnects: Recorder[tuple[str, Any]] = Recorder()
         self.messages: Recorder[tuple[Any, str]] = Recorder()
@@ -38,7 +43,7 @@ class Peer:
         self.server = self._start()
 
     def _start(self) -> IPCServer:
-        server = IPCServer(path=self.path)
+        server = IPCServer(path=self.path, **self.options)
         server.on("connect", lambda c, payload: self.connects((c.id, payload)))
         server.on("disconnect", lambda c, reason: self.disconnects((c.id, reason)))
         server.on("message", lambda message, c: self.messages((message, c.id)))
@@ -47,6 +52,12 @@ class Peer:
 
     async def _on_request(self, request: Any, respond: Any, connection: IPCConnection) -> None:
         cmd = request.get("cmd") if isinstance(request, dict) else None
+        handler = self.commands.get(cmd) if isinstance(cmd, str) else None
+        if handler is not None:
+            result = handler(request, respond, connection)
+            if result is not None and hasattr(result, "__await__"):
+                await result
+            return
         if cmd == "fail":
             raise ValueError(request["why"])
         if cmd == "hold":
@@ -102,6 +113,27 @@ class Peer:
 
         return self.server.run(ask())
 
+    def call(self, name: str, data: Any = None, timeout: float = 5.0) -> Any:
+        """Call service ``name`` from the server; a worker's answer."""
+        return self.server.call(name, data, timeout=timeout)
+
+    def workers(self, name: str) -> list[str]:
+        """The ids of the connections serving ``name``."""
+        return [c.id for c in self.server.workers(name)]
+
+    def pending(self, connection_id: str | None) -> int:
+        """Requests the server sent the client ``connection_id`` and awaits the answer of
+        (the calls a worker has in flight)."""
+
+        async def count() -> int:
+            for connection in self.server.aio.connections:
+                if connection.id == connection_id:
+                    pending: int = connection.stats()["pending"]
+                    return pending
+            return 0
+
+        return self.server.run(count())
+
     def drop_connections(self) -> None:
         """Destroy every connection, without END: to the clients it looks like a crash."""
 
@@ -116,8 +148,16 @@ class Peer:
         self.release()
         self.server.close(allow_reconnect)
 
-    def restart(self) -> None:
-        """Close with ``allow_reconnect=True``, then start a new server at the same path."""
+    def start(self) -> None:
+        """Start a new server at the same path, after ``close``."""
+        self._gates = []
+        self.server = self._start()
+
+    def restart(self, **options: Any) -> None:
+        """Close with ``allow_reconnect=True``, then start a new server at the same path
+        (with ``options``, if given)."""
         self.close(allow_reconnect=True)
+        if options:
+            self.options = options
         self._gates = []
         self.server = self._start()

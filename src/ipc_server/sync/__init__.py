@@ -16,6 +16,8 @@ over a non-blocking socket (``connection.py``), so a request costs what
 ``off``: plain functions only) run one at a time on one library thread per
 client, never on the reading path, so a slow listener does not delay
 answers to other threads. Blocking calls may be made from a listener.
+A worker's ``serve`` handlers run there too; ``stream()`` is an iterator
+(``calls.py``).
 
 **IPCServer** (``server.py``) is a thin wrapper over the asyncio
 ``ipc_server.IPCServer``, run on a private event loop thread.
@@ -24,7 +26,8 @@ answers to other threads. Blocking calls may be made from a listener.
 from __future__ import annotations
 
 from ..clientcore import IPCClientStatus
+from .calls import Stream
 from .client import IPCClient, Subscription
 from .server import IPCServer
 
-__all__ = ("IPCClient", "IPCClientStatus", "IPCServer", "Subscription")
+__all__ = ("IPCClient", "IPCClientStatus", "IPCServer", "Stream", "Subscription")

@@ -18,9 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..clientcore import ClientCore, IPCClientStatus, connect_error
+from ..clientcore import IPCClientStatus, connect_error
 from ..errors import ConnectionClosedError, IPCError, ProtocolError, RequestTimeoutError
-from ..events import Respond
 from ..listeners import BlockingClientEvents
 from ..options import DEFAULT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_TIMEOUT, Default, check_timeout
 from ..packets import (
@@ -35,8 +34,11 @@ from ..packets import (
 )
 from ..subscriptions import SubscriptionBase
 from ..transport import dial, socket_credentials
-from .connection import GONE, Connection, SendTimeout, SyncRespond, handshake
+from .calls import BlockingCalls
+from .connection import GONE, Connection, SendTimeout
+from .handshake import handshake
 from .reader import Background, background
+from .respond import SyncRespond, responder
 from .server import check_not_serving, serving_threads
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
@@ -50,6 +52,10 @@ _LIFECYCLE_EVENTS = frozenset({"ready", "error", "close", "status"})
 
 _monotonic = time.monotonic
 
+_Job = tuple[str, tuple[Any, ...], "SyncRespond | None", "list[Callable[..., Any]] | None"]
+"""An event for the listener thread: (event, its arguments, the server's request it answers,
+the handlers to run instead of the event's listeners: a service's)."""
+
 
 class _Listeners:
     """The one library thread that runs a client's listeners, in order.
@@ -62,11 +68,16 @@ class _Listeners:
         self._client = client
         self._on_full = on_full  # ClientCore._events_full: max_pending_events reached, or no longer
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], Respond | None] | None] | None
-        self._queue = None
+        self._queue: queue.SimpleQueue[_Job | None] | None = None
         self.waiting = 0  # events queued, not yet run (bounded by max_pending_events)
 
-    def put(self, event: str, args: tuple[Any, ...], respond: Respond | None = None) -> None:
+    def put(
+        self,
+        event: str,
+        args: tuple[Any, ...],
+        respond: SyncRespond | None = None,
+        handlers: list[Callable[..., Any]] | None = None,
+    ) -> None:
         with self._lock:
             q = self._queue
             if q is None:
@@ -74,7 +85,7 @@ class _Listeners:
                 threading.Thread(
                     target=self._run, args=(q,), name="ipc_server listeners", daemon=True
                 ).start()
-            q.put((event, args, respond))
+            q.put((event, args, respond, handlers))
             self.waiting += 1
             full = self.waiting == self._client.max_pending_events
         if full:
@@ -93,18 +104,20 @@ class _Listeners:
                 self._queue.put(None)
                 self._queue = None
 
-    def _run(
-        self, q: queue.SimpleQueue[tuple[str, tuple[Any, ...], Respond | None] | None]
-    ) -> None:
+    def _run(self, q: queue.SimpleQueue[_Job | None]) -> None:
         client = self._client
         while True:
             item = q.get()
             if item is None:
                 return
-            event, args, respond = item
+            event, args, respond, handlers = item
             try:
                 if respond is None:
                     client.emit(event, *args)
+                elif respond.cancelled:
+                    pass  # the server gave up on it before it started: it never runs
+                elif handlers is not None:
+                    client._run_service(event, handlers, args, respond)
                 else:
                     client.emit_request(event, args, respond)
             except Exception:  # pragma: no cover - the chain reports listener errors itself
@@ -179,13 +192,15 @@ class Subscription(SubscriptionBase):
         return message
 
 
-class IPCClient(ClientCore, BlockingClientEvents):
+class IPCClient(BlockingCalls, BlockingClientEvents):
     """A blocking IPC client; thread-safe: any number of threads may call it at once.
 
     Events (listeners are plain functions; they run on one library thread):
     ``ready(info)``, ``error(error)``, ``close(reason)`` (closed for good),
     ``status(status)``, ``message(message)``, ``request(request, respond)``,
-    and one event per subscribed topic (``handler(message)``).
+    and one event per subscribed topic (``handler(message)``). The server's
+    requests and calls (``serve``) are answered by plain functions on that
+    thread too; one the server gives up on is not stopped (``respond.cancelled``).
 
     The keyword options are those of
     [`ClientOptions`][ipc_server.options.ClientOptions], as for the asyncio client (which alone has ``max_queued``: this one
@@ -286,12 +301,36 @@ class IPCClient(ClientCore, BlockingClientEvents):
 
     # ------------------------------------------------------------------ what the connection tells
 
-    def _request_arrived(self, conn: Connection, data: Any, nonce: str) -> None:
+    def _request_arrived(
+        self, conn: Connection, data: Any, nonce: str, deadline: float | None
+    ) -> None:
         if "request" in self._fns:
-            respond = SyncRespond(conn, nonce)
+            respond = responder(conn, nonce, deadline)
             self._listeners_thread.put("request", (data, respond), respond)
         else:
             conn.answer_later(RESPONSE, None, nonce)  # nobody listens: None, never a hang
+
+    def _call_arrived(
+        self, conn: Connection, name: Any, data: Any, nonce: str, deadline: float | None
+    ) -> None:
+        """The server sent a call of service ``name``: its handler answers it (lock held)."""
+        handler = self._service_handler(name)
+        if handler is None:
+            # Unserved while the server sent it: the caller learns that nobody serves it.
+            conn.fail_later(nonce, self._not_served(name))
+            return
+        respond = responder(conn, nonce, deadline)
+        self._listeners_thread.put(f"service {name!r}", (data, respond), respond, [handler])
+
+    def _run_service(
+        self,
+        event: str,
+        handlers: list[Callable[..., Any]],
+        args: tuple[Any, ...],
+        respond: SyncRespond,
+    ) -> None:
+        """Run a service's handler for a call (on the listener thread)."""
+        self._run_chain(event, handlers, args, respond)
 
     def _connection_lost(self, conn: Connection, reason: Any) -> None:
         if conn is not self._conn:
@@ -375,6 +414,7 @@ class IPCClient(ClientCore, BlockingClientEvents):
                 lock,
                 on_message=self._message_arrived,
                 on_request=self._request_arrived,
+                on_call=self._call_arrived,
                 on_lost=self._connection_lost,
                 report=self._report,
             )
@@ -457,7 +497,14 @@ class IPCClient(ClientCore, BlockingClientEvents):
         check_not_serving(self.address, what)
         return self._live(deadline)
 
-    def _call(self, t: int, data: Any, timeout: float | Default | None, what: str) -> Any:
+    def _call(
+        self,
+        t: int,
+        data: Any,
+        timeout: float | Default | None,
+        what: str,
+        fields: dict[str, Any] | None = None,
+    ) -> Any:
         if timeout is DEFAULT:
             timeout = self.request_timeout
         # The common case (a positive float) skips check_timeout's checks.
@@ -468,7 +515,7 @@ class IPCClient(ClientCore, BlockingClientEvents):
             conn = self._begin(deadline, what)
         nonce = str(next(self._nonces))
         while True:
-            value = conn.call(t, data, nonce, deadline, limit)
+            value = conn.call(t, data, nonce, deadline, limit, fields)
             if value is not GONE:
                 return value
             try:

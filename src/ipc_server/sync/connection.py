@@ -1,7 +1,7 @@
 """The blocking client's connection: one socket, its codec, its request table, its writes.
 
-``handshake`` runs the preamble and the CONNECTION exchange on a fresh
-socket. A ``Connection`` then drives the sans-I/O core over the
+After ``handshake.handshake`` (the preamble and the CONNECTION exchange), a
+``Connection`` drives the sans-I/O core over the
 non-blocking socket: ``pump`` reads and dispatches (as the reader of
 ``reader.ReadRoles``), ``transmit`` writes, ``call`` makes a request and
 waits for its answer, ``close_gracefully`` is the END exchange, and
@@ -19,124 +19,53 @@ import socket
 import ssl as _ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
-from ..codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
 from ..errors import (
     ConnectionClosedError,
-    HandshakeError,
     IPCError,
     MessageTooLargeError,
     ProtocolError,
     RequestTimeoutError,
 )
-from ..events import DONE, Respond
 from ..options import DEFAULT_TIMEOUT
 from ..packets import (
+    CALL,
+    CANCEL,
+    MESSAGE,
     PING,
     PONG,
-    RESPONSE,
-    Agreement,
+    REQUEST,
+    SERVICES,
+    STREAM,
     PacketDispatcher,
+    cancel_notice,
     end,
     error_answer,
     extension_packet,
     loss,
-    read_answer,
+    read_deadline,
     read_error,
 )
-from ..protocol import (
-    BINARY_PREAMBLE,
-    DEFAULT_MAX_HANDSHAKE_SIZE,
-    Body,
-    ClientPreamble,
-    FrameDecoder,
-    frame,
-    upgrade_request,
-)
+from ..protocol import Body, frame
+from ..streams import StreamItems
+from .handshake import RECV_SIZE, Opened
 from .reader import BG, ReadRoles, Waiter, poller
 
-__all__ = ["Connection", "Opened", "SyncRespond", "handshake"]
-
-RECV_SIZE = 65536  # below malloc's mmap threshold: a fresh buffer per recv stays cheap
+__all__ = [
+    "GONE",
+    "SEND_TIMEOUT",
+    "Connection",
+    "Outgoing",
+    "SendTimeout",
+    "Tracked",
+]
 
 SEND_TIMEOUT = DEFAULT_TIMEOUT
 """Bound on writing the client's own answers (PONG, RESPONSE) to a server that does not read."""
 
 _monotonic = time.monotonic
-
-
-class Opened(NamedTuple):
-    """A socket after the CONNECTION exchange."""
-
-    agreement: Agreement
-    codec: PacketCodec
-    decoder: FrameDecoder
-    early: list[Body]
-    """Packets that came with the CONNECTION answer (dispatched once the connection is in place)."""
-
-
-def handshake(
-    sock: socket.socket,
-    hello: bytes,
-    deadline: float | None,
-    *,
-    upgrade: tuple[str, str] | None,
-    max_message_size: int,
-    max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS,
-) -> Opened:
-    """The preamble and the CONNECTION exchange, blocking (nobody else uses ``sock`` yet).
-
-    ``upgrade`` is ``(host, token)`` for the HTTP upgrade preamble, None for ``IPC``.
-
-    Raises:
-        HandshakeError: The server refused the client, or the upgrade.
-        ProtocolError: The server answered with something else.
-        TimeoutError: ``deadline`` passed.
-        ConnectionClosedError: The server hung up.
-    """
-
-    def recv() -> bytes:
-        if deadline is not None:
-            remaining = deadline - _monotonic()
-            if remaining <= 0:
-                raise TimeoutError("connect timed out during the handshake")
-            sock.settimeout(remaining)
-        chunk = sock.recv(RECV_SIZE)
-        if not chunk:
-            raise ConnectionClosedError("connection lost during the handshake")
-        return chunk
-
-    if deadline is not None:
-        sock.settimeout(max(0.001, deadline - _monotonic()))
-    rest = b""
-    if upgrade is not None:
-        sock.sendall(upgrade_request(*upgrade))
-        preamble = ClientPreamble()
-        consumed = None
-        while consumed is None:
-            try:
-                consumed = preamble.feed(recv())
-            except ProtocolError as exc:
-                raise HandshakeError(str(exc)) from exc
-        rest = bytes(preamble.data[consumed:])
-        sock.sendall(hello)
-    else:
-        sock.sendall(BINARY_PREAMBLE + hello)
-    decoder = FrameDecoder(max_message_size)
-    # The server's CONNECTION answer is small; what it sends after may be big.
-    if max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
-        decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
-    codec = PacketCodec(max_message_size, max_packet_objects)
-    bodies = decoder.feed(rest) if rest else []
-    while not bodies:
-        bodies = decoder.feed(recv())
-    t, d, _, _ = codec.decode(bodies[0])
-    agreement = read_answer(t, d)
-    codec.configure(messagepack=agreement.messagepack, compress=agreement.compress)
-    sock.setblocking(False)
-    return Opened(agreement, codec, decoder, bodies[1:])
 
 
 class _Broken(Exception):
@@ -159,57 +88,15 @@ class _Resend(Exception):
 RESEND = _Resend()
 
 
-class SyncRespond(Respond):
-    """The ``respond`` callable of the blocking client (see ``ipc_server.Respond``).
+class Tracked(Protocol):
+    """A request of the server this connection runs (``respond.SyncRespond``): a cancel
+    notice from the server reaches it."""
 
-    It returns once the answer is written (the awaitable it returns is done).
-    """
+    def cancel_by_peer(self) -> None: ...
 
-    __slots__ = ("_conn", "_lock", "_nonce")
 
-    def __init__(self, conn: Connection, nonce: Any) -> None:
-        self.done = False
-        self.deadline = None
-        self._conn = conn
-        self._nonce = nonce
-        self._lock = threading.Lock()
-
-    def _claim(self) -> bool:
-        with self._lock:
-            if self.done:
-                return False
-            self.done = True
-            return True
-
-    def __call__(self, data: Any = None) -> Awaitable[None]:
-        if not self._claim():
-            raise RuntimeError("this request was already answered")
-        conn = self._conn
-        if conn.dead:
-            return DONE  # the requester is gone; nothing to answer
-        try:
-            conn.transmit(RESPONSE, data, self._nonce, _monotonic() + SEND_TIMEOUT)
-        except TypeError:
-            self.done = False  # not encodable: nothing was sent, the chain may still answer
-            raise
-        except SendTimeout:
-            raise IPCError("could not answer the server: it does not read") from None
-        return DONE
-
-    def fail(self, exc: BaseException) -> None:
-        if not self._claim() or self._conn.dead:
-            return
-        conn = self._conn
-        with contextlib.suppress(IPCError, OSError, SendTimeout):
-            conn.transmit_with(
-                lambda: error_answer(conn.codec, self._nonce, exc, conn.remote_errors),
-                _monotonic() + SEND_TIMEOUT,
-            )
-
-    def finish(self) -> None:
-        if not self.done:
-            with contextlib.suppress(RuntimeError, IPCError, OSError):
-                self(None)
+Outgoing = tuple[int, Any, Any] | Callable[[], bytes]
+"""What waits in the outbox: ``(t, d, n)`` for a plain packet, or what encodes one."""
 
 
 class Connection(ReadRoles, PacketDispatcher):
@@ -220,7 +107,10 @@ class Connection(ReadRoles, PacketDispatcher):
         opened: What ``handshake`` returned.
         lock: The client's lock.
         on_message: ``fn(data)`` for a MESSAGE (lock held).
-        on_request: ``fn(connection, data, nonce)`` for a REQUEST (lock held).
+        on_request: ``fn(connection, data, nonce, deadline)`` for a REQUEST (lock held);
+            ``deadline`` is when its requester gives up (``time.monotonic()``), or None.
+        on_call: ``fn(connection, name, data, nonce, deadline)`` for a call of service
+            ``name`` the server sends this worker (lock held).
         on_lost: ``fn(connection, reason)`` once the connection is gone (lock held).
         report: ``fn(error)`` for a problem worth the ``error`` event.
     """
@@ -232,7 +122,8 @@ class Connection(ReadRoles, PacketDispatcher):
         lock: threading.Lock,
         *,
         on_message: Callable[[Any], None],
-        on_request: Callable[[Connection, Any, str], None],
+        on_request: Callable[[Connection, Any, str, float | None], None],
+        on_call: Callable[[Connection, Any, Any, str, float | None], None],
         on_lost: Callable[[Connection, Any], None],
         report: Callable[[BaseException], None],
     ) -> None:
@@ -243,10 +134,14 @@ class Connection(ReadRoles, PacketDispatcher):
         self.features = opened.agreement.features
         self.on_message = on_message
         self.on_request = on_request
+        self.on_call = on_call
+        self.cancel = CANCEL in self.features  # requests carry "dl"; given up: a cancel notice
         self.on_lost = on_lost
         self.report = report
         self.pending: dict[str, Waiter] = {}
-        self.outbox: list[tuple[int, Any, Any]] = []  # PONGs and answers, written after unlocking
+        self.outbox: list[Outgoing] = []  # PONGs, answers, notices: written after unlocking
+        self.streams: dict[str, StreamItems] = {}  # streams this client reads, by nonce
+        self.running: dict[str, Tracked] = {}  # the server's requests not answered yet
         self.drain_waiters: list[Waiter] = []  # done when no request is pending
         self.lost_waiters: list[Waiter] = []  # done when the connection is gone
         self.wlock = threading.Lock()
@@ -303,12 +198,33 @@ class Connection(ReadRoles, PacketDispatcher):
             else:
                 self.report(exc)  # drop this packet, keep the connection
             return
+        if t == MESSAGE and len(packet) > 2 and self.features and "x" in packet:
+            self._on_notice(packet)
+            return
         self._dispatch(t, d, n, packet)
+
+    def _on_notice(self, packet: dict[str, Any]) -> None:
+        """A MESSAGE of an extension: a cancel notice for a request of the server (lock held).
+
+        The handler of that request is not stopped (a plain function cannot be);
+        its answer is dropped, and one not started yet never runs. A credit
+        notice means nothing here: this client produces no streams.
+        """
+        n = packet.get("n")
+        if packet.get("x") == CANCEL and n.__class__ is str:
+            tracked = self.running.pop(n, None)
+            if tracked is not None:
+                tracked.cancel_by_peer()
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:
         w = self.pending.pop(n, None)
         if w is None:
-            return  # late answer to a request that timed out: drop it
+            streams = self.streams
+            if streams:
+                items = streams.get(n)
+                if items is not None:
+                    items.arrive(packet)  # an item of a stream, or its end
+            return  # else a late answer to a request that timed out: drop it
         error = read_error(packet) if "e" in packet else None
         if error is not None:
             w.error = error
@@ -324,7 +240,16 @@ class Connection(ReadRoles, PacketDispatcher):
         self.on_message(d)
 
     def _on_request_packet(self, d: Any, n: str, packet: dict[str, Any]) -> None:
-        self.on_request(self, d, n)
+        deadline = None
+        if len(packet) > 3 and self.features:
+            if self.cancel:
+                seconds = read_deadline(packet)
+                if seconds is not None:
+                    deadline = _monotonic() + seconds
+            if packet.get("x") == CALL and SERVICES in self.features:
+                self.on_call(self, packet.get("s"), d, n, deadline)
+                return
+        self.on_request(self, d, n, deadline)
 
     def _on_ping(self, d: Any, n: str) -> None:
         self.outbox.append((PONG, d, n))
@@ -348,14 +273,33 @@ class Connection(ReadRoles, PacketDispatcher):
         """Queue a packet to write once the lock is released (lock held)."""
         self.outbox.append((t, d, n))
 
+    def fail_later(self, nonce: str, exc: BaseException) -> None:
+        """Queue the answer that request ``nonce`` failed with ``exc``, this library's own
+        error (lock held)."""
+        codec, remote = self.codec, self.remote_errors
+        self.outbox.append(lambda: error_answer(codec, nonce, exc, remote, own=True))
+
+    def _notify(self, packet: dict[str, Any]) -> None:
+        """Queue an extension packet (a credit or cancel notice) to write once the lock is
+        released (lock held; ``streams.StreamSink``)."""
+        if not self.dead:
+            self.outbox.append(lambda: frame(self.codec.encode_body(packet)))
+
+    def _forget_stream(self, nonce: str) -> None:
+        self.streams.pop(nonce, None)
+
     def flush_outbox(self) -> None:
         with self.lock:
             out = self.outbox
             self.outbox = []
         deadline = _monotonic() + SEND_TIMEOUT
-        for t, d, n in out:
+        for item in out:
             try:
-                self.transmit(t, d, n, deadline)
+                if isinstance(item, tuple):
+                    t, d, n = item
+                    self.transmit(t, d, n, deadline)
+                else:
+                    self.transmit_with(item, deadline)
             except (IPCError, OSError, SendTimeout) as exc:
                 if not self.dead:
                     self.report(
@@ -395,6 +339,9 @@ class Connection(ReadRoles, PacketDispatcher):
         self.drain_waiters = []
         self.lost_waiters = []
         self.outbox = []
+        self.running.clear()
+        for items in list(self.streams.values()):
+            items.fail(error)  # after the items already here
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes every thread polling it
         if self.reader is BG:
@@ -416,8 +363,15 @@ class Connection(ReadRoles, PacketDispatcher):
 
     # ------------------------------------------------------------------ writing
 
-    def transmit(self, t: int, d: Any, n: Any, deadline: float | None) -> None:
-        """Encode and write one packet.
+    def transmit(
+        self,
+        t: int,
+        d: Any,
+        n: Any,
+        deadline: float | None,
+        fields: dict[str, Any] | None = None,
+    ) -> None:
+        """Encode and write one packet (with extension ``fields`` beside ``t``, ``d``, ``n``).
 
         Raises:
             TypeError: ``d`` cannot be encoded.
@@ -427,9 +381,16 @@ class Connection(ReadRoles, PacketDispatcher):
         codec = self.codec
         if codec.compress:
             # One deflate stream per direction: encode in the order of writing.
-            self.transmit_with(lambda: codec.encode(t, d, n), deadline)
+            if fields is None:
+                self.transmit_with(lambda: codec.encode(t, d, n), deadline)
+            else:
+                packet = extension_packet(t, d, n, fields)
+                self.transmit_with(lambda: frame(codec.encode_body(packet)), deadline)
             return
-        data = codec.encode(t, d, n)
+        if fields is None:
+            data = codec.encode(t, d, n)
+        else:  # a REQUEST of an extension: "x", "dl" (and more) beside t, d, n
+            data = frame(codec.encode_body(extension_packet(t, d, n, fields)))
         self.packets_out += 1
         self.bytes_out += len(data)
         wlock = self.wlock
@@ -451,6 +412,9 @@ class Connection(ReadRoles, PacketDispatcher):
         except _Broken as broken:
             wlock.release()
             self._broken(broken)
+        except BaseException:
+            wlock.release()  # SendTimeout: nothing went out, the stream is intact
+            raise
         else:
             wlock.release()
 
@@ -467,6 +431,9 @@ class Connection(ReadRoles, PacketDispatcher):
         except _Broken as broken:
             wlock.release()
             self._broken(broken)
+        except BaseException:
+            wlock.release()  # TypeError from encode(), SendTimeout: nothing went out
+            raise
         else:
             wlock.release()
 
@@ -549,14 +516,15 @@ class Connection(ReadRoles, PacketDispatcher):
             # An idle connection is the background thread's, and is taken from it.
             lead = self.take_role(w)
         done = False
+        notify = self.cancel and t == REQUEST  # a peer that takes "dl" and cancel notices
+        if notify and seconds is not None:
+            fields = {"dl": seconds} if fields is None else {**fields, "dl": seconds}
+        sent = False
         try:
             if t == PING:
                 w.started = time.perf_counter()
-            if fields is None:
-                self.transmit(t, data, nonce, deadline)
-            else:  # a REQUEST of an extension: "x" (and more) beside t, d, n
-                packet = extension_packet(t, data, nonce, fields)
-                self.transmit_with(lambda: frame(self.codec.encode_body(packet)), deadline)
+            self.transmit(t, data, nonce, deadline, fields)
+            sent = True
             if lead:
                 done = self.lead(w, deadline)  # gives the role up again
         except BaseException as exc:
@@ -565,6 +533,9 @@ class Connection(ReadRoles, PacketDispatcher):
                     self.step_down()
                     self.release_sock()
                 self.forget(nonce)
+                given_up = sent and notify and not w.done and not self.dead
+            if given_up:  # interrupted (KeyboardInterrupt, say): its handler need not run on
+                self.give_up(nonce)
             if isinstance(exc, SendTimeout):
                 raise RequestTimeoutError(seconds or 0.0, "send") from None
             raise
@@ -575,12 +546,50 @@ class Connection(ReadRoles, PacketDispatcher):
             if not w.done:
                 if self.lost_exc is not None:  # the connection died under us
                     raise self.lost_exc
+                if notify:
+                    self.give_up(nonce)  # the server cancels its handler (or the call)
                 raise RequestTimeoutError(seconds or 0.0, "ping" if t == PING else "request")
         if w.error is not None:
             if w.error is RESEND:
                 return GONE
             raise w.error
         return w.value
+
+    def give_up(self, nonce: str) -> None:
+        """Tell the server that nobody waits for the answer to request ``nonce`` any more
+        (a cancel notice; lock not held). Best effort: a connection that cannot take it
+        is going anyway."""
+        with contextlib.suppress(IPCError, OSError, SendTimeout):
+            self.transmit_with(
+                lambda: frame(self.codec.encode_body(cancel_notice(nonce))),
+                _monotonic() + SEND_TIMEOUT,
+            )
+
+    def open_stream(
+        self, items: StreamItems, data: Any, window: int, deadline: float | None
+    ) -> bool:
+        """Send the stream request of ``items`` (its nonce, ``window``); its items and end
+        arrive in ``items``. False if the connection was gone before sending (as ``GONE``).
+
+        Raises:
+            ConnectionClosedError: The connection is closing (or closed meanwhile).
+            SendTimeout: Nothing could be written before ``deadline``.
+            TypeError: ``data`` cannot be encoded.
+        """
+        nonce = items.nonce
+        with self.lock:
+            if self.dead:
+                return False
+            if self.closing:
+                raise ConnectionClosedError("connection is closing")
+            self.streams[nonce] = items
+        try:
+            self.transmit(REQUEST, data, nonce, deadline, {"x": STREAM, "w": window})
+        except BaseException:
+            with self.lock:
+                self.streams.pop(nonce, None)
+            raise
+        return True
 
     # ------------------------------------------------------------------ closing
 

@@ -115,6 +115,9 @@ class IPCServer(BlockingServerOptions, ServerListeners[IPCConnection]):
     from a handler raises ``RuntimeError`` (it would deadlock); use
     ``await server.aio.survey(...)`` in an async handler instead.
     ``publish`` and ``broadcast`` do not wait, so they work anywhere.
+    A plain-function ``request`` handler may answer with many items through
+    ``respond.stream(iterable)``, without ``await``: the items go out from the
+    loop, as the requester consumes them.
 
     ``ipc_server.server.IPCConnection`` objects (``connections``, handler
     arguments) belong to the loop: from other threads, use
@@ -310,6 +313,22 @@ class IPCServer(BlockingServerOptions, ServerListeners[IPCConnection]):
         seconds = check_timeout(timeout)
         bound = None if seconds is None else seconds + 1.0
         return self._wait_for(lambda: self.aio.ping(data, timeout), bound, "ping")
+
+    def call(self, name: str, data: Any = None, *, timeout: float | None = DEFAULT_TIMEOUT) -> Any:
+        """Call service ``name`` with ``data``: one of its workers answers (as
+        ``ipc_server.IPCServer.call``, blocking)."""
+        seconds = check_timeout(timeout)
+        bound = None if seconds is None else seconds + 1.0
+        return self._wait_for(lambda: self.aio.call(name, data, timeout=timeout), bound, "call")
+
+    def workers(self, name: str) -> list[IPCConnection]:
+        """The connections serving ``name`` (an empty list when none does)."""
+        return self._call(lambda: self.aio.workers(name))
+
+    @property
+    def services(self) -> dict[str, int]:
+        """Each service with at least one worker, and how many workers serve it."""
+        return self._call(lambda: self.aio.services)
 
     def run(self, awaitable: Awaitable[T], *, timeout: float | None = DEFAULT_TIMEOUT) -> T:
         """Run ``awaitable`` on the server's loop and return its result.
