@@ -33,7 +33,6 @@ from ..options import DEFAULT_TIMEOUT
 from ..packets import (
     CALL,
     CANCEL,
-    MESSAGE,
     PING,
     PONG,
     REQUEST,
@@ -198,23 +197,23 @@ class Connection(ReadRoles, PacketDispatcher):
             else:
                 self.report(exc)  # drop this packet, keep the connection
             return
-        if t == MESSAGE and len(packet) > 2 and self.features and "x" in packet:
-            self._on_notice(packet)
-            return
         self._dispatch(t, d, n, packet)
 
-    def _on_notice(self, packet: dict[str, Any]) -> None:
-        """A MESSAGE of an extension: a cancel notice for a request of the server (lock held).
+    def _on_message_extension(self, packet: dict[str, Any]) -> bool:
+        """A MESSAGE of an extension (True): a cancel notice for a request of the server (lock held).
 
         The handler of that request is not stopped (a plain function cannot be);
         its answer is dropped, and one not started yet never runs. A credit
         notice means nothing here: this client produces no streams.
         """
+        if not self.features or "x" not in packet:
+            return False  # a Node peer's extra keys mean nothing
         n = packet.get("n")
         if packet.get("x") == CANCEL and n.__class__ is str:
             tracked = self.running.pop(n, None)
             if tracked is not None:
                 tracked.cancel_by_peer()
+        return True
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:
         w = self.pending.pop(n, None)
