@@ -347,13 +347,16 @@ async def cmd_top(args: argparse.Namespace, out: Output) -> int:
                 last: dict[str, Any] | None = None
                 next_at = time.monotonic()
                 while not stop.is_set():
-                    if time.monotonic() >= next_at:
+                    refreshed = time.monotonic() >= next_at
+                    if refreshed:
                         last = await fetch_stats(client, True, no_limit(args.timeout))
                         rates.update(last, time.monotonic())
                         refreshes += 1
                         next_at = time.monotonic() + args.interval
                     assert last is not None
-                    if screen is not None:
+                    if not refreshed and screen is None:
+                        pass  # woken early (a timer's rounding): piped output gets new samples only
+                    elif screen is not None:
                         width, height = screen.size()
                         screen.draw(
                             frame(
