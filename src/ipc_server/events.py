@@ -17,8 +17,8 @@ import enum
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, TypeVar, cast, overload
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from typing import Any, Final, TypeVar, cast, overload
 
 __all__ = [
     "DONE",
@@ -66,14 +66,15 @@ class IPCEvents:
     Published messages are emitted under their topic's own name.
     """
 
-    READY = "ready"
-    ERROR = "error"
-    CONNECT = "connect"
-    DISCONNECT = "disconnect"
-    CLOSE = "close"
-    STATUS = "status"
-    MESSAGE = "message"
-    REQUEST = "request"
+    # Final: type checkers read each as its literal, so on(IPCEvents.READY, f) is typed as on("ready", f).
+    READY: Final = "ready"
+    ERROR: Final = "error"
+    CONNECT: Final = "connect"
+    DISCONNECT: Final = "disconnect"
+    CLOSE: Final = "close"
+    STATUS: Final = "status"
+    MESSAGE: Final = "message"
+    REQUEST: Final = "request"
 
 
 class _Done:
@@ -245,15 +246,22 @@ class Respond(abc.ABC):
     waits only while the connection is over its write high-water mark; in
     the blocking client it is already done). A second call raises
     ``RuntimeError``. If no listener answers, the requester gets ``None``.
+    ``respond.stream(items)`` answers with many items instead (the asyncio
+    ends: ``Responder.stream``).
 
     Attributes:
         done: Whether an answer was sent.
+        deadline: When the requester gives up, on the clock of the loop that
+            runs the handler (``loop.time()``; ``time.monotonic()`` in the
+            blocking client), from the timeout it sent along (a peer of this
+            library); None without one, for streams, and for Node requesters.
     """
 
-    __slots__ = ("done",)
+    __slots__ = ("deadline", "done")
 
     def __init__(self) -> None:
         self.done = False
+        self.deadline: float | None = None
 
     @abc.abstractmethod
     def __call__(self, data: Any = None) -> Awaitable[None]:
@@ -263,10 +271,18 @@ class Respond(abc.ABC):
     def fail(self, exc: BaseException) -> None:
         """Answer with an error: a listener raised ``exc`` (the requester gets ``RemoteError``)."""
 
+    def stream(self, items: Iterable[Any]) -> Awaitable[None]:
+        """Answer with the items of ``items``: here, collected into one list answer."""
+        return self(list(items))
+
     def finish(self) -> None:
         """End of the listener chain: answer ``None`` if nobody answered (never a hang)."""
         if not self.done:
             self(None)
+
+    def _track(self, task: asyncio.Task[Any], first: Awaitable[Any]) -> None:  # noqa: B027 - a hook
+        """The listener chain suspended and goes on in ``task``, which awaits ``first`` (the
+        listener's coroutine) once it starts: a peer may cancel it."""
 
 
 class EventEmitter:
@@ -482,7 +498,9 @@ class EventEmitter:
                 awaitable.close()
             raise RuntimeError(f"{event!r} listener {fn!r} needs a running event loop")
         coro = self._finish_chain(event, awaitable, rest, args, responder)
-        start_task(coro, self._tasks if tasks is None else tasks)
+        task = start_task(coro, self._tasks if tasks is None else tasks)
+        if task is not None and responder is not None:
+            responder._track(task, awaitable)
 
     async def _finish_chain(
         self,

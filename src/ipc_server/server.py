@@ -28,12 +28,16 @@ from .admission import (
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
+from .listeners import ServerListeners
 from .options import (
     DEFAULT_TIMEOUT,
     check_timeout,
 )
 from .packets import (
+    GROUPS,
     PUBSUB_KEYS,
+    SERVICE_REQUESTS,
+    SERVICES,
     STATS,
     Hello,
     answer,
@@ -44,6 +48,7 @@ from .packets import (
 from .protocol import ServerPreamble
 from .pubsub import PubSub
 from .serveroptions import Authenticate, ServerOptions
+from .services import ServiceRegistry, Services
 from .topics import TopicRegistry
 from .transport import Listener, PeerCredentials, accepted_peer, listen
 
@@ -299,8 +304,7 @@ class IPCConnection(Endpoint):
         )
         self._codec.configure(messagepack=messagepack, compress=compress)
         self._decoder.limit(server.max_message_size)
-        self.remote_errors = "errors" in hello.features
-        self.features = frozenset(hello.features)
+        self._agreed(frozenset(hello.features))
         self._handshaken = True
         self.connected_at = time.time()
         if not server._may_claim(self.id):
@@ -321,7 +325,7 @@ class IPCConnection(Endpoint):
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server
         if data.__class__ is dict and not PUBSUB_KEYS.isdisjoint(data):
-            pubsub = read_pubsub(data)
+            pubsub = read_pubsub(data, GROUPS in self.features)
             if pubsub is not None:
                 server.pubsub_request(self, pubsub, respond)
                 return
@@ -336,6 +340,7 @@ class IPCConnection(Endpoint):
         totals["bytes_in"] += self._bytes_in
         totals["bytes_out"] += self._bytes_out
         server._registry.forget(self)
+        server._services.forget(self)
         if server._ids.get(self.id) is self:
             del server._ids[self.id]
         if self._handshaken and server._connections.pop(self, 0) is None:
@@ -360,11 +365,15 @@ class IPCConnection(Endpoint):
             **super().stats(),
         }
 
-    def _on_extension(self, packet: dict[str, Any], n: str) -> bool:
-        if packet.get("x") != STATS or STATS not in self.features:
+    def _on_request_extension(
+        self, x: Any, packet: dict[str, Any], n: str, respond: Responder
+    ) -> bool:
+        if x in SERVICE_REQUESTS and SERVICES in self.features:
+            self.server.service_request(self, x, packet, respond)
+            return True
+        if x != STATS or STATS not in self.features:
             return False
         server = self.server
-        respond = Responder(self, n)
         if server._may_see_stats(self):
             respond(server.stats(connections=bool(packet.get("d"))))
         else:
@@ -378,7 +387,14 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
+# ServerListeners types on/once for the seven events, narrower than EventEmitter's (hence the ignore).
+class IPCServer(  # type: ignore[misc]
+    ServerOptions,
+    PubSub[IPCConnection],
+    Services[IPCConnection],
+    ServerListeners[IPCConnection],
+    EventEmitter,
+):
     """An IPC server: one listener, many client connections.
 
     Events: ``ready(address)``, ``error(error, connection)`` (connection may
@@ -386,8 +402,9 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
     reason)``, ``close()``, ``message(message, connection)``,
     ``request(request, respond, connection)``.
 
-    The keyword options are those of ``ServerOptions``
-    (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ServerOptions`][ipc_server.serveroptions.ServerOptions], described there
+    (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
@@ -402,6 +419,9 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         self._gated = 0  # TLS peers let through by _gate whose protocol is not made yet
         self._registry: TopicRegistry[IPCConnection] = TopicRegistry(
             self.max_topics_per_connection, self.max_topic_length
+        )
+        self._services: ServiceRegistry[IPCConnection] = ServiceRegistry(
+            self.max_concurrent_requests, self.max_topics_per_connection
         )
         self._closing = False
         self._tick_handle: asyncio.TimerHandle | None = None
