@@ -48,6 +48,8 @@ class FakeHost:
         self.events: list[tuple[str, dict[str, Any]]] = []
         self.errors: list[BaseException] = []
         self.calls: list[tuple[str, Any]] = []
+        self.groups: list[tuple[str, str, str, Any]] = []
+        self.broadcasts: list[tuple[Any, str]] = []
         self.disorder = 0
         self.hold = False
         self.fail = False
@@ -67,6 +69,12 @@ class FakeHost:
             if message[2] <= self._last.get(key, -1):
                 self.disorder += 1
             self._last[key] = message[2]
+
+    def deliver_group(self, topic: str, pattern: str, group: str, message: Any) -> None:
+        self.groups.append((topic, pattern, group, message))
+
+    def deliver_broadcast(self, message: Any, origin: str) -> None:
+        self.broadcasts.append((message, origin))
 
     def backplane_event(self, kind: str, info: dict[str, Any]) -> None:
         self.events.append((kind, info))

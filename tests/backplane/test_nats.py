@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
 
 from helpers import eventually
-from ipc_server import MessageTooLargeError, RemoteError, RequestTimeoutError
-from ipc_server.backplane import NatsBackplane, NoRespondersError
+from ipc_server import MessageTooLargeError, NoRespondersError, RemoteError, RequestTimeoutError
+from ipc_server.backplane import NatsBackplane
 from ipc_server.backplane.subjects import MAX_SUBJECT_BYTES
 
 from .broker import Broker, free_port
@@ -43,7 +44,7 @@ async def test_messages_keep_their_types(backplanes: Start) -> None:
     b, host = await backplanes("b")
     await b.add_interest("t")
     when = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
-    values = [None, False, 0, "", [], {}, b"\x00\xff", {"a": [1, 2.5, {"b": None}]}, 2**64 - 1]
+    values: list[Any] = [None, False, 0, "", [], {}, b"\x00\xff", {"a": [1, 2.5, {"b": None}]}, 2**64 - 1]
     values.append(when)
     for value in values:
         a.publish("t", value)

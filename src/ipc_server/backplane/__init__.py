@@ -7,7 +7,7 @@ See ``docs/backplane.md``.
 
 from __future__ import annotations
 
-from .base import Backplane, BackplaneHost, NoRespondersError
+from .base import Backplane, BackplaneHost
 from .nats import NatsBackplane
 
-__all__ = ("Backplane", "BackplaneHost", "NatsBackplane", "NoRespondersError")
+__all__ = ("Backplane", "BackplaneHost", "NatsBackplane")

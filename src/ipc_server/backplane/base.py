@@ -13,25 +13,16 @@ from __future__ import annotations
 import abc
 from typing import Any, Protocol
 
-from ..errors import IPCError
+from ..errors import NoRespondersError
 
-__all__ = ["Backplane", "BackplaneHost", "NoRespondersError"]
+__all__ = ["Backplane", "BackplaneHost", "no_responders"]
 
 
-class NoRespondersError(IPCError):
-    """No worker anywhere for a service: none on this server and none reachable
-    across hosts (the broker says so at once, or the broker is unreachable).
-
-    Attributes:
-        service: The service called.
-    """
-
-    # Until the library's error tree carries its own NoRespondersError, the
-    # backplane defines it here; ipc_server.backplane exports it.
-
-    def __init__(self, message: str, *, service: str | None = None) -> None:
-        self.service = service
-        super().__init__(message)
+def no_responders(service: str, text: str) -> NoRespondersError:
+    """``NoRespondersError`` for ``service`` that says ``text`` (why nobody took it)."""
+    error = NoRespondersError(service)
+    error.args = (text,)
+    return error
 
 
 class BackplaneHost(Protocol):
@@ -45,6 +36,16 @@ class BackplaneHost(Protocol):
     def deliver_remote(self, topic: str, message: Any, origin: str) -> None:
         """A publish made on server ``origin``: deliver it to this server's
         local subscribers only (never publish it again)."""
+        ...
+
+    def deliver_group(self, topic: str, pattern: str, group: str, message: Any) -> None:
+        """A publish that the broker gave this server's part of worker group
+        ``group`` of ``pattern``: deliver it to one local member of that group
+        (it may be this server's own publish: the broker chose among all members)."""
+        ...
+
+    def deliver_broadcast(self, message: Any, origin: str) -> None:
+        """A cluster broadcast made on server ``origin``: send it to every local connection."""
         ...
 
     def backplane_event(self, kind: str, info: dict[str, Any]) -> None:
@@ -83,18 +84,29 @@ class Backplane(abc.ABC):
         """Leave the cluster; pending calls and surveys fail."""
 
     @abc.abstractmethod
-    def publish(self, topic: str, message: Any) -> None:
+    def publish(self, topic: str, message: Any, groups: bool = False) -> bool:
         """Send a publish to every other server's matching subscribers. Never
-        blocks; what cannot be sent is counted or reported, never raised."""
+        blocks; what cannot be sent is counted or reported, never raised.
+
+        With ``groups``, the broker also picks the member of each worker group
+        (this server's own members included: it delivered to none of them);
+        without, this server's own groups had the message already. Returns
+        whether the message was queued to go (False: refused, and reported).
+        """
 
     @abc.abstractmethod
-    async def add_interest(self, pattern: str) -> bool:
-        """This server has local subscribers for ``pattern``; True once the
-        broker has the interest (at once while the broker is down)."""
+    def broadcast(self, message: Any) -> None:
+        """Send ``message`` to every other server's connections (as ``publish`` does)."""
 
     @abc.abstractmethod
-    async def remove_interest(self, pattern: str) -> None:
-        """This server no longer has local subscribers for ``pattern``."""
+    async def add_interest(self, pattern: str, group: str | None = None) -> bool:
+        """This server has local subscribers for ``pattern`` (members of worker
+        ``group``, if given); True once the broker has the interest (at once
+        while the broker is down)."""
+
+    @abc.abstractmethod
+    async def remove_interest(self, pattern: str, group: str | None = None) -> None:
+        """This server no longer has local subscribers for ``pattern`` (in ``group``)."""
 
     @abc.abstractmethod
     async def add_service(self, name: str) -> None:

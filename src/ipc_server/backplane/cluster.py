@@ -12,8 +12,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import ConnectionClosedError, MessageTooLargeError, RequestTimeoutError
-from .base import NoRespondersError
+from ..errors import (
+    ConnectionClosedError,
+    MessageTooLargeError,
+    NoRespondersError,
+    RequestTimeoutError,
+)
+from .base import no_responders
 from .link import Link, background
 from .members import Members
 from .pending import Call, Pending, Survey
@@ -126,8 +131,8 @@ class Cluster:
     # -- calls and surveys --------------------------------------------------------
 
     def _unreachable(self, service: str, detail: str) -> NoRespondersError:
-        return NoRespondersError(
-            f"no worker for service {service!r} on this server, and {detail}", service=service
+        return no_responders(
+            service, f"no worker for service {service!r} on this server, and {detail}"
         )
 
     async def call(self, service: str, data: Any, timeout: float | None) -> Any:

@@ -29,8 +29,8 @@ from .cluster import Cluster, quietly
 from .delivery import Outbox, Sequencer, Tracker
 from .link import Credentials, Link, background, nats_available
 from .serving import Serving
-from .subjects import Subjects, redact_url
-from .subscriptions import Subscriptions
+from .subjects import Subjects, escape_token, redact_url
+from .subscriptions import Sub, Subscriptions
 from .wire import BEAT, BYE, HELLO, Envelopes, read_publish
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class NatsBackplane(Backplane):
         self._sequencer = Sequencer(max_streams)
         self._tracker: Tracker[tuple[str, str]] = Tracker(max_streams, self._covered)
         self._subs = Subscriptions({}, inbound_limit)
-        self._inbox: deque[tuple[str, bytes]] = deque()
+        self._inbox: deque[tuple[str, bytes, Sub | None]] = deque()
         self._inbox_size = 0
         self._state = "new"  # new, down, restoring, up, closed
         self._sending = False
@@ -152,6 +152,7 @@ class NatsBackplane(Backplane):
             (
                 "published",
                 "received",
+                "received_group",
                 "dropped_inbound",
                 "duplicates",
                 "gaps",
@@ -195,13 +196,16 @@ class NatsBackplane(Backplane):
                 "heartbeat": cluster.on_heartbeat,
                 "survey": serving.on_survey,
                 "replies": cluster.on_reply,
+                "broadcast": self._on_topic,
             },
             self._inbound_limit,
+            self._on_group,
         )
         for kind, subject in (
             ("heartbeat", subjects.heartbeat),
             ("survey", subjects.survey),
             ("replies", subjects.replies),
+            ("broadcast", subjects.broadcast),
         ):
             subs.add(kind, kind, subject)
         self._tasks = [
@@ -258,6 +262,7 @@ class NatsBackplane(Backplane):
         counts["queued_bytes_peak"] = outbox.peak
         counts["inbound_queued"] = len(self._inbox)
         counts["interests"] = self._subs.count("topic")
+        counts["groups"] = self._subs.count("group")
         counts["services"] = self._subs.count("service")
         counts["resubscribed"] = self._subs.resubscribed
         counts["members"] = len(self.members())
@@ -411,20 +416,28 @@ class NatsBackplane(Backplane):
 
     # -- publish ------------------------------------------------------------
 
-    def publish(self, topic: str, message: Any) -> None:
+    def publish(self, topic: str, message: Any, groups: bool = False) -> bool:
         if self._state in ("new", "closed"):
-            return
+            return False
         try:
             subject = self._subjects.topic(topic)
         except ValueError as exc:
             self._refuse(exc)
-            return
+            return False
+        return self._queue(topic, subject, message, groups)
+
+    def broadcast(self, message: Any) -> None:
+        if self._state not in ("new", "closed"):
+            self._queue("", self._subjects.broadcast, message, False)
+
+    def _queue(self, topic: str, subject: str, message: Any, groups: bool) -> bool:
         envelopes = self._envelopes
         try:
             body = envelopes.body(message)
         except (TypeError, ValueError, OverflowError) as exc:
-            self._refuse(TypeError(f"a message on topic {topic[:80]!r} cannot cross hosts: {exc}"))
-            return
+            what = f"on topic {topic[:80]!r}" if topic else "broadcast"
+            self._refuse(TypeError(f"a message {what} cannot cross hosts: {exc}"))
+            return False
         size = len(body) + len(subject) + _ENVELOPE_ROOM + 40
         if size > self._max_payload:
             self._refuse(
@@ -432,11 +445,13 @@ class NatsBackplane(Backplane):
                     size, self._max_payload, "cross-host message", option="max_payload"
                 )
             )
-            return
+            return False
         epoch, seq = self._sequencer.next(topic)
-        self._outbox.put(subject, envelopes.publish(epoch, seq, body), self._loop.time())
+        payload = envelopes.publish(epoch, seq, body, not groups)
+        self._outbox.put(subject, payload, self._loop.time())
         if self._sending:
             self._wake_sender.set()
+        return True
 
     def _refuse(self, exc: BaseException) -> None:
         self._counts["refused"] += 1
@@ -490,10 +505,13 @@ class NatsBackplane(Backplane):
 
     # -- interests ------------------------------------------------------------
 
-    async def add_interest(self, pattern: str) -> bool:
+    async def add_interest(self, pattern: str, group: str | None = None) -> bool:
         subject = self._subjects.pattern(pattern)  # ValueError for a bad or too long pattern
-        sub = self._subs.add("topic", pattern, subject)
-        self._tracker.clock = self._subs.clock
+        if group is None:
+            sub = self._subs.add("topic", pattern, subject)
+            self._tracker.clock = self._subs.clock
+        else:
+            sub = self._subs.add("group", pattern, subject, escape_token(group), group)
         link = self._link
         if link is None or self._state != "up":
             return True  # applied when the connection is restored
@@ -501,8 +519,12 @@ class NatsBackplane(Backplane):
             await self._subs.subscribe(sub, link, self._gen)
         return await self._confirmed()
 
-    async def remove_interest(self, pattern: str) -> None:
-        await self._subs.remove(self._subjects.pattern(pattern), "topic")
+    async def remove_interest(self, pattern: str, group: str | None = None) -> None:
+        subject = self._subjects.pattern(pattern)
+        if group is not None:
+            await self._subs.remove(subject, "group", escape_token(group))
+            return
+        await self._subs.remove(subject, "topic")
         self._tracker.removals = self._subs.removals
 
     async def _confirmed(self) -> bool:
@@ -529,11 +551,17 @@ class NatsBackplane(Backplane):
     # -- what arrives ---------------------------------------------------------
 
     async def _on_topic(self, msg: Msg) -> None:
+        self._enqueue(msg, None)
+
+    async def _on_group(self, msg: Msg, sub: Sub) -> None:
+        self._enqueue(msg, sub)
+
+    def _enqueue(self, msg: Msg, sub: Sub | None) -> None:
         data = msg.data
         if len(self._inbox) >= self._inbound_limit or self._inbox_size > self._inbound_bytes:
             self._counts["dropped_inbound"] += 1
             return
-        self._inbox.append((msg.subject, data))
+        self._inbox.append((msg.subject, data, sub))
         self._inbox_size += len(data)
         self._wake_consumer.set()
 
@@ -544,18 +572,22 @@ class NatsBackplane(Backplane):
             self._wake_consumer.clear()
             handled = 0
             while inbox:
-                subject, data = inbox.popleft()
+                subject, data, sub = inbox.popleft()
                 self._inbox_size -= len(data)
-                self._take(subject, data)
+                if sub is None:
+                    self._take(subject, data)
+                else:
+                    self._take_group(subject, data, sub)
                 handled += 1
                 if handled >= _BATCH:
                     handled = 0
                     await asyncio.sleep(0)
 
     def _take(self, subject: str, data: bytes) -> None:
+        broadcast = subject == self._subjects.broadcast
         try:
-            origin, epoch, seq, message = read_publish(data)
-            topic = self._subjects.topic_of(subject)
+            origin, epoch, seq, message, _ = read_publish(data)
+            topic = "" if broadcast else self._subjects.topic_of(subject)
         except ValueError as exc:  # ProtocolError is a ValueError too
             self._malformed(exc)
             return
@@ -572,7 +604,27 @@ class NatsBackplane(Backplane):
             self._event("gap", {"origin": origin, "topic": topic, "missed": missed})
         counts["received"] += 1
         try:
-            self._host.deliver_remote(topic, message, origin)
+            if broadcast:
+                self._host.deliver_broadcast(message, origin)
+            else:
+                self._host.deliver_remote(topic, message, origin)
+        except Exception as exc:
+            self._report(exc)
+
+    def _take_group(self, subject: str, data: bytes, sub: Sub) -> None:
+        # The broker chose this server among the group's: this server's own
+        # publishes included, unless its groups were served when it published.
+        try:
+            _, _, _, message, served = read_publish(data)
+            topic = self._subjects.topic_of(subject)
+        except ValueError as exc:
+            self._malformed(exc)
+            return
+        if served:
+            return
+        self._counts["received_group"] += 1
+        try:
+            self._host.deliver_group(topic, sub.name, sub.group, message)
         except Exception as exc:
             self._report(exc)
 
@@ -595,7 +647,7 @@ class NatsBackplane(Backplane):
         await self._confirmed()
 
     async def remove_service(self, name: str) -> None:
-        await self._subs.remove(self._subjects.service(name), "service")
+        await self._subs.remove(self._subjects.service(name), "service", "w")
 
     async def call(self, service: str, data: Any, timeout: float | None) -> Any:
         return await self._cluster.call(service, data, timeout)

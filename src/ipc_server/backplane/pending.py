@@ -17,7 +17,7 @@ import asyncio
 from typing import Any
 
 from ..errors import ConnectionClosedError, RemoteError, RequestTimeoutError
-from .base import NoRespondersError
+from .base import no_responders
 from .wire import ACK, ANSWERS, ERR, OK
 
 __all__ = ["Call", "Pending", "Survey", "remote_error"]
@@ -27,7 +27,7 @@ def remote_error(type_name: str, text: str) -> BaseException:
     """The error a caller gets for an ``ERR`` answer: the library's own type
     when the worker raised one the caller knows, else ``RemoteError``."""
     if type_name == "NoRespondersError":
-        return NoRespondersError(text)
+        return no_responders("", text)
     return RemoteError(type_name, text)
 
 
@@ -113,10 +113,10 @@ class Pending:
         call = self.calls.get(token)
         if call is not None and not call.future.done():
             call.future.set_exception(
-                NoRespondersError(
+                no_responders(
+                    call.service,
                     f"no worker for service {call.service!r} on any server of namespace "
                     f"{namespace!r}",
-                    service=call.service,
                 )
             )
         survey = self.surveys.get(token)
@@ -187,9 +187,9 @@ class Pending:
                 )
         for survey in list(self.surveys.values()):
             if server in survey.expected and server not in survey.answers:
-                survey.answers[server] = ConnectionClosedError(
-                    f"server {server!r} left before answering the survey"
-                )
+                gone = survey.missing(server)
+                gone.args = (f"server {server!r} left (its heartbeat stopped) before answering",)
+                survey.answers[server] = gone
                 if survey.complete() and not survey.future.done():
                     survey.future.set_result(survey.result())
 

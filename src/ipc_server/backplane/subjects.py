@@ -9,6 +9,7 @@ never share one. Under it:
 ``<ns>.s.<service tokens>`` the workers of a service (one NATS queue group)
 ``<ns>.v``                  cluster surveys
 ``<ns>.h``                  heartbeats (membership)
+``<ns>.b``                  cluster broadcasts (to every connection)
 ``<ns>.r.<server>.<token>`` answers to one server's calls and surveys, and
                             (token ``k``) the cancellations sent to it
 =========================== ===============================================
@@ -125,6 +126,7 @@ class Subjects:
         self.service_prefix = f"{namespace}.s."
         self.survey = f"{namespace}.v"
         self.heartbeat = f"{namespace}.h"
+        self.broadcast = f"{namespace}.b"
         self.server_token = escape_token(server_id)
         self.reply_prefix = f"{namespace}.r.{self.server_token}."
         self.replies = f"{self.reply_prefix}*"

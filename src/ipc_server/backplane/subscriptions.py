@@ -30,18 +30,41 @@ __all__ = ["Sub", "Subscriptions"]
 logger = logging.getLogger("ipc_server.backplane")
 
 Handler = Callable[["Msg"], Awaitable[None]]
+GroupHandler = Callable[["Msg", "Sub"], Awaitable[None]]
+
+
+def key_of(subject: str, queue: str) -> str:
+    """A subscription's key: its subject, and its queue group if any (never in a subject)."""
+    return f"{subject} {queue}" if queue else subject
 
 
 class Sub:
     """One subscription, kept across connections."""
 
-    __slots__ = ("added", "denied", "gen", "kind", "name", "queue", "retrying", "sub", "subject")
+    __slots__ = (
+        "added",
+        "denied",
+        "gen",
+        "group",
+        "key",
+        "kind",
+        "name",
+        "queue",
+        "retrying",
+        "sub",
+        "subject",
+    )
 
-    def __init__(self, kind: str, name: str, subject: str, queue: str, added: int) -> None:
+    def __init__(
+        self, kind: str, name: str, subject: str, queue: str, added: int, group: str = ""
+    ) -> None:
         self.kind = kind
-        """``"topic"``, ``"service"``, or for the backplane's own: ``"heartbeat"``,
-        ``"survey"``, ``"replies"``."""
+        """``"topic"``, ``"group"`` (a worker group's interest), ``"service"``, or for
+        the backplane's own: ``"heartbeat"``, ``"survey"``, ``"replies"``, ``"broadcast"``."""
         self.name = name
+        self.group = group
+        """The worker group's name (kind ``"group"``)."""
+        self.key = key_of(subject, queue)
         self.subject = subject
         self.queue = queue
         self.added = added
@@ -62,8 +85,11 @@ class Subscriptions:
         limit: nats-py's pending-message bound per subscription.
     """
 
-    def __init__(self, handlers: dict[str, Handler], limit: int) -> None:
+    def __init__(
+        self, handlers: dict[str, Handler], limit: int, group: GroupHandler | None = None
+    ) -> None:
         self.handlers = handlers
+        self.group_handler = group
         self.limit = limit
         self.clock = 0
         """Ticks when an interest is added (see ``delivery.Tracker``)."""
@@ -82,26 +108,28 @@ class Subscriptions:
     def __len__(self) -> int:
         return len(self._subs)
 
-    def add(self, kind: str, name: str, subject: str, queue: str = "") -> Sub:
-        """The ``Sub`` for ``subject``, made if new (adding twice is adding once)."""
-        sub = self._subs.get(subject)
+    def add(self, kind: str, name: str, subject: str, queue: str = "", group: str = "") -> Sub:
+        """The ``Sub`` for ``subject`` (in ``queue``), made if new (adding twice is adding once)."""
+        key = key_of(subject, queue)
+        sub = self._subs.get(key)
         if sub is None:
             if kind == "topic":
                 self.clock += 1
-            sub = Sub(kind, name, subject, queue, self.clock)
-            self._subs[subject] = sub
+            sub = Sub(kind, name, subject, queue, self.clock, group)
+            self._subs[key] = sub
             tokens = subject.split(".")
             if kind == "topic" and ("*" in tokens or tokens[-1] == ">"):
                 self._wildcards[subject] = sub
         return sub
 
-    async def remove(self, subject: str, kind: str) -> None:
-        """Forget the ``Sub`` of ``kind`` for ``subject`` and unsubscribe it."""
-        sub = self._subs.get(subject)
+    async def remove(self, subject: str, kind: str, queue: str = "") -> None:
+        """Forget the ``Sub`` of ``kind`` for ``subject`` (in ``queue``) and unsubscribe it."""
+        key = key_of(subject, queue)
+        sub = self._subs.get(key)
         if sub is None or sub.kind != kind:
             return
-        del self._subs[subject]
-        self._wildcards.pop(subject, None)
+        del self._subs[key]
+        self._wildcards.pop(key, None)
         if kind == "topic":
             self.removals += 1
         if sub.sub is not None:
@@ -111,7 +139,7 @@ class Subscriptions:
     def covered(self, subject: str, since: int) -> bool:
         """Whether an interest matching ``subject`` has existed since clock ``since``."""
         sub = self._subs.get(subject)
-        if sub is not None and sub.kind == "topic" and sub.added <= since:
+        if sub is not None and (sub.kind != "topic" or sub.added <= since):
             return True
         return any(
             w.added <= since and pattern_matches(w.subject, subject)
@@ -123,15 +151,16 @@ class Subscriptions:
     async def subscribe(self, sub: Sub, link: Link, gen: int) -> None:
         """Put ``sub`` on connection ``gen`` (unless it is removed meanwhile)."""
         sub.gen = gen  # claimed before the await: no second subscribe meanwhile
+        handler = self.handlers.get(sub.kind)
+        if handler is None:
+            handler = _bound(self.group_handler, sub)
         try:
-            nats_sub = await link.subscribe(
-                sub.subject, sub.queue, self.handlers[sub.kind], self.limit
-            )
+            nats_sub = await link.subscribe(sub.subject, sub.queue, handler, self.limit)
         except Exception as exc:
             sub.gen = 0
             logger.debug("subscribe %r: %s", sub.subject, type(exc).__name__)
             return
-        if self._subs.get(sub.subject) is not sub or sub.gen != gen:
+        if self._subs.get(sub.key) is not sub or sub.gen != gen:
             await unsubscribe(nats_sub)
             return
         sub.sub = nats_sub
@@ -142,7 +171,7 @@ class Subscriptions:
             todo = [s for s in self._subs.values() if s.gen != gen]
             if not todo:
                 return
-            todo.sort(key=lambda s: s.kind in ("topic", "service"))
+            todo.sort(key=lambda s: s.kind in ("topic", "group", "service"))
             for sub in todo:
                 await self.subscribe(sub, link, gen)
                 if not link.connected:
@@ -157,6 +186,8 @@ class Subscriptions:
         """The broker removed or refused ``subject``; True if it is one of ours
         (it is then subscribed again in the background)."""
         sub = self._subs.get(subject)
+        if sub is None:  # a queue subscription (a service's, a worker group's)
+            sub = next((s for s in self._subs.values() if s.subject == subject), None)
         if sub is None:
             return False
         sub.denied += 1
@@ -168,7 +199,7 @@ class Subscriptions:
     async def _again(self, sub: Sub, link: Link, confirm_timeout: float, backoff: float) -> None:
         delay = 0.1
         try:
-            while self._subs.get(sub.subject) is sub and link.connected:
+            while self._subs.get(sub.key) is sub and link.connected:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, backoff)
                 denied, old, gen = sub.denied, sub.sub, sub.gen
@@ -184,6 +215,17 @@ class Subscriptions:
                     return
         finally:
             sub.retrying = False
+
+
+def _bound(handler: GroupHandler | None, sub: Sub) -> Handler:
+    """A NATS message handler that hands ``handler`` the ``Sub`` it came by too."""
+    if handler is None:
+        raise KeyError(f"no handler for subscriptions of kind {sub.kind!r}")
+
+    async def handle(msg: Msg) -> None:
+        await handler(msg, sub)
+
+    return handle
 
 
 async def unsubscribe(sub: Subscription) -> None:

@@ -4,7 +4,10 @@ Each NATS message of the backplane carries one msgpack array whose first item
 is the envelope version (1). Its other items, by subject:
 
 ================ ===========================================================
-topic            ``[1, origin, epoch, seq, message]``
+topic            ``[1, origin, epoch, seq, message]``, or with a sixth item
+                 ``true`` when the origin gave the message to its own worker
+                 groups already (its broker was down): other servers' worker
+                 groups then drop it, so a group gets it once
 service          ``[1, origin, timeout, data]`` (the reply subject on the
                  NATS message says where to answer)
 survey           ``[1, origin, timeout, data]``
@@ -55,6 +58,7 @@ BEAT, HELLO, BYE = 0, 1, 2
 """Kinds of heartbeat: alive; alive and answer me at once (after connecting); leaving."""
 
 _PUBLISH_HEAD = b"\x95\x01"  # fixarray of 5, then the version
+_PUBLISH_HEAD_SERVED = b"\x96\x01"  # fixarray of 6: the groups were served at the origin
 
 
 def read(data: bytes, least: int) -> list[Any]:
@@ -72,8 +76,9 @@ def read(data: bytes, least: int) -> list[Any]:
     return items
 
 
-def read_publish(data: bytes) -> tuple[str, int, int, Any]:
-    """``(origin, epoch, seq, message)`` of a published message.
+def read_publish(data: bytes) -> tuple[str, int, int, Any, bool]:
+    """``(origin, epoch, seq, message, served)`` of a published message (``served``:
+    the origin's worker groups had it already).
 
     Raises:
         ProtocolError: ``data`` is not a well-formed publish envelope.
@@ -82,7 +87,7 @@ def read_publish(data: bytes) -> tuple[str, int, int, Any]:
     _, origin, epoch, seq, message = items[:5]
     if not isinstance(origin, str) or type(epoch) is not int or type(seq) is not int or seq < 1:
         raise ProtocolError("malformed publish envelope")
-    return origin, epoch, seq, message
+    return origin, epoch, seq, message, len(items) > 5 and items[5] is True
 
 
 class Envelopes:
@@ -96,14 +101,18 @@ class Envelopes:
         self.origin = origin
         self._pack: Callable[[Any], bytes] = msgpack_packer().pack
         self._publish_head = _PUBLISH_HEAD + self._pack(origin)
+        self._served_head = _PUBLISH_HEAD_SERVED + self._pack(origin)
 
     def body(self, message: Any) -> bytes:
         """``message`` alone, encoded; the first step of a publish (it may fail)."""
         return self._pack(message)
 
-    def publish(self, epoch: int, seq: int, body: bytes) -> bytes:
-        """A publish envelope around a ``body`` from ``body()``."""
+    def publish(self, epoch: int, seq: int, body: bytes, served: bool = False) -> bytes:
+        """A publish envelope around a ``body`` from ``body()`` (``served``: this
+        server's worker groups had it already)."""
         pack = self._pack
+        if served:
+            return b"".join((self._served_head, pack(epoch), pack(seq), body, b"\xc3"))
         return b"".join((self._publish_head, pack(epoch), pack(seq), body))
 
     def request(self, timeout: float | None, data: Any) -> bytes:
