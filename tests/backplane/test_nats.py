@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +44,17 @@ async def test_messages_keep_their_types(backplanes: Start) -> None:
     b, host = await backplanes("b")
     await b.add_interest("t")
     when = datetime.datetime(2024, 5, 1, 12, 0, tzinfo=datetime.timezone.utc)
-    values: list[Any] = [None, False, 0, "", [], {}, b"\x00\xff", {"a": [1, 2.5, {"b": None}]}, 2**64 - 1]
+    values: list[Any] = [
+        None,
+        False,
+        0,
+        "",
+        [],
+        {},
+        b"\x00\xff",
+        {"a": [1, 2.5, {"b": None}]},
+        2**64 - 1,
+    ]
     values.append(when)
     for value in values:
         a.publish("t", value)

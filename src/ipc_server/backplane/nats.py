@@ -18,7 +18,6 @@ import logging
 import random
 import re
 import ssl as ssl_module
-from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from ..events import Throttle
 from .base import Backplane, BackplaneHost
 from .cluster import Cluster, quietly
 from .delivery import Outbox, Sequencer, Tracker
+from .inbound import Inbound
 from .link import Credentials, Link, background, nats_available
 from .serving import Serving
 from .subjects import Subjects, escape_token, redact_url
@@ -44,6 +44,11 @@ _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
 _ENVELOPE_ROOM = 20  # a publish envelope's epoch and seq take at most this many bytes
 _BATCH = 256  # messages handled before yielding to the loop
+_COUNTER_NAMES = (
+    "published received received_group duplicates gaps missed reconnects refused calls_sent "
+    "calls_served surveys_sent surveys_answered"
+)
+_COUNTERS = _COUNTER_NAMES.split()
 
 
 class NatsBackplane(Backplane):
@@ -122,7 +127,6 @@ class NatsBackplane(Backplane):
         )
         self._connect_timeout = connect_timeout
         self._inbound_limit = inbound_limit
-        self._inbound_bytes = inbound_bytes
         self._ping_interval = ping_interval
         self._heartbeat = heartbeat
         self._confirm_timeout = confirm_timeout
@@ -133,8 +137,7 @@ class NatsBackplane(Backplane):
         self._sequencer = Sequencer(max_streams)
         self._tracker: Tracker[tuple[str, str]] = Tracker(max_streams, self._covered)
         self._subs = Subscriptions({}, inbound_limit)
-        self._inbox: deque[tuple[str, bytes, Sub | None]] = deque()
-        self._inbox_size = 0
+        self._inbox = Inbound(inbound_limit, inbound_bytes)
         self._state = "new"  # new, down, restoring, up, closed
         self._sending = False
         self._up_target = 0
@@ -148,24 +151,8 @@ class NatsBackplane(Backplane):
         self._barrier: list[asyncio.Future[bool]] = []
         self._tasks: list[asyncio.Task[Any]] = []
         self._throttle = Throttle()
-        self._counts = dict.fromkeys(
-            (
-                "published",
-                "received",
-                "received_group",
-                "dropped_inbound",
-                "duplicates",
-                "gaps",
-                "missed",
-                "reconnects",
-                "refused",
-                "calls_sent",
-                "calls_served",
-                "surveys_sent",
-                "surveys_answered",
-            ),
-            0,
-        )
+        self._slow = 0  # messages nats-py dropped (a slow consumer)
+        self._counts = dict.fromkeys(_COUNTERS, 0)
 
     def __repr__(self) -> str:
         servers = [redact_url(url) for url in self._servers]
@@ -188,7 +175,6 @@ class NatsBackplane(Backplane):
         self._state = "down"
         self._up_event = asyncio.Event()
         self._wake_sender = asyncio.Event()
-        self._wake_consumer = asyncio.Event()
         self._subs = subs = Subscriptions(
             {
                 "topic": self._on_topic,
@@ -211,7 +197,9 @@ class NatsBackplane(Backplane):
         self._tasks = [
             loop.create_task(self._supervise(), name="backplane connection"),
             loop.create_task(self._send(), name="backplane sender"),
-            loop.create_task(self._consume(), name="backplane receiver"),
+            loop.create_task(
+                self._inbox.run(self._take, self._take_group), name="backplane receiver"
+            ),
             loop.create_task(self._beat(), name="backplane heartbeat"),
         ]
         try:
@@ -256,6 +244,7 @@ class NatsBackplane(Backplane):
         counts = dict(self._counts)
         outbox = self._outbox
         counts["dropped_outbox"] = outbox.dropped
+        counts["dropped_inbound"] = self._inbox.dropped + self._slow
         counts["dropped"] = outbox.dropped + counts["dropped_inbound"]
         counts["queued"] = len(outbox)
         counts["queued_bytes"] = outbox.size
@@ -392,7 +381,7 @@ class NatsBackplane(Backplane):
         from nats.errors import SlowConsumerError
 
         if isinstance(exc, SlowConsumerError):
-            self._counts["dropped_inbound"] += 1
+            self._slow += 1
             return
         text = str(exc)
         denied = _DENIED.search(text)
@@ -551,37 +540,10 @@ class NatsBackplane(Backplane):
     # -- what arrives ---------------------------------------------------------
 
     async def _on_topic(self, msg: Msg) -> None:
-        self._enqueue(msg, None)
+        self._inbox.put(msg, None)
 
     async def _on_group(self, msg: Msg, sub: Sub) -> None:
-        self._enqueue(msg, sub)
-
-    def _enqueue(self, msg: Msg, sub: Sub | None) -> None:
-        data = msg.data
-        if len(self._inbox) >= self._inbound_limit or self._inbox_size > self._inbound_bytes:
-            self._counts["dropped_inbound"] += 1
-            return
-        self._inbox.append((msg.subject, data, sub))
-        self._inbox_size += len(data)
-        self._wake_consumer.set()
-
-    async def _consume(self) -> None:
-        inbox = self._inbox
-        while True:
-            await self._wake_consumer.wait()
-            self._wake_consumer.clear()
-            handled = 0
-            while inbox:
-                subject, data, sub = inbox.popleft()
-                self._inbox_size -= len(data)
-                if sub is None:
-                    self._take(subject, data)
-                else:
-                    self._take_group(subject, data, sub)
-                handled += 1
-                if handled >= _BATCH:
-                    handled = 0
-                    await asyncio.sleep(0)
+        self._inbox.put(msg, sub)
 
     def _take(self, subject: str, data: bytes) -> None:
         broadcast = subject == self._subjects.broadcast
