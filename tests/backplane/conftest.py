@@ -10,8 +10,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ import pytest
 from .broker import Broker, nats_server_binary
 from .peer import FakeHost
 
-collect_ignore = ["peer.py"]
+collect_ignore = ["peer.py", "host.py"]
 
 if sys.platform == "win32":  # signals to the broker and its peers are POSIX
     collect_ignore_glob = ["test_*.py"]
@@ -37,6 +40,7 @@ if nats_server_binary() is None:  # pragma: no cover
 from ipc_server.backplane import NatsBackplane  # noqa: E402
 
 PEER = Path(__file__).with_name("peer.py")
+HOST = Path(__file__).with_name("host.py")
 
 FAST: dict[str, Any] = {
     "ping_interval": 0.5,
@@ -94,6 +98,8 @@ class Peer:
         self.process = process
         self.name = name
         self.events: list[dict[str, Any]] = []
+        self.ready: dict[str, Any] = {}
+        self.path = ""
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._event = asyncio.Event()
@@ -103,6 +109,8 @@ class Peer:
         assert self.process.stdout is not None
         while line := await self.process.stdout.readline():
             message = json.loads(line)
+            if message.get("event") == "ready":
+                self.ready = message
             if "event" in message:
                 self.events.append(message)
                 self._event.set()
@@ -133,6 +141,11 @@ class Peer:
         self.process.stdin.write(json.dumps({"id": number, "op": op, **arguments}).encode() + b"\n")
         await self.process.stdin.drain()
         return await asyncio.wait_for(future, timeout)
+
+    @property
+    def server_id(self) -> str:
+        """The server's id in the cluster (a host process's), once ready."""
+        return str(self.ready["server_id"])
 
     def kill(self) -> None:
         """SIGKILL: no goodbye, no close."""
@@ -188,3 +201,38 @@ async def peers(broker: Broker) -> AsyncIterator[Spawn]:
         yield spawn
     finally:
         await asyncio.gather(*(peer.stop() for peer in made))
+
+
+@pytest.fixture
+async def hosts(broker: Broker) -> AsyncIterator[Spawn]:
+    """``await spawn(name, **options)``: an IPCServer with a backplane in its own
+    process (``host.py``), listening on ``peer.path``, ready."""
+    made: list[Peer] = []
+    folder = tempfile.mkdtemp(prefix="bp", dir="/tmp")  # short: a socket path has ~100 bytes
+
+    async def spawn(name: str, **options: Any) -> Peer:
+        path = os.path.join(folder, name)
+        config = {
+            "path": path,
+            "url": options.pop("url", broker.url),
+            "namespace": options.pop("namespace", "test"),
+            "options": {**FAST, **options},
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HOST),
+            json.dumps(config),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        peer = Peer(process, name)
+        peer.path = path
+        made.append(peer)
+        await peer.event("ready", timeout=15)
+        return peer
+
+    try:
+        yield spawn
+    finally:
+        await asyncio.gather(*(peer.stop() for peer in made))
+        shutil.rmtree(folder, ignore_errors=True)

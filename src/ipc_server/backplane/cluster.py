@@ -20,7 +20,7 @@ from ..errors import (
 )
 from .base import no_responders
 from .link import Link, background
-from .members import Members
+from .members import EXPIRY, Members
 from .pending import Call, Pending, Survey
 from .serving import Owner, Serving
 from .subjects import escape_token
@@ -101,10 +101,11 @@ class Cluster:
 
     def expire(self) -> None:
         """Forget the members whose heartbeat is overdue."""
+        # Its streams are kept (and forgotten as the least recently used): a
+        # member that is only cut off for a while still has its gaps counted.
         for server in self.members.expire(asyncio.get_running_loop().time()):
             logger.info("server %r left the cluster (no heartbeat)", server)
             self.pending.member_left(server)
-            self.owner.forget_origin(server)
 
     # -- answers ----------------------------------------------------------------
 
@@ -123,6 +124,11 @@ class Cluster:
             self.pending.answer(number, read(msg.data, 3))
         except (ValueError, TypeError, IndexError) as exc:
             owner.malformed(exc)
+
+    def restored(self) -> None:
+        """The broker connection is back: members get a few heartbeats to be heard again."""
+        now = asyncio.get_running_loop().time()
+        self.members.grace(now + EXPIRY * self.heartbeat)
 
     def lost(self, reason: str) -> None:
         """The broker connection is gone (or the backplane closed): every wait ends."""

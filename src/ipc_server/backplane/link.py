@@ -152,8 +152,10 @@ class Link:
             # nats-py's default is one ping per 2 minutes; the link probes too.
             "ping_interval": ping_interval,
             "max_outstanding_pings": 2,
-            # A server never gets its own messages back from the broker.
-            "no_echo": True,
+            # A server's own publishes come back: its worker groups' queue
+            # subscriptions must be candidates too (the broker picks among all
+            # members); the other copies are dropped by their origin.
+            "no_echo": False,
             # Subjects are built and checked by the backplane (subjects.py).
             "skip_subject_validation": True,
             "pending_size": pending_size,

@@ -54,6 +54,12 @@ class Members:
             self._epochs.pop(server, None)
         return gone
 
+    def grace(self, until: float) -> None:
+        """Count every member alive until ``until`` at least: this server could not
+        hear heartbeats for a while (its broker connection was down)."""
+        for server, at in self._expires.items():
+            self._expires[server] = max(at, until)
+
     def others(self) -> list[str]:
         """The live members but this server, in the order they were first seen."""
         return list(self._expires)

@@ -353,6 +353,7 @@ class NatsBackplane(Backplane):
             link = self._link
             self._state = "up"
             self._down_reported = False
+            self._cluster.restored()
             self._up_event.set()
             self._event(
                 "up",
@@ -595,7 +596,7 @@ class NatsBackplane(Backplane):
             await asyncio.sleep(self._heartbeat)
             if self._state == "up":
                 await self._direct(BEAT)
-            self._cluster.expire()
+                self._cluster.expire()  # while down, nobody is heard: nobody expires
 
     # -- calls and surveys ----------------------------------------------------
 
