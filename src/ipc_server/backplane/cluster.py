@@ -57,8 +57,8 @@ class Cluster:
     Args:
         owner: The backplane.
         serving: Where cancellations from callers go.
-        heartbeat: This server's heartbeat interval (a survey with no known
-            member waits at most three of them).
+        heartbeat: This server's heartbeat interval (after a reconnect, members
+            get three of them to be heard again).
     """
 
     def __init__(self, owner: ClusterOwner, serving: Serving, heartbeat: float) -> None:
@@ -184,6 +184,8 @@ class Cluster:
     async def survey(self, data: Any, timeout: float | None) -> list[tuple[str, Any]]:
         owner = self.owner
         others = self.members.others()
+        if not others:
+            return []  # the servers awaited are those known by heartbeat: none
         link = owner.up_link
         if link is None:
             reason = f"the broker is unreachable ({owner.down_reason})"
@@ -199,10 +201,6 @@ class Cluster:
         survey = Survey(others, loop.create_future(), timeout or None)
         pending.add_survey(token, survey)
         wait = timeout or None
-        if not others:
-            # Nobody known: the broker's no-responders answer ends it, or a
-            # member not seen yet answers within a few heartbeats.
-            wait = min(wait or float("inf"), 3 * self.heartbeat)
         if wait is not None:
             survey.timer = loop.call_later(wait, pending.timed_out, token)
         owner.count("surveys_sent")
