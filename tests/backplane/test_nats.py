@@ -395,3 +395,41 @@ async def test_unreachable_port_is_down_not_an_error(tmp_path: Path) -> None:
     began = time.monotonic()
     await backplane.close()
     assert time.monotonic() - began < 1.0
+
+
+_TWO_USERS = 'authorization {{ users = [ {{ user: "a", password: "pa" }}, {{ user: "b", password: "pb"{deny} }} ] }}'
+
+
+async def test_deaf_subscription_is_detected_and_recovered(tmp_path: Path) -> None:
+    """The broker drops a subscription while the connection lives (a permissions reload):
+    reported once, subscribed again until it holds, and delivery resumes."""
+    broker = Broker(tmp_path, _TWO_USERS.format(deny=""))
+    broker.start()
+    try:
+        a = NatsBackplane(servers=[broker.url], namespace="test", user="a", password="pa", **FAST)
+        b = NatsBackplane(servers=[broker.url], namespace="test", user="b", password="pb", **FAST)
+        host_a, host_b = FakeHost("a"), FakeHost("b")
+        await a.start(host_a)
+        await b.start(host_b)
+        assert await b.add_interest("x")
+        a.publish("x", 0)
+        await eventually(lambda: len(host_b.deliveries) == 1)
+        broker.reload(
+            _TWO_USERS.format(deny=', permissions: { subscribe: { deny: ["test.t.>"] } }')
+        )
+        await eventually(lambda: host_b.errors, timeout=5)
+        assert "removed this server's subscription to 'test.t.x'" in str(host_b.errors[0])
+        broker.reload(_TWO_USERS.format(deny=""))
+        began = time.monotonic()
+        i = 1
+        while len(host_b.deliveries) < 2:
+            assert time.monotonic() - began < 5, "delivery never resumed"
+            a.publish("x", i)
+            i += 1
+            await asyncio.sleep(0.05)
+        await eventually(lambda: b.stats()["resubscribed"] == 1)
+        assert len(host_b.errors) <= 2, "one report per episode (two if a retry raced the reload)"
+        await a.close()
+        await b.close()
+    finally:
+        broker.stop()

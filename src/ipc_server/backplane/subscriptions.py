@@ -183,17 +183,18 @@ class Subscriptions:
             sub.gen, sub.sub = 0, None
 
     def denied(self, subject: str, link: Link, confirm_timeout: float, backoff: float) -> bool:
-        """The broker removed or refused ``subject``; True if it is one of ours
-        (it is then subscribed again in the background)."""
+        """The broker removed or refused ``subject``; True if it is one of ours and
+        not being subscribed again already (it is then, in the background)."""
         sub = self._subs.get(subject)
         if sub is None:  # a queue subscription (a service's, a worker group's)
             sub = next((s for s in self._subs.values() if s.subject == subject), None)
         if sub is None:
             return False
         sub.denied += 1
-        if not sub.retrying:
-            sub.retrying = True
-            background(self._again(sub, link, confirm_timeout, backoff))
+        if sub.retrying:
+            return False  # told already, and being subscribed again
+        sub.retrying = True
+        background(self._again(sub, link, confirm_timeout, backoff))
         return True
 
     async def _again(self, sub: Sub, link: Link, confirm_timeout: float, backoff: float) -> None:
