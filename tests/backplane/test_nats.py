@@ -433,3 +433,44 @@ async def test_deaf_subscription_is_detected_and_recovered(tmp_path: Path) -> No
         await b.close()
     finally:
         broker.stop()
+
+
+_FENCED = """authorization { users = [
+  { user: "app", password: "pw", permissions: {
+      publish: { allow: ["app.>"] }, subscribe: { allow: ["app.>"] } } }
+] }"""
+
+
+async def test_permissions_fence_a_namespace(tmp_path: Path) -> None:
+    """The permissions docs/backplane.md shows are all namespace "app" needs; another
+    namespace under them is refused by the broker and told on error."""
+    broker = Broker(tmp_path, _FENCED)
+    broker.start()
+    made: list[NatsBackplane] = []
+    try:
+
+        async def start(name: str, namespace: str) -> tuple[NatsBackplane, FakeHost]:
+            backplane = NatsBackplane(
+                servers=[broker.url], namespace=namespace, user="app", password="pw", **FAST
+            )
+            host = FakeHost(name)
+            made.append(backplane)
+            await backplane.start(host)
+            return backplane, host
+
+        a, _ = await start("a", "app")
+        b, host_b = await start("b", "app")
+        assert await b.add_interest("t.>")
+        await b.add_service("svc")
+        a.publish("t.x", 1)
+        await eventually(lambda: host_b.deliveries == [("t.x", 1, "a")])
+        assert (await a.call("svc", 2, 5))["echo"] == 2
+        assert [server for server, _ in await a.survey("q", 2)] == ["b"]
+        assert not host_b.errors
+        _, host_c = await start("c", "other")
+        await eventually(lambda: host_c.errors, timeout=5)
+        assert "permissions violation" in str(host_c.errors[0]).lower()
+    finally:
+        for backplane in made:
+            await backplane.close()
+        broker.stop()

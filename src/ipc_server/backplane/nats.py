@@ -60,15 +60,19 @@ class NatsBackplane(Backplane):
         namespace: The prefix of every subject (required): two applications
             on one broker never share a subject.
         ssl: TLS context for the broker connection.
-        user, password, token, nkeys_seed, creds_file: Credentials (an nkey
-            seed is the seed itself, ``SU...``, or a path to a file holding it;
-            ``creds_file`` is a JWT ``.creds`` file). Never in logs or ``repr``.
+        user: User name (with ``password``).
+        password: Password. Credentials are never in logs, events or ``repr``.
+        token: An authentication token.
+        nkeys_seed: An nkey seed, itself (``SU...``) or a path to a file holding it.
+        creds_file: A JWT ``.creds`` file.
         connect_timeout: How long ``start()`` waits for the broker, and the
             bound of each connection attempt.
-        outbox_bytes, outbox_seconds: The bound of the outbox: messages past
-            either are dropped (oldest first) and counted.
-        inbound_limit, inbound_bytes: The bound of the inbound queue; past it
-            messages are dropped and counted (and receivers see the gap).
+        outbox_bytes: The outbox's bound in bytes while the broker is down:
+            messages past it are dropped (oldest first) and counted.
+        outbox_seconds: The outbox's bound in age: older messages are dropped too.
+        inbound_limit: Messages the inbound queue holds; past it, messages are
+            dropped and counted (and receivers see the gap).
+        inbound_bytes: Bytes the inbound queue holds, likewise.
         ping_interval: The liveness probe's period: a connection whose probe
             stays unanswered for twice this long is dropped and redialled.
         heartbeat: Seconds between membership heartbeats; a member is gone
