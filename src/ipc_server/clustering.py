@@ -81,6 +81,7 @@ class Clustering(Generic[C]):
     _connections: dict[C, None]
     _server_id: str | None = None
     _sharing: set[asyncio.Task[None]] | None = None
+    _backplane_closed = False
 
     if TYPE_CHECKING:
 
@@ -180,13 +181,20 @@ class Clustering(Generic[C]):
         async def share() -> None:
             backplane = self.backplane
             if backplane is not None:
-                for pattern in patterns:
-                    try:
-                        await backplane.add_interest(pattern, group)
-                    except ValueError as exc:  # too long a subject: local only
-                        self._report_error(IPCError(f"not shared across hosts: {exc}"), None)
+                # At once: one confirmation from the broker covers them all.
+                added = await asyncio.gather(
+                    *(backplane.add_interest(p, group) for p in patterns), return_exceptions=True
+                )
+                for result in added:
+                    if isinstance(result, ValueError):  # too long a subject: local only
+                        self._report_error(IPCError(f"not shared across hosts: {result}"), None)
+                    elif isinstance(result, BaseException):
+                        self._report_error(result, None)
             done()
 
+        if self._backplane_closed:
+            done()
+            return
         self._spawn(share())
 
     def _unshare(self, patterns: list[str], group: str | None) -> None:
@@ -203,7 +211,7 @@ class Clustering(Generic[C]):
         """A worker of ``name`` joined: the first one here makes this server a worker too;
         ``done()`` (the serve's answer) once the broker knows."""
         backplane = self.backplane
-        if backplane is None or len(self._services.workers(name)) != 1:
+        if backplane is None or self._backplane_closed or len(self._services.workers(name)) != 1:
             done()
             return
 
@@ -235,6 +243,9 @@ class Clustering(Generic[C]):
             self._unserve_clustered(name)
 
     def _spawn(self, coro: Any) -> None:
+        if self._backplane_closed:  # the server is closing: nothing more to tell the broker
+            coro.close()
+            return
         tasks = self._sharing
         if tasks is None:
             tasks = self._sharing = set()
@@ -253,12 +264,15 @@ class Clustering(Generic[C]):
     async def _start_backplane(self) -> None:
         backplane = self.backplane
         if backplane is not None:
+            self._backplane_closed = False
             await backplane.start(self)
 
     async def _close_backplane(self) -> None:
         backplane = self.backplane
-        if backplane is not None:
-            await backplane.close()
+        if backplane is None:
+            return
+        self._backplane_closed = True
+        await backplane.close()
         tasks = self._sharing
         if tasks:
             for task in list(tasks):

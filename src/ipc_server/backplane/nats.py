@@ -615,6 +615,7 @@ class NatsBackplane(Backplane):
 
     async def remove_service(self, name: str) -> None:
         await self._subs.remove(self._subjects.service(name), "service", "w")
+        await self._confirmed()  # no call is routed here once this returns
 
     async def call(self, service: str, data: Any, timeout: float | None) -> Any:
         return await self._cluster.call(service, data, timeout)
