@@ -1,16 +1,18 @@
-"""The bounded queue between the broker's reader and this server's delivery.
+"""What arrives from the broker, on its way to this server's connections.
 
-The NATS client's reader task hands every message it reads to ``put``, which
-never blocks: past the bound the message is dropped and counted (and the
-receivers see the hole as a gap). ``run`` delivers what is queued in
-batches, yielding to the loop between them, so that a server busy with many
-local clients never stalls the broker connection.
+nats-py's reader hands each message to the pending queue of its
+subscription, bounded by ``inbound_limit`` messages and ``inbound_bytes``
+bytes (past them it drops and reports a slow consumer, counted here; the
+receivers see the hole as a gap), so a busy server never stalls the broker
+reader. Each subscription's task then calls its handler, which delivers
+here at once: delivery only buffers (a slow client is the output layer's
+business), so no further queue and no task hop are needed. Every ``BATCH``
+messages the handler yields to the loop, so a burst from the broker cannot
+keep the local clients waiting.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -19,59 +21,36 @@ if TYPE_CHECKING:
 
     from .subscriptions import Sub
 
-__all__ = ["Inbound"]
+__all__ = ["BATCH", "Inbound"]
 
-_BATCH = 256  # messages handled before yielding to the loop
+BATCH = 256
+"""Messages delivered before the handler yields to the loop."""
 
 
 class Inbound:
-    """Messages from the broker waiting for delivery here.
+    """Hands each message from the broker on; tells when to yield.
 
     Args:
-        limit: Messages queued at most.
-        max_bytes: Bytes queued at most.
+        take: Where a topic's (or a broadcast's) message goes.
+        take_group: Where a worker group's message goes.
     """
 
-    def __init__(self, limit: int, max_bytes: int) -> None:
-        self.limit = limit
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.dropped = 0
-        self._queue: deque[tuple[str, bytes, Sub | None]] = deque()
-        self._wake = asyncio.Event()
-
-    def __len__(self) -> int:
-        return len(self._queue)
-
-    def put(self, msg: Msg, sub: Sub | None) -> None:
-        """Queue ``msg`` (that came by worker group subscription ``sub``, if any), or drop it."""
-        data = msg.data
-        if len(self._queue) >= self.limit or self.size > self.max_bytes:
-            self.dropped += 1
-            return
-        self._queue.append((msg.subject, data, sub))
-        self.size += len(data)
-        self._wake.set()
-
-    async def run(
-        self,
-        take: Callable[[str, bytes], None],
-        take_group: Callable[[str, bytes, Sub], None],
+    def __init__(
+        self, take: Callable[[str, bytes], None], take_group: Callable[[str, bytes, Sub], None]
     ) -> None:
-        """Hand every queued message to ``take`` (or ``take_group``), for ever."""
-        queue = self._queue
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            handled = 0
-            while queue:
-                subject, data, sub = queue.popleft()
-                self.size -= len(data)
-                if sub is None:
-                    take(subject, data)
-                else:
-                    take_group(subject, data, sub)
-                handled += 1
-                if handled >= _BATCH:
-                    handled = 0
-                    await asyncio.sleep(0)
+        self._take = take
+        self._take_group = take_group
+        self._count = 0
+
+    def put(self, msg: Msg, sub: Sub | None) -> bool:
+        """Deliver ``msg`` (that came by worker group subscription ``sub``, if any);
+        True when the caller should yield to the loop now."""
+        if sub is None:
+            self._take(msg.subject, msg.data)
+        else:
+            self._take_group(msg.subject, msg.data, sub)
+        self._count += 1
+        if self._count >= BATCH:
+            self._count = 0
+            return True
+        return False

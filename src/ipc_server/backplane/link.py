@@ -193,10 +193,14 @@ class Link:
             self.lost.set()
 
     async def subscribe(
-        self, subject: str, queue: str, handler: MessageHandler, limit: int
+        self, subject: str, queue: str, handler: MessageHandler, limit: tuple[int, int]
     ) -> Subscription:
         return await self.client.subscribe(
-            subject, queue=queue, cb=handler, pending_msgs_limit=limit
+            subject,
+            queue=queue,
+            cb=handler,
+            pending_msgs_limit=limit[0],
+            pending_bytes_limit=limit[1],
         )
 
     async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:

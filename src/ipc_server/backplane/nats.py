@@ -2,13 +2,14 @@
 
 Local first: ``publish`` only queues (the server delivered locally already);
 a sender task hands the queue to the broker while it is up, and the queue is
-the bounded outbox while it is down. Messages from the broker pass one bounded
-inbound queue and a consumer task that yields to the loop, so a busy server
-never stalls the broker reader. A supervisor task owns the connection: dial
-with jittered backoff and no attempt limit; on each connection resubscribe
-every interest and service, confirm the broker has them, flush the outbox,
-then say "up"; a liveness probe every ``ping_interval`` drops a connection
-that stops answering. See ``docs/backplane.md``.
+the bounded outbox while it is down. Messages from the broker wait in each
+subscription's bounded queue (nats-py's), so a busy server never stalls the
+broker reader, and are delivered from there (``inbound.Inbound``). A
+supervisor task owns the connection: dial with jittered backoff and no
+attempt limit; on each connection resubscribe every interest and service,
+confirm the broker has them, flush the outbox, then say "up"; a liveness
+probe every ``ping_interval`` drops a connection that stops answering.
+See ``docs/backplane.md``.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ class NatsBackplane(Backplane):
         outbox_bytes: The outbox's bound in bytes while the broker is down:
             messages past it are dropped (oldest first) and counted.
         outbox_seconds: The outbox's bound in age: older messages are dropped too.
-        inbound_limit: Messages the inbound queue holds; past it, messages are
-            dropped and counted (and receivers see the gap).
-        inbound_bytes: Bytes the inbound queue holds, likewise.
+        inbound_limit: Messages each subscription's inbound queue holds; past
+            it, messages are dropped and counted (and receivers see the gap).
+        inbound_bytes: Bytes each subscription's inbound queue holds, likewise.
         ping_interval: The liveness probe's period: a connection whose probe
             stays unanswered for twice this long is dropped and redialled.
         heartbeat: Seconds between membership heartbeats; a member is gone
@@ -140,8 +141,8 @@ class NatsBackplane(Backplane):
         self._outbox = Outbox(outbox_bytes, outbox_seconds)
         self._sequencer = Sequencer(max_streams)
         self._tracker: Tracker[tuple[str, str]] = Tracker(max_streams, self._covered)
-        self._subs = Subscriptions({}, inbound_limit)
-        self._inbox = Inbound(inbound_limit, inbound_bytes)
+        self._subs = Subscriptions({}, (inbound_limit, inbound_bytes))
+        self._inbound_bytes = inbound_bytes
         self._state = "new"  # new, down, restoring, up, closed
         self._sending = False
         self._up_target = 0
@@ -188,7 +189,7 @@ class NatsBackplane(Backplane):
                 "replies": cluster.on_reply,
                 "broadcast": self._on_topic,
             },
-            self._inbound_limit,
+            (self._inbound_limit, self._inbound_bytes),
             self._on_group,
         )
         for kind, subject in (
@@ -198,12 +199,10 @@ class NatsBackplane(Backplane):
             ("broadcast", subjects.broadcast),
         ):
             subs.add(kind, kind, subject)
+        self._inbox = Inbound(self._take, self._take_group)
         self._tasks = [
             loop.create_task(self._supervise(), name="backplane connection"),
             loop.create_task(self._send(), name="backplane sender"),
-            loop.create_task(
-                self._inbox.run(self._take, self._take_group), name="backplane receiver"
-            ),
             loop.create_task(self._beat(), name="backplane heartbeat"),
         ]
         try:
@@ -248,12 +247,11 @@ class NatsBackplane(Backplane):
         counts = dict(self._counts)
         outbox = self._outbox
         counts["dropped_outbox"] = outbox.dropped
-        counts["dropped_inbound"] = self._inbox.dropped + self._slow
+        counts["dropped_inbound"] = self._slow
         counts["dropped"] = outbox.dropped + counts["dropped_inbound"]
         counts["queued"] = len(outbox)
         counts["queued_bytes"] = outbox.size
         counts["queued_bytes_peak"] = outbox.peak
-        counts["inbound_queued"] = len(self._inbox)
         counts["interests"] = self._subs.count("topic")
         counts["groups"] = self._subs.count("group")
         counts["services"] = self._subs.count("service")
@@ -545,10 +543,12 @@ class NatsBackplane(Backplane):
     # -- what arrives ---------------------------------------------------------
 
     async def _on_topic(self, msg: Msg) -> None:
-        self._inbox.put(msg, None)
+        if self._inbox.put(msg, None):
+            await asyncio.sleep(0)
 
     async def _on_group(self, msg: Msg, sub: Sub) -> None:
-        self._inbox.put(msg, sub)
+        if self._inbox.put(msg, sub):
+            await asyncio.sleep(0)
 
     def _take(self, subject: str, data: bytes) -> None:
         broadcast = subject == self._subjects.broadcast

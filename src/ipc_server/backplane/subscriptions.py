@@ -82,11 +82,14 @@ class Subscriptions:
 
     Args:
         handlers: The message handler for each kind of ``Sub``.
-        limit: nats-py's pending-message bound per subscription.
+        limit: nats-py's pending bounds per subscription: messages, bytes.
     """
 
     def __init__(
-        self, handlers: dict[str, Handler], limit: int, group: GroupHandler | None = None
+        self,
+        handlers: dict[str, Handler],
+        limit: tuple[int, int],
+        group: GroupHandler | None = None,
     ) -> None:
         self.handlers = handlers
         self.group_handler = group
