@@ -268,3 +268,29 @@ async def test_node_client_gets_a_publish_from_another_host(broker: Broker, fold
         assert await node.request({"pub": "replies", "message": "from node"}) == {"result": True}
         await eventually(lambda: got == ["from node"])
         assert a.stats()["backplane"]["received"] == 1
+
+
+async def test_oversize_publish_is_local_and_reported(broker: Broker, folder: Path) -> None:
+    """A message over the broker's max_payload still reaches local subscribers; crossing
+    hosts it is refused and reported on error, and the next message crosses."""
+    async with (
+        server(folder, "a", broker.url) as a,
+        server(folder, "b", broker.url),
+        client(folder, "a") as near,
+        client(folder, "b") as far,
+    ):
+        errors: list[BaseException] = []
+        a.on("error", lambda error, connection: errors.append(error))
+        got_near: list[Any] = []
+        got_far: list[Any] = []
+        near.on("big", got_near.append)
+        far.on("big", got_far.append)
+        assert await near.subscribe("big")
+        assert await far.subscribe("big")
+        huge = "x" * (2 << 20)  # the broker's max_payload is 1 MiB
+        assert await a.publish("big", huge) == 1
+        await eventually(lambda: got_near == [huge])
+        assert [type(e).__name__ for e in errors] == ["MessageTooLargeError"]
+        await a.publish("big", "small")
+        await eventually(lambda: got_far == ["small"])
+        assert a.stats()["backplane"]["refused"] == 1
