@@ -131,7 +131,9 @@ async def test_subscribe_then_publish_race(hosts: Spawn) -> None:
 async def test_three_servers_sequenced(hosts: Spawn) -> None:
     """3 servers x 3 topics: every client gets every message once, in order per publisher.
 
-    3,000 messages per server (9,000 in all, 27,000 deliveries): the count the
+    3,000 messages per server (9,000 in all, 27,000 deliveries), each server
+    publishing 3,000 a second (at most once: a receiver that cannot keep up
+    drops, so the rate is one a slow machine keeps up with): the count the
     issue names is 100,000 per server; this one runs in seconds, with the same checks.
     """
     servers = [await hosts(name) for name in ("a", "b", "c")]
@@ -142,7 +144,10 @@ async def test_three_servers_sequenced(hosts: Spawn) -> None:
         for c in cs:
             assert await c.subscribe("seq.>")
         await asyncio.gather(
-            *(s.ask("publish", topics=topics, count=per_server, timeout=60) for s in servers)
+            *(
+                s.ask("publish", topics=topics, count=per_server, rate=3000, timeout=60)
+                for s in servers
+            )
         )
         total = 3 * per_server
         await eventually(lambda: all(len(i.got) >= total for i in inboxes), timeout=30)
