@@ -31,7 +31,9 @@ C = TypeVar("C")
 so that this module does not import the server."""
 
 if TYPE_CHECKING:
-    ServerEvent = Literal["ready", "error", "connect", "disconnect", "close", "message", "request"]
+    ServerEvent = Literal[
+        "ready", "error", "connect", "disconnect", "close", "message", "request", "backplane"
+    ]
     """The names of a server's events (it has no others)."""
 
     # A server's listeners, plain functions or coroutine functions. A type
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     _ServerClose = Callable[[], object]
     _ServerMessage = Callable[[Any, C], object]
     _ServerRequest = Callable[[Any, Respond, C], object]
+    _ServerBackplane = Callable[[str, dict[str, Any]], object]
 
 # The asyncio client's listeners: plain functions or coroutine functions.
 ReadyListener = TypeVar("ReadyListener", bound="Callable[[dict[str, Any]], object]")
@@ -77,7 +80,8 @@ PlainTopicListener = TypeVar(
 
 
 class ServerListeners(Generic[C]):
-    """``on`` and ``once`` of a server (asyncio or blocking), for its seven events only.
+    """``on`` and ``once`` of a server (asyncio or blocking), for its eight events only
+    (``backplane`` is emitted only by a server with a backplane).
 
     A base of both servers, before ``EventEmitter`` in the asyncio one's. It
     is not an emitter itself, so that the blocking server, which forwards to
@@ -105,6 +109,10 @@ class ServerListeners(Generic[C]):
             self, event: Literal["request"]
         ) -> Callable[[_ServerRequest[C]], _ServerRequest[C]]: ...
         @overload
+        def on(
+            self, event: Literal["backplane"]
+        ) -> Callable[[_ServerBackplane], _ServerBackplane]: ...
+        @overload
         def on(self, event: Literal["ready"], handler: _ServerReady) -> _ServerReady: ...
         @overload
         def on(self, event: Literal["error"], handler: _ServerError[C]) -> _ServerError[C]: ...
@@ -122,6 +130,10 @@ class ServerListeners(Generic[C]):
         def on(
             self, event: Literal["request"], handler: _ServerRequest[C]
         ) -> _ServerRequest[C]: ...
+        @overload
+        def on(
+            self, event: Literal["backplane"], handler: _ServerBackplane
+        ) -> _ServerBackplane: ...
         def on(self, event: ServerEvent, handler: Callable[..., object] | None = None) -> Any:
             """Add ``handler`` for ``event``; without a handler, return a decorator.
 
@@ -149,6 +161,10 @@ class ServerListeners(Generic[C]):
             self, event: Literal["request"]
         ) -> Callable[[_ServerRequest[C]], _ServerRequest[C]]: ...
         @overload
+        def once(
+            self, event: Literal["backplane"]
+        ) -> Callable[[_ServerBackplane], _ServerBackplane]: ...
+        @overload
         def once(self, event: Literal["ready"], handler: _ServerReady) -> _ServerReady: ...
         @overload
         def once(self, event: Literal["error"], handler: _ServerError[C]) -> _ServerError[C]: ...
@@ -166,6 +182,10 @@ class ServerListeners(Generic[C]):
         def once(
             self, event: Literal["request"], handler: _ServerRequest[C]
         ) -> _ServerRequest[C]: ...
+        @overload
+        def once(
+            self, event: Literal["backplane"], handler: _ServerBackplane
+        ) -> _ServerBackplane: ...
         def once(self, event: ServerEvent, handler: Callable[..., object] | None = None) -> Any:
             """Like ``on``, but the handler is removed after its first call."""
 

@@ -9,8 +9,8 @@ message is encoded once per codec.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .endpoint import Endpoint
 from .errors import IPCError
@@ -18,6 +18,10 @@ from .events import shorten
 from .packets import MESSAGE, delivery, pubsub_reply, topic_list
 from .topics import TopicRegistry, check_topic, publishable
 from .writes import Responder
+
+if TYPE_CHECKING:
+    from .backplane.base import Backplane
+    from .clustering import Scope
 
 __all__ = ["PubSub"]
 
@@ -40,6 +44,17 @@ class PubSub(Generic[C]):
 
     def _report_error(self, exc: BaseException, connection: C | None) -> None:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # clustering.Clustering's, a base of the same server
+        backplane: Backplane | None
+
+        def _deliver_clustered(self, topic: str, message: Any) -> int: ...
+        def _broadcast_clustered(self, data: Any, scope: str) -> None: ...
+        def _fresh(self, patterns: list[str], group: str | None) -> list[str]: ...
+        def _share(
+            self, patterns: list[str], group: str | None, done: Callable[[], object]
+        ) -> None: ...
+        def _unshare(self, patterns: list[str], group: str | None) -> None: ...
 
     def pubsub_request(self, conn: C, request: tuple[str, Any, Any], respond: Responder) -> None:
         """Answer a pub/sub request of ``conn`` (``packets.read_pubsub``): sub, unsub or pub.
@@ -66,6 +81,7 @@ class PubSub(Generic[C]):
                 self._report_error(IPCError(f"subscription refused: {reason}", option=option), conn)
                 respond(pubsub_reply(False))
                 return
+            fresh = None if self.backplane is None else self._fresh(topics, group)
             self._registry.subscribe(conn, topics, group)
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
@@ -74,9 +90,15 @@ class PubSub(Generic[C]):
                     shorten(topics, 200),
                     "" if group is None else f" in group {shorten(group)}",
                 )
+            if fresh:  # true once the broker has them too
+                self._share(fresh, group, lambda: respond(pubsub_reply(True)))
+                return
             respond(pubsub_reply(True))
             return
-        respond(pubsub_reply(self._registry.unsubscribe(conn, topics, group)))
+        left = self._registry.unsubscribe(conn, topics, group)
+        if self.backplane is not None:
+            self._unshare(topics, group)
+        respond(pubsub_reply(left))
 
     @property
     def topics(self) -> dict[str, list[C]]:
@@ -84,6 +106,8 @@ class PubSub(Generic[C]):
         return self._registry.snapshot()
 
     def _deliver(self, topic: str, message: Any) -> int:
+        if self.backplane is not None:
+            return self._deliver_clustered(topic, message)
         subscribers = self._registry.subscribers(topic, _uncongested)
         if not subscribers:
             return 0
@@ -113,6 +137,12 @@ class PubSub(Generic[C]):
         check_topic(topic)
         return self._deliver(topic, message)
 
-    async def broadcast(self, data: Any) -> int:
-        """Send a message to every connection; returns how many got it."""
+    async def broadcast(self, data: Any, *, scope: Scope = "local") -> int:
+        """Send a message to every connection; returns how many got it (here).
+
+        With ``scope="cluster"`` (and a backplane), every other server's
+        connections get it too, as a publish crosses hosts.
+        """
+        if scope != "local":
+            self._broadcast_clustered(data, scope)
         return self._write_all(list(self._connections), MESSAGE, data)

@@ -25,6 +25,7 @@ from .admission import (
     at_accept,
     uid_refusal,
 )
+from .clustering import Clustering
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
@@ -339,8 +340,7 @@ class IPCConnection(Endpoint):
         totals["packets_out"] += self._packets_out
         totals["bytes_in"] += self._bytes_in
         totals["bytes_out"] += self._bytes_out
-        server._registry.forget(self)
-        server._services.forget(self)
+        server.forget_connection(self)
         if server._ids.get(self.id) is self:
             del server._ids[self.id]
         if self._handshaken and server._connections.pop(self, 0) is None:
@@ -387,11 +387,12 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-# ServerListeners types on/once for the seven events, narrower than EventEmitter's (hence the ignore).
+# ServerListeners types on/once for the eight events, narrower than EventEmitter's (hence the ignore).
 class IPCServer(  # type: ignore[misc]
     ServerOptions,
     PubSub[IPCConnection],
     Services[IPCConnection],
+    Clustering[IPCConnection],
     ServerListeners[IPCConnection],
     EventEmitter,
 ):
@@ -400,7 +401,8 @@ class IPCServer(  # type: ignore[misc]
     Events: ``ready(address)``, ``error(error, connection)`` (connection may
     be None), ``connect(connection, payload)``, ``disconnect(connection,
     reason)``, ``close()``, ``message(message, connection)``,
-    ``request(request, respond, connection)``.
+    ``request(request, respond, connection)``; with a backplane, also
+    ``backplane(kind, info)`` (docs/backplane.md).
 
     The keyword options are those of
     [`ServerOptions`][ipc_server.serveroptions.ServerOptions], described there
@@ -459,7 +461,8 @@ class IPCServer(  # type: ignore[misc]
         return self._listener.port if self._listener is not None else None
 
     async def start(self) -> IPCServer:
-        """Start listening; emits ``ready(address)``.
+        """Start listening; emits ``ready(address)``. With a backplane, returns once it
+        is connected, or after its ``connect_timeout`` with it down (it keeps trying).
 
         Raises:
             AddressInUseError: A live server owns the address (a stale socket file is replaced).
@@ -479,6 +482,12 @@ class IPCServer(  # type: ignore[misc]
             refusal=end(None, OUT_OF_DESCRIPTORS),
             gate=self._gate if self.ssl is not None else None,
         )
+        try:
+            await self._start_backplane()  # connected, or down after its connect_timeout
+        except BaseException:
+            self._listener.close()
+            self._listener = None
+            raise
         period = self._tick_period()
         if period is not None:
             self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
@@ -515,6 +524,7 @@ class IPCServer(  # type: ignore[misc]
             return
         self._closing = True
         listener.close()
+        await self._close_backplane()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -638,6 +648,8 @@ class IPCServer(  # type: ignore[misc]
             result[key] = totals[key] + sum(p[key] for p in per)
         result["refused"] = dict(self._refused)
         result["errors"] = dict(self._errors)
+        if self.backplane is not None:
+            result["backplane"] = self.backplane.stats()
         if connections:
             result["per_connection"] = per
         return result
@@ -654,20 +666,6 @@ class IPCServer(  # type: ignore[misc]
         if allowed is None:
             return uid in (os.getuid() if hasattr(os, "getuid") else -1, 0)
         return uid in allowed
-
-    async def survey(
-        self, data: Any, timeout: float | None = DEFAULT_TIMEOUT
-    ) -> list[tuple[IPCConnection, Any]]:
-        """Request ``data`` from every connection at once.
-
-        Returns ``[(connection, reply or exception)]`` in connect order; a
-        connection that fails or times out has its exception in its slot.
-        """
-        conns = list(self._connections)
-        results = await asyncio.gather(
-            *(c.request(data, timeout) for c in conns), return_exceptions=True
-        )
-        return list(zip(conns, results, strict=False))
 
     async def ping(
         self, data: Any = None, timeout: float | None = DEFAULT_TIMEOUT

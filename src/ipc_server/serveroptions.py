@@ -6,7 +6,7 @@ from __future__ import annotations
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import InitVar, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .address import Address
 from .admission import DEFAULT_MAX_HANDSHAKING, checked_uids, default_max_connections
@@ -19,6 +19,9 @@ from .options import (
     checked_address,
 )
 from .protocol import DEFAULT_MAX_HANDSHAKE_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+
+if TYPE_CHECKING:
+    from .backplane.base import Backplane
 
 __all__ = ["Authenticate", "ServerOptions"]
 
@@ -88,6 +91,10 @@ class ServerOptions:
             ``ipc-server stats`` and ``top`` show): None, peers of the server's
             own uid (and root) over a Unix socket; True, every admitted peer
             (TCP too); False, nobody; or a set of uids.
+        backplane: Links this server with servers on other hosts
+            (``ipc_server.backplane.NatsBackplane``; docs/backplane.md): publishes,
+            worker groups and calls cross hosts, and ``broadcast``/``survey``
+            take ``scope="cluster"``. A backplane serves one start of one server.
         retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
     """
 
@@ -116,6 +123,7 @@ class ServerOptions:
     keepalive_interval: float | None = 30.0
     read_timeout: float | None = 30.0
     allow_stats: bool | Iterable[int] | None = None
+    backplane: Backplane | None = None
     retries: int = 3
     address: Address = field(init=False)
     """The address as configured (``bound_address`` tells where a started server listens)."""
@@ -141,6 +149,11 @@ class ServerOptions:
         check_timeout(self.handshake_timeout)
         if self.allow_stats is not None and not isinstance(self.allow_stats, bool):
             self.allow_stats = frozenset(checked_uids(self.allow_stats) or ())
+        if self.backplane is not None:
+            from .backplane.base import Backplane
+
+            if not isinstance(self.backplane, Backplane):
+                raise TypeError("backplane must be an ipc_server.backplane.Backplane")
         check_timeout(self.keepalive_interval)
         check_timeout(self.read_timeout)
         check_timeout(self.write_deadline)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Hashable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .endpoint import Endpoint
 from .errors import (
@@ -38,6 +38,9 @@ from .options import DEFAULT_TIMEOUT, check_timeout
 from .packets import call_fields
 from .topics import service_error
 from .writes import Responder
+
+if TYPE_CHECKING:
+    from .backplane.base import Backplane
 
 __all__ = ["MAX_WAITING", "ServiceRegistry", "Services"]
 
@@ -101,6 +104,10 @@ class ServiceRegistry(Generic[W]):
         for name in list(self._served.get(worker, ())):
             self.remove(worker, name)
         self._in_flight.pop(worker, None)
+
+    def served_by(self, worker: W) -> list[str]:
+        """The services ``worker`` serves."""
+        return list(self._served.get(worker, ()))
 
     def workers(self, name: str) -> list[W]:
         """The workers of ``name``, in registration order."""
@@ -205,6 +212,12 @@ class Services(Generic[C]):
     def _report_error(self, exc: BaseException, connection: C | None) -> None:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # clustering.Clustering's, a base of the same server
+        backplane: Backplane | None
+
+        def _serve_clustered(self, name: str, done: Callable[[], object]) -> None: ...
+        def _unserve_clustered(self, name: str) -> None: ...
+
     def workers(self, name: str) -> list[C]:
         """The connections serving ``name`` (an empty list when none does)."""
         return self._services.workers(name)
@@ -234,6 +247,8 @@ class Services(Generic[C]):
 
     async def _call(self, name: str, data: Any, seconds: float | None) -> Any:
         registry = self._services
+        if self.backplane is not None and not registry.workers(name):
+            return await self.backplane.call(name, data, seconds)  # a worker on another server
         loop = asyncio.get_running_loop()
         deadline = None if seconds is None else loop.time() + seconds
         worker = registry.pick(name)
@@ -298,9 +313,15 @@ class Services(Generic[C]):
                 return
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("%s serves %s", shorten(getattr(conn, "id", conn)), shorten(name))
+            if self.backplane is not None:
+                self._serve_clustered(name, lambda: respond(True))
+                return
             respond(True)
         else:
-            respond(registry.remove(conn, name))
+            left = registry.remove(conn, name)
+            if self.backplane is not None:
+                self._unserve_clustered(name)
+            respond(left)
 
     async def _relay(self, name: str, data: Any, seconds: float | None, respond: Responder) -> None:
         try:

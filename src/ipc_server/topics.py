@@ -320,9 +320,11 @@ class TopicRegistry(Generic[S]):
 
     # ------------------------------------------------------------------ matching
 
-    def subscribers(self, topic: str, eligible: Callable[[S], bool] | None = None) -> list[S]:
+    def subscribers(
+        self, topic: str, eligible: Callable[[S], bool] | None = None, groups: bool = True
+    ) -> list[S]:
         """Who gets a message published to ``topic``: every plain subscriber whose pattern
-        matches, and one member of each matching group; each once."""
+        matches, and one member of each matching group (unless not ``groups``); each once."""
         exact = self._exact.get(topic)
         if not self._wildcards:
             if not exact:
@@ -338,6 +340,8 @@ class TopicRegistry(Generic[S]):
         chosen: dict[S, None] = {}
         for entry in found:
             if entry.__class__ is Group:
+                if not groups:
+                    continue
                 member = entry.pick(eligible)
                 if member is not None:
                     chosen[member] = None
@@ -361,6 +365,22 @@ class TopicRegistry(Generic[S]):
             self._match(node.star, tokens, i + 1, found)
 
     # ------------------------------------------------------------------ what is there
+
+    def pick(self, pattern: str, group: str, eligible: Callable[[S], bool] | None) -> S | None:
+        """One member of worker ``group`` of ``pattern`` in turn (None: it has none)."""
+        found = self._groups.get((pattern, group))
+        return None if found is None else found.pick(eligible)
+
+    def holds(self, pattern: str, group: str | None) -> bool:
+        """Whether anyone is subscribed to ``pattern`` (in ``group``; None: plainly)."""
+        if group is not None:
+            return (pattern, group) in self._groups
+        slot = self._slot(pattern, create=False)
+        return bool(slot) and any(entry.__class__ is not Group for entry in slot)  # type: ignore[union-attr]
+
+    def keys_of(self, who: S) -> frozenset[Key]:
+        """The ``(pattern, group or None)`` subscriptions ``who`` holds."""
+        return frozenset(self._held.get(who, ()))
 
     def topics_of(self, who: S) -> frozenset[str]:
         """The patterns ``who`` is subscribed to (plainly or in a group)."""

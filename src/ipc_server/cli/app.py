@@ -120,6 +120,7 @@ _EPILOGS = {
 example:
   ipc-server serve --path /tmp/app.sock --codec json --no-compress
   ipc-server serve --path /tmp/app.sock --metrics-port 9464
+  ipc-server serve --path /tmp/app.sock --backplane nats://broker:4222 --namespace app
 
 Requests are answered with their own data (echo); pub/sub works between
 clients. Each line has the time. Stops gracefully on Ctrl-C or SIGTERM (exit 0).""",
@@ -309,6 +310,28 @@ def build_parser() -> argparse.ArgumentParser:
         default="127.0.0.1",
         metavar="HOST",
         help="address of the metrics server (127.0.0.1)",
+    )
+    p.add_argument(
+        "--backplane",
+        action="append",
+        default=None,
+        metavar="URL",
+        help="share topics, worker groups and services with the servers of other hosts "
+        "through this NATS broker (nats://host:4222, tls://...; repeat for a cluster; "
+        "needs the nats extra)",
+    )
+    p.add_argument(
+        "--namespace",
+        default=None,
+        metavar="NS",
+        help="the backplane's namespace (required with --backplane): servers share "
+        "only with servers of the same namespace",
+    )
+    p.add_argument(
+        "--backplane-creds",
+        default=None,
+        metavar="FILE",
+        help="a NATS .creds file (JWT and nkey) for the broker",
     )
     p.set_defaults(run=cmd_serve)
 

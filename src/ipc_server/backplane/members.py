@@ -1,0 +1,72 @@
+"""Who is in the cluster, by heartbeat, without I/O.
+
+Every server publishes a heartbeat every ``heartbeat`` seconds, saying its
+interval; another server counts it alive until ``EXPIRY`` intervals pass
+without one, or until it says goodbye. A survey waits for exactly the servers
+this table lists, never for a count of subscribers (which a broker reports
+per connection, and which lags behind crashes).
+"""
+
+from __future__ import annotations
+
+__all__ = ["EXPIRY", "Members"]
+
+EXPIRY = 3.0
+"""A member is gone after this many of its own heartbeat intervals without one."""
+
+
+class Members:
+    """The servers seen alive, each with the time its heartbeat expires.
+
+    Args:
+        own: This server's id, always a member (listed first).
+    """
+
+    def __init__(self, own: str) -> None:
+        self.own = own
+        self._expires: dict[str, float] = {}
+        self._epochs: dict[str, int] = {}
+
+    def beat(self, server: str, epoch: int, interval: float, now: float) -> str | None:
+        """A heartbeat from ``server``: ``"new"`` for a server not seen alive,
+        ``"changed"`` for one whose epoch changed (it renewed its broker
+        connection, so what it held on the old one is gone), else None."""
+        if server == self.own:
+            return None
+        interval = min(max(float(interval), 0.01), 3600.0)
+        known = self._epochs.get(server)
+        self._expires[server] = now + EXPIRY * interval
+        self._epochs[server] = epoch
+        if known is None:
+            return "new"
+        return "changed" if known != epoch else None
+
+    def leave(self, server: str) -> bool:
+        """``server`` said goodbye; True if it was a member."""
+        self._epochs.pop(server, None)
+        return self._expires.pop(server, None) is not None
+
+    def expire(self, now: float) -> list[str]:
+        """Forget and return the members whose heartbeat is overdue."""
+        gone = [server for server, at in self._expires.items() if at < now]
+        for server in gone:
+            del self._expires[server]
+            self._epochs.pop(server, None)
+        return gone
+
+    def grace(self, until: float) -> None:
+        """Count every member alive until ``until`` at least: this server could not
+        hear heartbeats for a while (its broker connection was down)."""
+        for server, at in self._expires.items():
+            self._expires[server] = max(at, until)
+
+    def others(self) -> list[str]:
+        """The live members but this server, in the order they were first seen."""
+        return list(self._expires)
+
+    def all(self) -> list[str]:
+        """This server, then the other live members."""
+        return [self.own, *self._expires]
+
+    def __contains__(self, server: object) -> bool:
+        return server == self.own or server in self._expires

@@ -1,0 +1,139 @@
+"""What crosses the broker: msgpack envelopes, without I/O.
+
+Each NATS message of the backplane carries one msgpack array whose first item
+is the envelope version (1). Its other items, by subject:
+
+================ ===========================================================
+topic            ``[1, origin, epoch, seq, message]``, or with a sixth item
+                 ``true`` when the origin gave the message to its own worker
+                 groups already (its broker was down): other servers' worker
+                 groups then drop it, so a group gets it once
+service          ``[1, origin, timeout, data]`` (the reply subject on the
+                 NATS message says where to answer)
+survey           ``[1, origin, timeout, data]``
+answer           ``[1, ACK, server]`` (a worker took the call),
+                 ``[1, OK, server, value]``, ``[1, ERR, server, type, text]``,
+                 ``[1, ANSWERS, server, [answer, ...]]``
+heartbeat        ``[1, BEAT | HELLO | BYE, server, epoch, interval]``
+cancellation     ``[1, reply]`` (sent to ``<ns>.r.<worker>.k``)
+================ ===========================================================
+
+Messages are encoded as the library's msgpack codec does (bytes stay bytes,
+sets become lists, timezone-aware datetimes are timestamps). What msgpack
+cannot carry does not cross: integers beyond 64 bits, naive datetimes, and
+objects of any other class; tuples arrive as lists, and a map's keys keep
+their type (a JSON client's keys are strings anyway).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from ..codecs import msgpack_packer
+from ..errors import ProtocolError
+
+__all__ = [
+    "ACK",
+    "ANSWERS",
+    "BEAT",
+    "BYE",
+    "ERR",
+    "HELLO",
+    "OK",
+    "VERSION",
+    "Envelopes",
+    "read",
+    "read_publish",
+]
+
+VERSION = 1
+
+ACK, OK, ERR, ANSWERS = 0, 1, 2, 3
+"""Kinds of answer on a reply subject."""
+
+BEAT, HELLO, BYE = 0, 1, 2
+"""Kinds of heartbeat: alive; alive and answer me at once (after connecting); leaving."""
+
+_PUBLISH_HEAD = b"\x95\x01"  # fixarray of 5, then the version
+_PUBLISH_HEAD_SERVED = b"\x96\x01"  # fixarray of 6: the groups were served at the origin
+
+
+def read(data: bytes, least: int) -> list[Any]:
+    """The envelope in ``data``: a list of at least ``least`` items, version 1.
+
+    Raises:
+        ProtocolError: ``data`` is not such an envelope.
+    """
+    try:
+        items = msgpack.unpackb(data, raw=False, strict_map_key=False, timestamp=3)
+    except Exception as exc:  # msgpack raises several types for a malformed body
+        raise ProtocolError(f"malformed backplane message ({type(exc).__name__})") from exc
+    if not isinstance(items, list) or len(items) < least or items[0] != VERSION:
+        raise ProtocolError("not a backplane envelope of version 1")
+    return items
+
+
+def read_publish(data: bytes) -> tuple[str, int, int, Any, bool]:
+    """``(origin, epoch, seq, message, served)`` of a published message (``served``:
+    the origin's worker groups had it already).
+
+    Raises:
+        ProtocolError: ``data`` is not a well-formed publish envelope.
+    """
+    items = read(data, 5)
+    _, origin, epoch, seq, message = items[:5]
+    if not isinstance(origin, str) or type(epoch) is not int or type(seq) is not int or seq < 1:
+        raise ProtocolError("malformed publish envelope")
+    return origin, epoch, seq, message, len(items) > 5 and items[5] is True
+
+
+class Envelopes:
+    """Builds the envelopes one server sends (its own packer: not shared across threads).
+
+    Every method may raise what msgpack raises for a value it cannot carry
+    (``TypeError``, ``ValueError``, ``OverflowError``).
+    """
+
+    def __init__(self, origin: str) -> None:
+        self.origin = origin
+        self._pack: Callable[[Any], bytes] = msgpack_packer().pack
+        self._publish_head = _PUBLISH_HEAD + self._pack(origin)
+        self._served_head = _PUBLISH_HEAD_SERVED + self._pack(origin)
+
+    def body(self, message: Any) -> bytes:
+        """``message`` alone, encoded; the first step of a publish (it may fail)."""
+        return self._pack(message)
+
+    def publish(self, epoch: int, seq: int, body: bytes, served: bool = False) -> bytes:
+        """A publish envelope around a ``body`` from ``body()`` (``served``: this
+        server's worker groups had it already)."""
+        pack = self._pack
+        if served:
+            return b"".join((self._served_head, pack(epoch), pack(seq), body, b"\xc3"))
+        return b"".join((self._publish_head, pack(epoch), pack(seq), body))
+
+    def request(self, timeout: float | None, data: Any) -> bytes:
+        """A call to a service or a survey: who asks, how long it waits, and what."""
+        return self._pack([VERSION, self.origin, timeout, data])
+
+    def ack(self) -> bytes:
+        """This worker took the call (so the caller can tell if it goes away)."""
+        return self._pack([VERSION, ACK, self.origin])
+
+    def ok(self, value: Any) -> bytes:
+        return self._pack([VERSION, OK, self.origin, value])
+
+    def error(self, type_name: str, text: str) -> bytes:
+        return self._pack([VERSION, ERR, self.origin, type_name, text])
+
+    def answers(self, answers: list[Any]) -> bytes:
+        return self._pack([VERSION, ANSWERS, self.origin, answers])
+
+    def heartbeat(self, kind: int, epoch: int, interval: float) -> bytes:
+        return self._pack([VERSION, kind, self.origin, epoch, interval])
+
+    def cancel(self, reply: str) -> bytes:
+        return self._pack([VERSION, reply])
