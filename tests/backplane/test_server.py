@@ -294,3 +294,28 @@ async def test_oversize_publish_is_local_and_reported(broker: Broker, folder: Pa
         await a.publish("big", "small")
         await eventually(lambda: got_far == ["small"])
         assert a.stats()["backplane"]["refused"] == 1
+
+
+def test_the_blocking_server_takes_scope(broker: Broker, folder: Path) -> None:
+    """ipc_server.sync.IPCServer forwards broadcast's and survey's scope to the asyncio server."""
+    from boundkit import wait_for
+    from ipc_server.sync import IPCClient as SyncClient
+    from ipc_server.sync import IPCServer as SyncServer
+
+    def backplane() -> NatsBackplane:
+        return NatsBackplane(servers=[broker.url], namespace="test", **FAST)
+
+    with (
+        SyncServer(path=str(folder / "a"), backplane=backplane()) as a,
+        SyncServer(path=str(folder / "b"), backplane=backplane()) as b,
+        SyncClient(path=str(folder / "b")) as cb,
+    ):
+        got: list[Any] = []
+        cb.on("message", got.append)
+        cb.on("request", lambda request, respond: respond(f"b has {request}"))
+        wait_for(lambda: b.connections, "the client is admitted on b")
+        assert a.broadcast("local", timeout=5) == 0
+        assert a.broadcast("everywhere", timeout=5, scope="cluster") == 0
+        wait_for(lambda: got == ["everywhere"], "the broadcast crosses to b")
+        replies = [reply for _, reply in a.survey("jobs?", timeout=5, scope="cluster")]
+        assert replies == ["b has jobs?"]

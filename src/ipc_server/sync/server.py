@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._loop import new_event_loop
 from ..address import Address
+from ..clustering import Scope
 from ..events import EventEmitter
 from ..listeners import ServerListeners
 from ..options import DEFAULT_TIMEOUT, address_args, check_timeout, option_values
@@ -292,19 +293,22 @@ class IPCServer(BlockingServerOptions, ServerListeners[IPCConnection]):
             return _run_now(self.aio.publish(topic, message))
         return self._wait_for(lambda: self.aio.publish(topic, message), timeout, "publish")
 
-    def broadcast(self, data: Any, *, timeout: float | None = 10.0) -> int:
-        """Send a message to every connection; returns how many got it."""
+    def broadcast(self, data: Any, *, timeout: float | None = 10.0, scope: Scope = "local") -> int:
+        """Send a message to every connection; returns how many got it (here).
+        ``scope="cluster"``: every server of the backplane's too (``IPCServer.broadcast``)."""
         if self._loop is None or self._on_loop_thread():
-            return _run_now(self.aio.broadcast(data))
-        return self._wait_for(lambda: self.aio.broadcast(data), timeout, "broadcast")
+            return _run_now(self.aio.broadcast(data, scope=scope))
+        return self._wait_for(lambda: self.aio.broadcast(data, scope=scope), timeout, "broadcast")
 
     def survey(
-        self, data: Any, timeout: float | None = DEFAULT_TIMEOUT
-    ) -> list[tuple[IPCConnection, Any]]:
-        """Request ``data`` from every connection: ``[(connection, reply or exception)]``."""
+        self, data: Any, timeout: float | None = DEFAULT_TIMEOUT, *, scope: Scope = "local"
+    ) -> list[tuple[Any, Any]]:
+        """Request ``data`` from every connection: ``[(connection, reply or exception)]``
+        (with ``scope="cluster"``, another server's slot names it by its id instead);
+        ``scope="cluster"``: from every server of the backplane's too (``IPCServer.survey``)."""
         seconds = check_timeout(timeout)
         bound = None if seconds is None else seconds + 1.0
-        return self._wait_for(lambda: self.aio.survey(data, timeout), bound, "survey")
+        return self._wait_for(lambda: self.aio.survey(data, timeout, scope=scope), bound, "survey")
 
     def ping(
         self, data: Any = None, timeout: float | None = DEFAULT_TIMEOUT
