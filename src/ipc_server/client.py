@@ -21,7 +21,7 @@ from .errors import (
     ProtocolError,
     RequestTimeoutError,
 )
-from .events import EventEmitter, settle
+from .events import EventEmitter, Tasks, settle
 from .options import (
     DEFAULT,
     DEFAULT_CLOSE_TIMEOUT,
@@ -255,9 +255,7 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._check_server(peer)
         self._set_status(IPCClientStatus.CONNECTED)
 
-    def _request_arrived(
-        self, data: Any, respond: Responder, tasks: set[asyncio.Task[Any]]
-    ) -> None:
+    def _request_arrived(self, data: Any, respond: Responder, tasks: Tasks) -> None:
         self.emit_request("request", (data, respond), respond, tasks)
 
     def _connection_error(self, exc: BaseException) -> None:

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, cast
 
+from mypy_extensions import mypyc_attr
+
 from .codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
 from .errors import (
     ConnectionClosedError,
@@ -51,6 +53,7 @@ __all__ = ["Endpoint", "Responder"]
 logger = logging.getLogger("ipc_server")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 

@@ -26,6 +26,8 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
+from mypy_extensions import mypyc_attr, trait
+
 from .codecs import Deflation, Encoded, PacketCodec
 from .errors import IPCError, RequestTimeoutError
 from .events import DONE, Respond, settle
@@ -47,6 +49,8 @@ DEFLATING_LIMIT = 64 * 1024 * 1024
 _deflating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 
 
+@trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Writes:
     """Coalesced writes and backpressure for one connection (a mixin of ``Endpoint``)."""
 
@@ -77,7 +81,7 @@ class Writes:
         self._backlog_size = 0  # bytes in the backlog, not counting Deflations not run yet
         self._then_eof = False  # close(): half-close once the backlog is out
         self._then_close = False  # the peer half-closed: close once the backlog is out
-        self._paused_at = 0.0
+        self._paused_at: Any = 0.0  # a float (mypyc cannot set a float attribute in a trait)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._max_queued = max_queued
