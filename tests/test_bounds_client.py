@@ -84,12 +84,12 @@ def test_the_blocking_listener_queue_holds_the_background_reads() -> None:
             for i in range(2000):
                 server.publish("news", [i, "x" * 1000])
             deadline = time.monotonic() + 10
-            while client._listeners_thread._waiting < 100:
+            while client._listeners_thread.waiting < 100:
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
             time.sleep(0.2)
             # One read of 64 KiB beyond the bound at most: about 64 of these messages.
-            assert client._listeners_thread._waiting <= 100 + 70
+            assert client._listeners_thread.waiting <= 100 + 70
             gate.set()
             deadline = time.monotonic() + 20
             while len(got) < 2000:

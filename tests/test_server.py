@@ -554,3 +554,30 @@ async def test_message_listeners_changed_between_messages(server: IPCServer, pat
         ("second", 7),
     ]
     await client.close()
+
+
+async def test_only_the_exact_pubsub_shapes_are_taken_over(server: IPCServer, path: str) -> None:
+    """A request that merely has a "sub", "unsub" or "pub" key reaches the handler."""
+    seen: list[Any] = []
+    server.on("request", lambda request, respond, connection: respond(seen.append(request)))
+    client = await IPCClient(path=path).connect()
+    try:
+        for request in (
+            {"user": "ann", "sub": "premium"},
+            {"unsub": "x", "why": 1},
+            {"pub": "t", "message": 1, "extra": True},
+            {"pub": 5, "sub": 6},
+        ):
+            assert await client.request(request) is None
+        assert seen == [
+            {"user": "ann", "sub": "premium"},
+            {"unsub": "x", "why": 1},
+            {"pub": "t", "message": 1, "extra": True},
+            {"pub": 5, "sub": 6},
+        ]
+        assert server.topics == {}
+        assert await client.request({"sub": "exact"}) == {"result": True}
+        assert await client.request({"pub": "exact"}) == {"result": True}  # a Node peer's shape
+        assert seen == seen[:4]
+    finally:
+        await client.close()

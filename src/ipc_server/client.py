@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
-from .clientcore import ClientCore, IPCClientStatus, SubscriptionBase
+from .clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
 from .endpoint import Endpoint, Responder
 from .errors import (
     ConnectionClosedError,
@@ -31,6 +31,7 @@ from .options import (
     check_timeout,
 )
 from .packets import (
+    STATS,
     Agreement,
     read_answer,
     subscribe_request,
@@ -104,6 +105,8 @@ class _ClientProtocol(Endpoint):
             self._transport.write(upgrade_request(host, client.upgrade_token))
         else:
             self._transport.write(BINARY_PREAMBLE + self._hello)
+            self._packets_out += 1
+            self._bytes_out += len(self._hello) + len(BINARY_PREAMBLE)
 
     def _on_preamble(self, data: bytes) -> bytes | None:
         preamble = self._preamble
@@ -120,6 +123,8 @@ class _ClientProtocol(Endpoint):
         self._preamble = None
         assert self._transport is not None
         self._transport.write(self._hello)
+        self._packets_out += 1
+        self._bytes_out += len(self._hello)
         return bytes(preamble.data[consumed:])
 
     def _on_connection_packet(self, t: int, d: Any, n: Any) -> None:
@@ -236,6 +241,10 @@ class IPCClient(AsyncClientOptions, ClientCore):
         self._ready_waiters = []
         settle(waiters, error)
 
+    def _connection_stats(self) -> dict[str, Any] | None:
+        proto = self._live
+        return None if proto is None else proto.stats()
+
     def _hold_events(self, hold: bool) -> None:
         proto = self._proto
         if proto is not None:
@@ -315,11 +324,14 @@ class IPCClient(AsyncClientOptions, ClientCore):
         try:
             await open_transport(lambda: proto, self.address, ssl=self.ssl, timeout=limit)
             agreement = await asyncio.wait_for(asyncio.shield(proto.ready), _left(deadline))
-        except BaseException:
+        except BaseException as exc:
             proto.destroy()
             if self._proto is proto:
                 self._proto = None
-            raise
+            error = connect_error(self.address, exc, limit)
+            if error is exc:
+                raise
+            raise error from exc
         if proto.closed:
             raise ConnectionClosedError("connection lost during the handshake")
         topics = self._admitted(agreement)
@@ -475,6 +487,29 @@ class IPCClient(AsyncClientOptions, ClientCore):
         proto, timeout = await self._connection(timeout)
         latency: float = await proto.ping(data, timeout)
         return latency
+
+    async def server_stats(
+        self, *, connections: bool = False, timeout: float | Default | None = DEFAULT
+    ) -> dict[str, Any]:
+        """The server's ``stats()`` (what ``ipc-server stats`` shows), if it answers this client.
+
+        ``connections=True`` adds each connection's own stats. A server answers
+        peers of its own uid over a Unix socket by default (its ``allow_stats``).
+
+        Raises:
+            RemoteError: The server does not answer this peer (``PermissionError``).
+            IPCError: The server does not answer stats requests at all (not a server
+                of this library).
+        """
+        if timeout is DEFAULT:
+            timeout = self.request_timeout
+        proto = self._live
+        if proto is None:
+            proto, timeout = await self._connection(timeout)
+        if STATS not in proto.features:
+            raise self._stats_unsupported()
+        result: dict[str, Any] = await proto.server_stats(connections, timeout)
+        return result
 
     # ------------------------------------------------------------------ pub/sub
 

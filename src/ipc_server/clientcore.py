@@ -17,6 +17,7 @@ front calls every method here with its client lock held.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import itertools
 import logging
@@ -27,7 +28,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
-from .errors import ConnectionClosedError, HandshakeError
+from .errors import (
+    ConnectionClosedError,
+    HandshakeError,
+    IPCError,
+    MessageTooLargeError,
+    ProtocolError,
+)
 from .events import EventEmitter, Tasks, Throttle, shorten
 from .options import RETRY_BASE, ClientOptions
 from .packets import (
@@ -53,6 +60,7 @@ __all__ = [
     "attempts",
     "backoff",
     "checked_topics",
+    "connect_error",
 ]
 
 logger = logging.getLogger("ipc_server")
@@ -96,6 +104,43 @@ def backoff(attempt: int, max_retry_time: float) -> float:
     """
     base = min(RETRY_BASE * 2.0 ** (attempt - 1), float(max_retry_time))
     return base * (0.5 + random.random() / 2)
+
+
+def connect_error(address: object, exc: BaseException, timeout: float | None) -> BaseException:
+    """The error to raise for a connect to ``address`` that failed with ``exc``.
+
+    The same type (a ``FileNotFoundError`` stays one), with a message that
+    names the address and says what is likely wrong; ``exc`` is its cause.
+    """
+    errno = getattr(exc, "errno", None)
+    new: BaseException
+    if isinstance(exc, FileNotFoundError):
+        new = FileNotFoundError(
+            errno, f"no IPC server at {address}: no such socket file (is the server running?)"
+        )
+    elif isinstance(exc, ConnectionRefusedError):
+        new = ConnectionRefusedError(
+            errno,
+            f"no IPC server at {address}: connection refused "
+            "(nothing listens there: a server that stopped, or a stale socket file)",
+        )
+    elif isinstance(exc, PermissionError):
+        new = PermissionError(
+            errno,
+            f"cannot connect to {address}: permission denied (the socket or its folder "
+            "belongs to another user; the server's socket_mode decides who may connect)",
+        )
+    elif isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        within = "" if timeout is None else f" within connect_timeout={timeout:g} s"
+        new = TimeoutError(f"no answer from {address}{within}: a busy server, or not an IPC server")
+    elif isinstance(exc, ProtocolError) and not isinstance(
+        exc, (HandshakeError, MessageTooLargeError)
+    ):
+        new = HandshakeError(f"{address} does not speak the IPC protocol: {exc}")
+    else:
+        return exc
+    new.__cause__ = exc
+    return new
 
 
 def attempts(retries: int | None) -> Iterator[int]:
@@ -304,6 +349,7 @@ class ClientCore(ClientOptions, EventEmitter):
         self._full: set[object] = set()
         self._full_lock = threading.Lock()  # the blocking front changes it from several threads
         self._log_throttle = Throttle()
+        self._connects = 0  # CONNECTION exchanges that admitted this client, reconnects included
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.address} id={self.id!r} status={self.status.name}>"
@@ -317,6 +363,44 @@ class ClientCore(ClientOptions, EventEmitter):
     def _wake_waiters(self, error: BaseException | None) -> None:
         """Wake calls waiting for a live connection: it is there (None), or never will be."""
         raise NotImplementedError
+
+    def _connection_stats(self) -> dict[str, Any] | None:
+        """The live connection's ``stats()``, or None when there is none."""
+        raise NotImplementedError
+
+    def _events_waiting(self) -> int:
+        """Pushed messages waiting for a listener on the front's side (its listener queue)."""
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        """What this client holds and has done: its status, its connection's counters.
+
+        ``connects`` counts admissions (``reconnects`` those after the first);
+        ``events_waiting`` the pushed messages not yet taken by their listeners
+        or ``subscription()`` iterators; ``connection`` the live connection's
+        ``stats()`` (packets and bytes in and out, pending requests), or None.
+        """
+        registry = self._registry
+        waiting = len(self._tasks) + self._events_waiting()
+        for subs in registry.streams.values():
+            for sub in subs:
+                waiting += len(sub._box.items)
+        return {
+            "id": self.id,
+            "address": str(self.address),
+            "status": self.status.name,
+            "connects": self._connects,
+            "reconnects": max(0, self._connects - 1),
+            "topics": len(registry.confirmed),
+            "events_waiting": waiting,
+            "connection": self._connection_stats(),
+        }
+
+    def _stats_unsupported(self) -> IPCError:
+        return IPCError(
+            f"the server at {self.address} does not answer stats requests "
+            "(it is not a server of this library, or an older one)"
+        )
 
     def _hold_events(self, hold: bool) -> None:
         """Stop reading (True) because ``max_pending_events`` wait, or read on (False)."""
@@ -412,6 +496,7 @@ class ClientCore(ClientOptions, EventEmitter):
         """The server answered: record its answer; return the topics to subscribe again."""
         info = agreement.info
         self.info = info
+        self._connects += 1
         if isinstance(info.get("id"), str):
             self.id = info["id"]
         return list(self._registry.confirmed)

@@ -39,6 +39,7 @@ from .packets import (
     PONG,
     REQUEST,
     RESPONSE,
+    STATS,
     PacketDispatcher,
     end,
     loss,
@@ -96,6 +97,8 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         # read wait in _held, in order, and are dispatched before reading resumes.
         self._holds: set[str] = set()
         self._reads = 0  # reads so far: how check_liveness tells a peer was heard
+        self._bytes_in = 0
+        self._packets_in = 0
         self._ticked_reads = 0  # _reads at the last check_liveness
         self._quiet = 0.0  # seconds without a read, counted by check_liveness
         self._probes = 0  # keepalive pings sent since the peer was last heard
@@ -120,6 +123,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
 
     def buffer_updated(self, nbytes: int) -> None:
         self._reads += 1
+        self._bytes_in += nbytes
         decoder = self._decoder
         if not self._handshaken and not decoder.receiving_body:
             self.data_received(decoder.take(nbytes))  # the preamble, then the CONNECTION exchange
@@ -131,6 +135,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             self._fatal(exc)
             return
         if bodies:
+            self._packets_in += len(bodies)
             if self._halted:
                 self._keep(bodies)  # read before pause_reading took effect
             else:
@@ -152,6 +157,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             self._fatal(exc)
             return
         if bodies:
+            self._packets_in += len(bodies)
             if self._halted:
                 self._keep(bodies)  # read before pause_reading took effect
             else:
@@ -220,6 +226,8 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
                         if t is REQUEST:  # _handle_request, inlined
                             if self._closing:
                                 continue  # after END (or on its way) no request is run
+                            if len(packet) > 3 and self._on_extension(packet, n):
+                                continue
                             respond = Responder(self, n)
                             try:
                                 self._on_request(packet.get("d"), respond)
@@ -313,8 +321,14 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
     def _on_bad_packet(self, exc: ProtocolError) -> None:
         self._report(exc)
 
-    def _on_request_packet(self, d: Any, n: str) -> None:
+    def _on_request_packet(self, d: Any, n: str, packet: dict[str, Any]) -> None:
+        if len(packet) > 3 and self._on_extension(packet, n):
+            return
         self._handle_request(d, n)
+
+    def _on_extension(self, packet: dict[str, Any], n: str) -> bool:
+        """A REQUEST with more than ``t``, ``d``, ``n`` (``packets.STATS``): True if taken."""
+        return False
 
     def _handle_request(self, d: Any, n: str) -> None:
         if self._closing:
@@ -385,6 +399,10 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         if self._write_paused and not pending.done():
             return self._after_drain(pending)
         return pending
+
+    def server_stats(self, connections: bool, timeout: float | None) -> Coroutine[Any, Any, Any]:
+        """Ask the peer, a server of this library, for its ``stats()`` (``packets.STATS``)."""
+        return self._ask(REQUEST, connections, timeout, extension=STATS)
 
     async def _after_drain(self, pending: Pending) -> Any:
         # Over the high-water mark: the requester waits for the writes to drain first.
@@ -543,6 +561,28 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         """Wait until the connection is gone."""
         await asyncio.shield(self._lost)
 
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict[str, Any]:
+        """What this connection has carried and holds now (cheap: counters kept always).
+
+        ``packets_in``/``packets_out``, ``bytes_in``/``bytes_out`` (bytes as on
+        the wire), ``queued`` (bytes written but not yet handed to the OS),
+        ``handlers`` (request handlers running), ``pending`` (requests and
+        pings waiting for the peer's answer), ``reading_held`` (why reading is
+        held, if it is).
+        """
+        return {
+            "packets_in": self._packets_in,
+            "packets_out": self._packets_out,
+            "bytes_in": self._bytes_in,
+            "bytes_out": self._bytes_out,
+            "queued": self.queued,
+            "handlers": len(self._tasks),
+            "pending": len(self._pending),
+            "reading_held": sorted(self._holds),
+        }
+
     # ------------------------------------------------------------------ liveness
 
     def check_liveness(
@@ -568,7 +608,8 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         if read_timeout is not None and quiet >= read_timeout and self._decoder.buffered:
             self._fatal(
                 IPCError(
-                    f"read timeout: no byte of a partial packet for read_timeout={read_timeout:g} s"
+                    f"read timeout: no byte of a partial packet for read_timeout={read_timeout:g} s",
+                    option="read_timeout",
                 )
             )
             return
@@ -581,7 +622,8 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             if self._probes >= 2:
                 self._fatal(
                     IPCError(
-                        f"keepalive timeout: two pings unanswered (keepalive_interval={keepalive:g} s)"
+                        f"keepalive timeout: two pings unanswered (keepalive_interval={keepalive:g} s)",
+                        option="keepalive_interval",
                     )
                 )
             else:

@@ -33,7 +33,19 @@ __all__ = [
 
 
 class IPCError(Exception):
-    """Root of every error this library raises on purpose."""
+    """Root of every error this library raises on purpose.
+
+    Attributes:
+        option: When the error says a bound was crossed, the option that sets
+            it (``"keepalive_interval"``, ``"max_queued"``, ...); else None.
+    """
+
+    option: str | None = None
+
+    def __init__(self, *args: object, option: str | None = None) -> None:
+        super().__init__(*args)
+        if option is not None:
+            self.option = option
 
 
 class ConnectionClosedError(IPCError):

@@ -34,6 +34,7 @@ __all__ = [
     "PUBSUB_KEYS",
     "REQUEST",
     "RESPONSE",
+    "STATS",
     "Agreement",
     "Hello",
     "IPCMessageType",
@@ -52,6 +53,7 @@ __all__ = [
     "read_error",
     "read_hello",
     "read_pubsub",
+    "stats_request",
     "subscribe_request",
     "succeeded",
     "topic_list",
@@ -80,7 +82,10 @@ PING = IPCMessageType.PING.value
 PONG = IPCMessageType.PONG.value
 END = IPCMessageType.END.value
 
-FEATURES: tuple[str, ...] = ("errors", "retry")
+STATS = "stats"
+"""The extension of a REQUEST packet that asks a server for its ``stats()`` (``"x": "stats"``)."""
+
+FEATURES: tuple[str, ...] = ("errors", "retry", STATS)
 """Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
 
 ``errors``: a failed request handler answers with a RESPONSE carrying
@@ -89,6 +94,10 @@ FEATURES: tuple[str, ...] = ("errors", "retry")
 ``retry``: a server that sends END has not run, and will not run, any
 request it did not answer before that END; the client may send them again
 (it does so by itself after an END that allows a reconnect).
+
+``stats``: a REQUEST packet with ``"x": "stats"`` (beside ``t``, ``d``, ``n``)
+asks the server for its ``stats()``; it is answered only to peers its
+``allow_stats`` lets in (else an error answer), and never reaches a handler.
 """
 
 
@@ -290,29 +299,43 @@ def unsubscribe_request(topic: str | list[str]) -> dict[str, Any]:
     return {"unsub": topic}
 
 
+def stats_request(nonce: str, connections: bool = False) -> dict[str, Any]:
+    """The REQUEST packet that asks a server of this library for its ``stats()``."""
+    return {"t": REQUEST, "d": connections, "n": nonce, "x": STATS}
+
+
 def publish_request(topic: str, message: Any) -> dict[str, Any]:
     """The request that publishes ``message`` to ``topic``."""
     return {"pub": topic, "message": message}
 
 
 PUBSUB_KEYS = frozenset({"sub", "unsub", "pub"})
-"""A request dict with none of these keys is not a pub/sub request (a cheap first test)."""
+"""A request dict with none of these keys is not a pub/sub request (a cheap first test;
+``read_pubsub`` decides)."""
 
 
 def read_pubsub(data: Any) -> tuple[str, Any, Any] | None:
     """``(kind, topics or topic, message)`` if a request is a pub/sub one, else None.
 
+    Only the exact shapes are: ``{"sub": topics}``, ``{"unsub": topics}``,
+    ``{"pub": topic, "message": m}`` (or ``{"pub": topic}``, which a Node peer
+    sends for an undefined message), and nothing else in the dict. Any other
+    request, ``{"user": "ann", "sub": "premium"}`` included, is the handlers'.
     ``kind`` is ``"sub"``, ``"unsub"`` or ``"pub"``; the second item is what
     the request named, unchecked (``topic_list`` reads it).
     """
     if type(data) is not dict:
         return None
-    if "pub" in data:
-        return "pub", data["pub"], data.get("message")
-    if "sub" in data:
-        return "sub", data["sub"], None
-    if "unsub" in data:
-        return "unsub", data["unsub"], None
+    size = len(data)
+    if size == 1:
+        if "sub" in data:
+            return "sub", data["sub"], None
+        if "unsub" in data:
+            return "unsub", data["unsub"], None
+        if "pub" in data:
+            return "pub", data["pub"], None
+    elif size == 2 and "pub" in data and "message" in data:
+        return "pub", data["pub"], data["message"]
     return None
 
 
@@ -365,7 +388,7 @@ class PacketDispatcher:
                 ProtocolError(f"packet of type {t} with a nonce that is not a string")
             )
         elif t == REQUEST:
-            self._on_request_packet(d, n)
+            self._on_request_packet(d, n, packet)
         elif t == RESPONSE:
             self._on_response(n, packet)
         elif t == MESSAGE:
@@ -384,7 +407,7 @@ class PacketDispatcher:
     def _on_message(self, d: Any) -> None:
         raise NotImplementedError
 
-    def _on_request_packet(self, d: Any, n: str) -> None:
+    def _on_request_packet(self, d: Any, n: str, packet: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from .codecs import Encoded, PacketCodec
 from .errors import ConnectionClosedError, RequestTimeoutError
 from .options import check_timeout
 from .packets import PING, REQUEST, read_error
+from .protocol import frame
 
 __all__ = ["Entry", "Pending", "RequestTable", "Unanswered"]
 
@@ -110,7 +111,12 @@ class RequestTable:
         raise NotImplementedError
 
     def _ask(
-        self, t: int, data: Any, timeout: float | None, pending: Pending | None = None
+        self,
+        t: int,
+        data: Any,
+        timeout: float | None,
+        pending: Pending | None = None,
+        extension: str | None = None,
     ) -> Pending:
         """Send a REQUEST or PING; the ``Pending`` its answer resolves.
 
@@ -127,7 +133,12 @@ class RequestTable:
                 timeout if timeout.__class__ is float and timeout > 0 else check_timeout(timeout)
             )
             nonce = str(next(self._nonces))
-            packet = self._codec.encode_parts(t, data, nonce)
+            if extension is None:
+                packet = self._codec.encode_parts(t, data, nonce)
+            else:  # a REQUEST of an extension: "x" beside t, d, n (packets.stats_request)
+                packet = frame(
+                    self._codec.encode_body({"t": t, "d": data, "n": nonce, "x": extension})
+                )
         except Exception as exc:
             pending.set_exception(exc)
             return pending

@@ -52,7 +52,8 @@ class PubSub(Generic[C]):
                 return
             refusal = self._registry.refusal(conn, topics)
             if refusal is not None:
-                self._report_error(IPCError(f"subscription refused: {refusal}"), conn)
+                option, reason = refusal
+                self._report_error(IPCError(f"subscription refused: {reason}", option=option), conn)
                 respond(pubsub_reply(False))
                 return
             self._registry.subscribe(conn, topics)

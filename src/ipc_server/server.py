@@ -11,50 +11,50 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
-import ssl as _ssl
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import InitVar, dataclass, field
+from collections import Counter
 from typing import Any
 
 from .address import Address
 from .admission import (
-    DEFAULT_MAX_HANDSHAKING,
     OUT_OF_DESCRIPTORS,
     TLS_HANDSHAKE_TIMEOUT,
     admitted_uids,
     at_accept,
-    checked_uids,
-    default_max_connections,
     uid_refusal,
 )
-from .codecs import DEFAULT_MAX_PACKET_OBJECTS, CodecName
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
 from .options import (
-    DEFAULT_MAX_QUEUED,
     DEFAULT_TIMEOUT,
-    check_codec,
-    check_size,
     check_timeout,
-    checked_address,
 )
 from .packets import (
     PUBSUB_KEYS,
+    STATS,
     Hello,
     answer,
     end,
     read_hello,
     read_pubsub,
 )
-from .protocol import DEFAULT_MAX_HANDSHAKE_SIZE, DEFAULT_MAX_MESSAGE_SIZE, ServerPreamble
+from .protocol import ServerPreamble
 from .pubsub import PubSub
+from .serveroptions import Authenticate, ServerOptions
 from .topics import TopicRegistry
 from .transport import Listener, PeerCredentials, accepted_peer, listen
 
-__all__ = ["SERVER_CLOSED", "Authenticate", "IPCConnection", "IPCServer", "ServerOptions"]
+__all__ = [
+    "SERVER_CLOSED",
+    "Authenticate",
+    "IPCConnection",
+    "IPCServer",
+    "ServerOptions",
+    "serving_loop",
+]
 
 logger = logging.getLogger("ipc_server")
 
@@ -64,118 +64,19 @@ MAX_ID_LENGTH = 128
 """The longest connection id a client may claim; a longer claim gets a fresh id."""
 
 
-Authenticate = Callable[[Any, "IPCConnection"], "bool | str | Awaitable[bool | str | None] | None"]
-"""``fn(payload, connection)``, plain or async: True/None admits, False or a reason refuses."""
+_SERVING: dict[Address, asyncio.AbstractEventLoop] = {}
+"""The address of each started asyncio server, and the loop that runs it."""
 
 
-@dataclass(kw_only=True, eq=False, repr=False)
-class ServerOptions:
-    """The options of ``IPCServer`` (asyncio) and ``ipc_server.sync.IPCServer``.
+def serving_loop(address: Address | None) -> asyncio.AbstractEventLoop | None:
+    """The event loop of a server of this process listening at ``address``, if any
+    (``None``: of any server).
 
-    Args:
-        path: Unix socket path or name (docs/guide.md, Addresses); Windows pipe name.
-        host: TCP host (selects TCP).
-        port: TCP port (0 picks a free one; see ``port`` of the started server).
-        ssl: An ``ssl.SSLContext`` for TLS over TCP.
-        max_connections: Refuse clients beyond this many, those not yet
-            admitted included (None: no limit). The default is derived from
-            the process's descriptor limit: ``limit - max(64, limit // 10)``
-            (``admission.default_max_connections``; 10,000 on Windows).
-        max_handshaking: Peers accepted but not yet admitted; a new one beyond
-            them is sent END "server busy" and closed at once (None: no limit).
-            TLS peers count from accept; beyond the bound asyncio's loop closes
-            them before their TLS handshake, uvloop's after it, with the END.
-        handshake_timeout: Seconds a new connection has to finish the TLS
-            handshake and the CONNECTION exchange (0/None: forever, but the
-            TLS handshake still gets the loop's 60 s at most).
-        allowed_uids: The uids whose processes may connect to a Unix socket
-            (the peer's uid as the kernel tells). None: on an abstract socket
-            the server's own uid and root, on a socket file whoever its
-            ``socket_mode`` lets in. Not for TCP.
-        max_message_size: Largest packet body accepted, before and after inflating.
-        max_handshake_size: Largest packet body accepted before the client is
-            admitted (its CONNECTION packet), refused from its length tag.
-        max_packet_objects: Most containers (dicts and lists) one packet may
-            hold, counted before or while it is decoded; more closes the connection.
-        max_queued: Bytes that may queue for one client that does not read
-            before it is disconnected.
-        write_deadline: Seconds a client's output may stay over the write
-            high-water mark without draining below the low-water mark before
-            the client is disconnected (reported on ``error``; 0/None: forever).
-        socket_mode: File mode of the Unix socket (None leaves it to the umask).
-        id_factory: Makes connection ids (default: 16 random hex digits).
-        codec: ``"msgpack"`` (agree to msgpack when a client asks) or ``"json"`` (decline).
-        compress: Agree to compression when a client asks.
-        authenticate: ``fn(payload, connection)`` (plain or async) called
-            before a client is admitted: return True/None to admit, False or a
-            reason string to refuse (the client gets END with the reason).
-        max_concurrent_requests: Request handlers of one connection that may be
-            running (suspended in a task) at once; at the bound the server stops
-            reading that connection until one ends (backpressure; None: no bound).
-        cancel_on_disconnect: Cancel the running handlers of a connection that
-            is lost (their ``respond`` does nothing by then).
-        max_topics_per_connection: Topics one connection may be subscribed to;
-            a subscribe beyond it answers false and ``error`` is emitted (None: no bound).
-        max_topic_length: Longest topic a connection may subscribe to, in
-            characters; a longer one is refused the same way (None: no bound).
-        keepalive_interval: Seconds without a byte from a connection after which
-            the server pings it; two pings unanswered close it with END
-            "keepalive timeout" (None: never).
-        read_timeout: Seconds a connection may stay in the middle of a packet
-            without sending a byte; then it is closed and its buffer freed (None: no bound).
-        retries: Accepted for net-ipc compatibility; unused (a server does not reconnect).
+    A blocking client must not wait on that loop's thread (``sync.check_not_serving``).
     """
-
-    path: InitVar[str | None] = None
-    host: InitVar[str | None] = None
-    port: InitVar[int | None] = None
-    ssl: _ssl.SSLContext | None = None
-    max_connections: int | None = field(default_factory=default_max_connections)
-    max_handshaking: int | None = DEFAULT_MAX_HANDSHAKING
-    handshake_timeout: float | None = 10.0
-    allowed_uids: Iterable[int] | None = None
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    max_handshake_size: int = DEFAULT_MAX_HANDSHAKE_SIZE
-    max_packet_objects: int = DEFAULT_MAX_PACKET_OBJECTS
-    max_queued: int = DEFAULT_MAX_QUEUED
-    write_deadline: float | None = 10.0
-    socket_mode: int | None = 0o600
-    id_factory: Callable[[], str] | None = None
-    codec: CodecName = "msgpack"
-    compress: bool = True
-    authenticate: Authenticate | None = None
-    max_concurrent_requests: int | None = 256
-    cancel_on_disconnect: bool = True
-    max_topics_per_connection: int | None = 10_000
-    max_topic_length: int | None = 1024
-    keepalive_interval: float | None = 30.0
-    read_timeout: float | None = 30.0
-    retries: int = 3
-    address: Address = field(init=False)
-    """The address as configured (``bound_address`` tells where a started server listens)."""
-
-    def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
-        self.address = checked_address(path, host, port, self.ssl)
-        check_codec(self.codec)
-        if self.max_connections is not None:
-            check_size("max_connections", self.max_connections)
-        for name in ("max_concurrent_requests", "max_topics_per_connection", "max_topic_length"):
-            value = getattr(self, name)
-            if value is not None:
-                check_size(name, value)
-        if self.max_handshaking is not None:
-            check_size("max_handshaking", self.max_handshaking)
-        self.allowed_uids = checked_uids(self.allowed_uids)
-        if self.allowed_uids is not None and self.address.kind == "tcp":
-            raise ValueError("allowed_uids is for Unix sockets: a TCP peer has no uid")
-        check_size("max_message_size", self.max_message_size)
-        check_size("max_handshake_size", self.max_handshake_size)
-        check_size("max_packet_objects", self.max_packet_objects)
-        check_size("max_queued", self.max_queued)
-        check_timeout(self.handshake_timeout)
-        check_timeout(self.keepalive_interval)
-        check_timeout(self.read_timeout)
-        check_timeout(self.write_deadline)
+    if address is None:
+        return next(iter(_SERVING.values()), None)
+    return _SERVING.get(address)
 
 
 def _default_id() -> str:
@@ -291,6 +192,7 @@ class IPCConnection(Endpoint):
         transport = self._transport
         self._close_reason = reason
         self._closing = True
+        self.server._refused[reason.partition(":")[0]] += 1
         if transport is None:
             return
         transport.write(end(None, reason))
@@ -420,6 +322,11 @@ class IPCConnection(Endpoint):
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         self._leave_handshake()
         server = self.server
+        totals = server._totals
+        totals["packets_in"] += self._packets_in
+        totals["packets_out"] += self._packets_out
+        totals["bytes_in"] += self._bytes_in
+        totals["bytes_out"] += self._bytes_out
         server._registry.forget(self)
         if server._ids.get(self.id) is self:
             del server._ids[self.id]
@@ -428,6 +335,31 @@ class IPCConnection(Endpoint):
 
     def _report(self, exc: BaseException) -> None:
         self.server._report_error(exc, self)
+
+    def stats(self) -> dict[str, Any]:
+        """What this connection has carried and holds (see ``Endpoint.stats``), and who it is."""
+        peer = self.peer
+        return {
+            "id": self.id,
+            "pid": None if peer is None else peer.pid,
+            "uid": None if peer is None else peer.uid,
+            "connected_for": None
+            if self.connected_at is None
+            else round(time.time() - self.connected_at, 3),
+            "topics": len(self.topics),
+            **super().stats(),
+        }
+
+    def _on_extension(self, packet: dict[str, Any], n: str) -> bool:
+        if packet.get("x") != STATS or STATS not in self.features:
+            return False
+        server = self.server
+        respond = Responder(self, n)
+        if server._may_see_stats(self):
+            respond(server.stats(connections=bool(packet.get("d"))))
+        else:
+            respond.fail(PermissionError(f"stats are not answered to this peer ({self.peer})"))
+        return True
 
     async def close(
         self, reason: Any = None, allow_reconnect: bool = False, *, timeout: float | None = 10.0
@@ -464,6 +396,10 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         self._closing = False
         self._tick_handle: asyncio.TimerHandle | None = None
         self._log_throttle = Throttle()
+        self._started_at: float | None = None
+        self._totals: Counter[str] = Counter()  # what connections that are gone carried
+        self._refused: Counter[str] = Counter()  # peers turned away, by reason
+        self._errors: Counter[str] = Counter()  # problems reported, by kind
 
     def __repr__(self) -> str:
         return (
@@ -503,6 +439,7 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
             raise RuntimeError("server already started")
         self._closing = False
         self._gated = 0
+        self._started_at = time.monotonic()
         self._listener = await listen(
             lambda: IPCConnection(self),
             self.address,
@@ -515,6 +452,7 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         period = self._tick_period()
         if period is not None:
             self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
+        _SERVING[self.address] = asyncio.get_running_loop()
         self.emit("ready", self.bound_address)
         return self
 
@@ -563,6 +501,8 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
             await asyncio.wait_for(listener.wait_closed(), seconds)
         self._listener = None
+        if _SERVING.get(self.address) is asyncio.get_running_loop():
+            del _SERVING[self.address]
         self._closing = False
         self._registry.clear()
         self.emit("close")
@@ -594,6 +534,7 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         return len(claimed) <= MAX_ID_LENGTH and claimed not in self._ids
 
     def _report_error(self, exc: BaseException, connection: IPCConnection | None) -> None:
+        self._errors[getattr(exc, "option", None) or type(exc).__name__] += 1
         if self.emit("error", exc, connection):
             return
         # Nobody listens: log it, throttled per connection (a peer may send a flood of bad packets).
@@ -610,6 +551,57 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
             return
         conn = next((a for a in args if isinstance(a, IPCConnection)), None)
         self._report_error(exc, conn)
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self, *, connections: bool = False) -> dict[str, Any]:
+        """What the server holds and has carried, from counters it keeps always.
+
+        ``connections``, ``handshaking``, ``topics`` and ``subscriptions`` now;
+        ``handlers`` (request handlers running), ``pending`` (its own requests
+        waiting for answers) and ``queued`` (bytes not yet handed to the OS),
+        summed over the connections; ``packets_in``/``packets_out`` and
+        ``bytes_in``/``bytes_out`` since it started, connections that left
+        included; ``refused`` (peers turned away, by reason) and ``errors``
+        (problems reported on ``error``, by the option crossed or the error's
+        type). With ``connections=True``, also each connection's own
+        ``stats()`` under ``"per_connection"``.
+        """
+        per = [conn.stats() for conn in self._connections]
+        totals = self._totals
+        started = self._started_at
+        result: dict[str, Any] = {
+            "address": self.bound_address,
+            "pid": os.getpid(),
+            "uptime": None if started is None else round(time.monotonic() - started, 3),
+            "connections": len(per),
+            "handshaking": len(self._handshaking),
+            "topics": self._registry.topic_count(),
+            "subscriptions": self._registry.subscription_count(),
+            "handlers": sum(p["handlers"] for p in per),
+            "pending": sum(p["pending"] for p in per),
+            "queued": sum(p["queued"] for p in per),
+        }
+        for key in ("packets_in", "packets_out", "bytes_in", "bytes_out"):
+            result[key] = totals[key] + sum(p[key] for p in per)
+        result["refused"] = dict(self._refused)
+        result["errors"] = dict(self._errors)
+        if connections:
+            result["per_connection"] = per
+        return result
+
+    def _may_see_stats(self, conn: IPCConnection) -> bool:
+        """Whether ``conn``'s peer may ask for ``stats()`` (the ``allow_stats`` option)."""
+        allowed = self.allow_stats
+        if allowed is True or allowed is False:
+            return allowed
+        peer = conn.peer
+        uid = None if peer is None else peer.uid
+        if uid is None:
+            return False  # TCP (or no credentials): only when allow_stats=True
+        if allowed is None:
+            return uid in (os.getuid() if hasattr(os, "getuid") else -1, 0)
+        return uid in allowed
 
     async def survey(
         self, data: Any, timeout: float | None = DEFAULT_TIMEOUT

@@ -30,20 +30,25 @@ class TopicRegistry(Generic[S]):
         self._subscribers: dict[str, dict[S, None]] = {}
         self._topics: dict[S, set[str]] = {}
 
-    def refusal(self, who: S, topics: list[str]) -> str | None:
-        """Why ``who`` may not subscribe to ``topics`` (the bound it would cross), or None."""
+    def refusal(self, who: S, topics: list[str]) -> tuple[str, str] | None:
+        """Why ``who`` may not subscribe to ``topics``: ``(option, reason)`` of the bound it
+        would cross, or None."""
         longest = self.max_length
         if longest is not None:
             for topic in topics:
                 if len(topic) > longest:
-                    return f"a topic of {len(topic)} characters, over max_topic_length={longest}"
+                    return "max_topic_length", (
+                        f"a topic of {len(topic)} characters, over max_topic_length={longest}"
+                    )
         most = self.max_per_subscriber
         held = self._topics.get(who, ())
         # A list longer than the bound cannot fit: no set is built for it.
         if most is not None and len(held) + len(topics) > most:
             total = len(set(held).union(topics)) if len(topics) <= most else len(topics)
             if total > most:
-                return f"{total} topics, over max_topics_per_connection={most}"
+                return "max_topics_per_connection", (
+                    f"{total} topics, over max_topics_per_connection={most}"
+                )
         return None
 
     def subscribe(self, who: S, topics: list[str]) -> None:
@@ -84,6 +89,14 @@ class TopicRegistry(Generic[S]):
     def topics_of(self, who: S) -> frozenset[str]:
         """The topics ``who`` is subscribed to."""
         return frozenset(self._topics.get(who, ()))
+
+    def topic_count(self) -> int:
+        """How many topics have at least one subscriber."""
+        return len(self._subscribers)
+
+    def subscription_count(self) -> int:
+        """How many (subscriber, topic) pairs there are."""
+        return sum(len(topics) for topics in self._topics.values())
 
     def snapshot(self) -> dict[str, list[S]]:
         """Each topic with at least one subscriber, and its subscribers."""

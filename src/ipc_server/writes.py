@@ -87,6 +87,8 @@ class Writes:
         self._max_queued = max_queued
         self._hold_while_paused = hold_while_paused
         self._write_deadline = write_deadline or None
+        self._packets_out = 0
+        self._bytes_out = 0  # handed to the transport (as on the wire)
 
     def _report(self, exc: BaseException) -> None:
         raise NotImplementedError
@@ -159,7 +161,7 @@ class Writes:
             "peer is not reading: output not drained below the low-water mark "
             f"within write_deadline={deadline:g} s"
         )
-        self._report(IPCError(reason))
+        self._report(IPCError(reason, option="write_deadline"))
         self.destroy(reason)
 
     # ------------------------------------------------------------------ writing
@@ -174,6 +176,7 @@ class Writes:
         ``PacketCodec.encode_parts``) or a ``Deflation`` goes out after what
         was gathered before it, without waiting for the end of the iteration.
         """
+        self._packets_out += 1
         if data.__class__ is not bytes:
             if data.__class__ is list:
                 self._write_parts(data)
@@ -200,6 +203,7 @@ class Writes:
         if self._write_paused or len(data) > PIECE:
             self._queue(data)
         else:
+            self._bytes_out += len(data)
             transport.write(data)
 
     def _write_parts(self, parts: list[bytes]) -> None:
@@ -213,6 +217,7 @@ class Writes:
             self._backlog_size += sum(map(len, parts[:-1]))
             self._queue(parts[-1])
         else:
+            self._bytes_out += sum(map(len, parts))
             transport.writelines(parts)
 
     def _write_deflation(self, deflation: Deflation) -> None:
@@ -308,6 +313,7 @@ class Writes:
                     if gathered is not None:
                         chunk = b"".join(gathered)
             self._backlog_size -= size
+            self._bytes_out += size
             transport.write(chunk)  # may call pause_writing, even destroy (max_queued)
         self._pumped(transport)
 
@@ -336,6 +342,7 @@ class Writes:
         if self._write_paused:
             self._queue(data)
         else:
+            self._bytes_out += len(data)
             transport.write(data)
 
     def _finish(self, data: bytes) -> None:
@@ -344,10 +351,12 @@ class Writes:
         transport = self._transport
         if transport is None or self._aborted:
             return
+        self._packets_out += 1
         if self._backlog:
             self._then_eof = True
             self._queue(data)
             return
+        self._bytes_out += len(data)
         transport.write(data)
         self._end_transport(transport)
 
@@ -402,7 +411,7 @@ class Writes:
 
     def _overflow(self, size: int) -> None:
         reason = f"peer is not reading: {size} bytes queued, over max_queued={self._max_queued}"
-        self._report(IPCError(reason))
+        self._report(IPCError(reason, option="max_queued"))
         self.destroy(reason)
 
     async def drain(self, *, timeout: float | None = None, what: str = "send") -> None:

@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..clientcore import ClientCore, IPCClientStatus, SubscriptionBase
-from ..errors import ConnectionClosedError, IPCError, RequestTimeoutError
+from ..clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
+from ..errors import ConnectionClosedError, IPCError, ProtocolError, RequestTimeoutError
 from ..events import Respond
 from ..options import DEFAULT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_TIMEOUT, Default, check_timeout
 from ..packets import (
@@ -27,6 +27,7 @@ from ..packets import (
     PING,
     REQUEST,
     RESPONSE,
+    STATS,
     subscribe_request,
     succeeded,
     unsubscribe_request,
@@ -61,7 +62,7 @@ class _Listeners:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[tuple[str, tuple[Any, ...], Respond | None] | None] | None
         self._queue = None
-        self._waiting = 0  # events queued, not yet run (bounded by max_pending_events)
+        self.waiting = 0  # events queued, not yet run (bounded by max_pending_events)
 
     def put(self, event: str, args: tuple[Any, ...], respond: Respond | None = None) -> None:
         with self._lock:
@@ -72,15 +73,15 @@ class _Listeners:
                     target=self._run, args=(q,), name="ipc_server listeners", daemon=True
                 ).start()
             q.put((event, args, respond))
-            self._waiting += 1
-            full = self._waiting == self._client.max_pending_events
+            self.waiting += 1
+            full = self.waiting == self._client.max_pending_events
         if full:
             self._on_full(self, True)
 
     def _taken(self) -> None:
         with self._lock:
-            self._waiting -= 1
-            drained = self._waiting == self._client.max_pending_events - 1
+            self.waiting -= 1
+            drained = self.waiting == self._client.max_pending_events - 1
         if drained:
             self._on_full(self, False)
 
@@ -249,6 +250,13 @@ class IPCClient(ClientCore):
         with self._ready_cond:
             self._ready_cond.notify_all()
 
+    def _connection_stats(self) -> dict[str, Any] | None:
+        conn = self._conn
+        return None if conn is None or conn.dead else conn.stats()
+
+    def _events_waiting(self) -> int:
+        return self._listeners_thread.waiting
+
     def _hold_events(self, hold: bool) -> None:
         # True comes from the reading thread (client lock held); False from a consumer.
         self._events_held = hold
@@ -327,6 +335,15 @@ class IPCClient(ClientCore):
         return self
 
     def _open(self, limit: float | None, stop: threading.Event) -> None:
+        try:
+            self._try_open(limit, stop)
+        except (OSError, ProtocolError) as exc:
+            error = connect_error(self.address, exc, limit)
+            if error is exc:
+                raise
+            raise error from exc
+
+    def _try_open(self, limit: float | None, stop: threading.Event) -> None:
         self._set_status_unless(stop, IPCClientStatus.CONNECTING)
         deadline = None if limit is None else _monotonic() + limit
         sock = dial(self.address, ssl=self.ssl, timeout=limit)
@@ -489,6 +506,24 @@ class IPCClient(ClientCore):
             conn.transmit(MESSAGE, data, None, deadline)
         except SendTimeout:
             raise RequestTimeoutError(limit or 0.0, "send") from None
+
+    def server_stats(
+        self, *, connections: bool = False, timeout: float | Default | None = DEFAULT
+    ) -> dict[str, Any]:
+        """The server's ``stats()``, as ``ipc_server.IPCClient.server_stats`` (blocking)."""
+        if timeout is DEFAULT:
+            timeout = self.request_timeout
+        limit = check_timeout(timeout)
+        deadline = None if limit is None else _monotonic() + limit
+        conn = self._begin(deadline, "server_stats")
+        if STATS not in conn.features:
+            raise self._stats_unsupported()
+        nonce = str(next(self._nonces))
+        value = conn.call(REQUEST, connections, nonce, deadline, limit, extension=STATS)
+        if value is GONE:
+            raise ConnectionClosedError("connection lost before the stats request left")
+        result: dict[str, Any] = value
+        return result
 
     # ------------------------------------------------------------------ pub/sub
 

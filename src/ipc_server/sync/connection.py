@@ -51,6 +51,7 @@ from ..protocol import (
     Body,
     ClientPreamble,
     FrameDecoder,
+    frame,
     upgrade_request,
 )
 from .reader import BG, ReadRoles, Waiter, poller
@@ -253,6 +254,7 @@ class Connection(ReadRoles, PacketDispatcher):
         self.close_reason: Any = None
         self.peer_end: dict[str, Any] | None = None
         self.lost_exc: ConnectionClosedError | None = None
+        self.packets_in = self.packets_out = self.bytes_in = self.bytes_out = 0
 
     # ------------------------------------------------------------------ reading
 
@@ -274,11 +276,13 @@ class Connection(ReadRoles, PacketDispatcher):
         if not data:
             self.lose(None)
             return
+        self.bytes_in += len(data)
         try:
             bodies = self.decoder.feed(data)
         except ProtocolError as exc:
             self.fatal(exc)
             return
+        self.packets_in += len(bodies)
         for body in bodies:
             if self.dead:
                 break
@@ -317,7 +321,7 @@ class Connection(ReadRoles, PacketDispatcher):
     def _on_message(self, d: Any) -> None:
         self.on_message(d)
 
-    def _on_request_packet(self, d: Any, n: str) -> None:
+    def _on_request_packet(self, d: Any, n: str, packet: dict[str, Any]) -> None:
         self.on_request(self, d, n)
 
     def _on_ping(self, d: Any, n: str) -> None:
@@ -424,6 +428,8 @@ class Connection(ReadRoles, PacketDispatcher):
             self.transmit_with(lambda: codec.encode(t, d, n), deadline)
             return
         data = codec.encode(t, d, n)
+        self.packets_out += 1
+        self.bytes_out += len(data)
         wlock = self.wlock
         if not wlock.acquire(False) and not wlock.acquire(True, _left(deadline)):
             raise SendTimeout
@@ -452,7 +458,10 @@ class Connection(ReadRoles, PacketDispatcher):
         if not wlock.acquire(False) and not wlock.acquire(True, _left(deadline)):
             raise SendTimeout
         try:
-            self._write(encode(), deadline)
+            data = encode()
+            self.packets_out += 1
+            self.bytes_out += len(data)
+            self._write(data, deadline)
         except _Broken as broken:
             wlock.release()
             self._broken(broken)
@@ -511,7 +520,13 @@ class Connection(ReadRoles, PacketDispatcher):
     # ------------------------------------------------------------------ a request and its answer
 
     def call(
-        self, t: int, data: Any, nonce: str, deadline: float | None, seconds: float | None
+        self,
+        t: int,
+        data: Any,
+        nonce: str,
+        deadline: float | None,
+        seconds: float | None,
+        extension: str | None = None,
     ) -> Any:
         """A REQUEST or PING and its answer; ``GONE`` if the connection was gone before sending.
 
@@ -535,7 +550,11 @@ class Connection(ReadRoles, PacketDispatcher):
         try:
             if t == PING:
                 w.started = time.perf_counter()
-            self.transmit(t, data, nonce, deadline)
+            if extension is None:
+                self.transmit(t, data, nonce, deadline)
+            else:  # a REQUEST of an extension: "x" beside t, d, n (packets.stats_request)
+                packet = {"t": t, "d": data, "n": nonce, "x": extension}
+                self.transmit_with(lambda: frame(self.codec.encode_body(packet)), deadline)
             if lead:
                 done = self.lead(w, deadline)  # gives the role up again
         except BaseException as exc:
@@ -562,6 +581,19 @@ class Connection(ReadRoles, PacketDispatcher):
         return w.value
 
     # ------------------------------------------------------------------ closing
+
+    def stats(self) -> dict[str, Any]:
+        """What this connection has carried and holds (the asyncio ``Endpoint.stats`` keys)."""
+        return {
+            "packets_in": self.packets_in,
+            "packets_out": self.packets_out,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "queued": 0,  # writes go straight to the socket
+            "handlers": 0,
+            "pending": len(self.pending),
+            "reading_held": [],
+        }
 
     def close_gracefully(self, reason: Any, deadline: float | None) -> None:
         """Answers to pending requests first, then END, then the socket (or drop it at ``deadline``)."""

@@ -19,7 +19,7 @@ from typing import Any, TypeVar, overload
 from .._loop import new_event_loop
 from ..address import Address
 from ..options import DEFAULT_TIMEOUT, address_args, check_timeout, option_values
-from ..server import IPCConnection, ServerOptions
+from ..server import IPCConnection, ServerOptions, serving_loop
 from ..server import IPCServer as AsyncIPCServer
 
 __all__ = ["BlockingServerOptions", "IPCServer", "check_not_serving", "serving_threads"]
@@ -39,8 +39,8 @@ _LOOP_OWNERS: dict[int, IPCServer] = {}
 
 
 def serving_threads() -> bool:
-    """Whether any blocking server runs in this process (the guard has work to do)."""
-    return bool(_LOOP_OWNERS)
+    """Whether any server runs in this process (``check_not_serving`` has work to do)."""
+    return bool(_LOOP_OWNERS) or serving_loop(None) is not None
 
 
 def check_not_serving(address: Address, what: str) -> None:
@@ -51,6 +51,19 @@ def check_not_serving(address: Address, what: str) -> None:
     Raises:
         RuntimeError: Naming the call, and what to do instead.
     """
+    loop = serving_loop(address)
+    if loop is not None and loop.is_running():
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError(
+                f"the blocking IPCClient.{what}() was called on the thread of the event loop "
+                f"that runs the IPCServer at {address}: it would wait for the loop it blocks "
+                "(deadlock). In asyncio code use ipc_server.IPCClient (await client."
+                f"{what}(...)), or make the blocking call from another thread."
+            )
     if not _LOOP_OWNERS:
         return
     server = _LOOP_OWNERS.get(_get_ident())
@@ -106,7 +119,7 @@ class IPCServer(BlockingServerOptions):
     ``server.run(connection.request(data))``.
 
     The keyword options are those of the asyncio server
-    (``ipc_server.server.ServerOptions``), plus ``loop_factory``
+    (``ipc_server.serveroptions.ServerOptions``), plus ``loop_factory``
     (``BlockingServerOptions``).
     """
 
