@@ -30,6 +30,7 @@ PUBLIC_NAMES = (
     "MessageTooLargeError",
     "Subscription",
     "Respond",
+    "compiled",
 )
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .. import __version__
+from .. import __version__, compiled
 from .._loop import run as run_loop
 from ..codecs import CODECS
 from ..errors import IPCError, RemoteError, RequestTimeoutError
@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"{PROG} {__version__} (python {sys.version.split()[0]})",
+        version=f"{PROG} {__version__} (python {sys.version.split()[0]}, "
+        f"{'compiled core' if compiled else 'pure Python'})",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
