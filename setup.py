@@ -16,8 +16,9 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED = ("protocol", "codecs", "events", "writes", "endpoint", "topics")
-"""The hot path: framing, codecs, the emitter, the asyncio protocol and its writes, topics."""
+COMPILED = ("protocol", "codecs", "events", "writes", "pending", "endpoint", "topics")
+"""The hot path: framing, codecs, the emitter, the asyncio protocol (its writes and its
+request table), topics."""
 
 
 def compile_requested() -> bool:
