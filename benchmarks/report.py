@@ -304,6 +304,11 @@ NICE_TICKS = [k * 10.0**e for e in range(-3, 3) for k in (1, 2, 5)]
 
 
 def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[str, str]) -> None:
+    """The ratios as bar charts, two a row, sized for the docs page (about 750 px wide).
+
+    Drawn at twice the width it is shown at, with fonts of 9 to 11 points,
+    so that the labels stay readable once the page scales it down.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -314,10 +319,11 @@ def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[
     metrics = [m for m in METRICS if m.key in rat]
     if not metrics:
         return
-    cols = min(4, len(metrics))
+    cols = min(2, len(metrics))
     rows = -(-len(metrics) // cols)
+    bars = max(len(rat[m.key]) for m in metrics)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(4.2 * cols, 0.35 * len(systems) * rows + 1.6), squeeze=False
+        rows, cols, figsize=(7.5, rows * (0.24 * bars + 1.0) + 0.6), squeeze=False
     )
     # tab10 repeats after ten systems; tab20 has twenty distinct colours
     palette = plt.get_cmap("tab10" if len(systems) <= 10 else "tab20")
@@ -326,22 +332,25 @@ def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[
         names = [s.name for s in systems if s.name in rat[metric.key]]
         values = [rat[metric.key][n] for n in names]
         ax.barh(range(len(names)), values, color=[colours[n] for n in names])
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
-        ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(names)), names, fontsize=9)
+        ax.set_ylim(bars - 0.5, -0.5)  # the same bar height in every panel, top down
+        ax.axvline(1.0, color="0.4", linewidth=0.8, zorder=0)  # behind the bars and labels
         ax.set_xscale("log")
-        low, high = min([*values, 1.0]) / 1.5, max([*values, 1.0]) * 2.0  # room for labels
+        low, high = min([*values, 1.0]) / 1.5, max([*values, 1.0]) * 4.0  # room for labels
         ax.set_xlim(low, high)
-        ax.xaxis.set_major_locator(FixedLocator([t for t in NICE_TICKS if low <= t <= high]))
+        ticks = [t for t in NICE_TICKS if low <= t <= high]
+        if high / low > 200:  # a wide range: the powers of ten only, or the labels collide
+            ticks = [t for t in ticks if f"{t:g}".lstrip("0.").startswith("1")]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{metric.title}\n(vs {refs[metric.key]}, {metric.unit})", fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(f"{metric.title} ({metric.unit})\nvs {refs[metric.key]}", fontsize=10)
+        ax.tick_params(axis="x", labelsize=9)
         for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.2f}", va="center", fontsize=7)
+            ax.text(v, i, f" {v:.2f}" if v < 10 else f" {v:.3g}", va="center", fontsize=8.5)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    fig.suptitle(f"Relative performance ({TIMES}, log scale, >1 = better than the reference)")
+    fig.suptitle(f"Relative performance ({TIMES}, log scale, >1 = better)", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=200)
     plt.close(fig)

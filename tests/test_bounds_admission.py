@@ -354,7 +354,7 @@ async def uid_server(**options: Any) -> AsyncIterator[tuple[IPCServer, list[str]
     server = IPCServer(**options)
     errors: list[str] = []
     server.on("error", lambda error, conn: errors.append(str(error)))
-    server.on("request", lambda request, respond, conn: respond(conn.peer.uid))
+    server.on("request", lambda request, respond, conn: respond(conn.peer and conn.peer.uid))
     await within(server.start())
     try:
         yield server, errors

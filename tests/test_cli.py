@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -20,77 +17,26 @@ from typing import Any
 import pytest
 
 import ipc_server
+from clikit import CLI, Running, events, one_error_line, run, run_async
 from ipc_server import IPCConnection, IPCServer
 from ipc_server.cli import json_arg
+from ipc_server.cli.data import DataError
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix socket paths and signals")
 
-CLI = [sys.executable, "-m", "ipc_server"]
-COMMANDS = ("serve", "send", "request", "ping", "publish", "subscribe", "bench", "demo")
-
-
-def run(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Run the command to its end (killed after ``timeout``)."""
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def events(stdout: str) -> list[dict[str, Any]]:
-    """The JSON lines of a run."""
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
-
-
-class Running:
-    """A long-running command whose JSON lines are read by a thread, waited on with deadlines."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.lines: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        threading.Thread(target=self._read_stderr, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.strip():
-                self.lines.put(json.loads(line))
-        self.lines.put(None)
-
-    def _read_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        self.stderr.extend(self.proc.stderr)
-
-    def wait_for(self, event: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
-        """The next line with ``event`` (and ``match``); fails after ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                item = self.lines.get(timeout=max(0.0, remaining))
-            except queue.Empty:
-                raise AssertionError(f"no {event!r} line within {timeout} s: {self.seen}") from None
-            if item is None:
-                self.lines.put(None)
-                raise AssertionError(f"output ended before {event!r}: {self.seen} {self.stderr}")
-            self.seen.append(item)
-            if item.get("event") == event and all(item.get(k) == v for k, v in match.items()):
-                return item
-
-    def finish(self, timeout: float = 10.0) -> int:
-        """Wait for the exit code (fails after ``timeout``)."""
-        return self.proc.wait(timeout=timeout)
-
-    def kill(self) -> None:
-        """Make sure the process is gone."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+COMMANDS = (
+    "serve",
+    "reply",
+    "send",
+    "request",
+    "ping",
+    "publish",
+    "subscribe",
+    "stats",
+    "top",
+    "bench",
+    "demo",
+)
 
 
 @pytest.fixture
@@ -141,13 +87,42 @@ def running() -> Iterator[list[Running]]:
         ("42", 42),
         ("null", None),
         ('"quoted"', "quoted"),
-        ("hello", "hello"),
-        ("hello world", "hello world"),
+        ("1.5e3", 1500.0),
+        (str(2**64 - 1), 2**64 - 1),
+        (str(-(2**63)), -(2**63)),
     ],
 )
-def test_data_argument_is_json_or_a_bare_string(text: str, value: Any) -> None:
-    """A data argument is parsed as JSON; text that is not JSON is a string."""
+def test_data_argument_is_json(text: str, value: Any) -> None:
+    """A data argument is parsed as JSON, integers up to the 64-bit bounds included."""
     assert json_arg(text) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("hello", "DATA 'hello' is not JSON"),
+        ("{bad", "DATA '{bad' is not JSON"),
+        ("", "DATA '' is not JSON"),
+        (str(2**64), "does not fit in 64 bits"),
+        (str(-(2**63) - 1), "does not fit in 64 bits"),
+        ("1" * 5000, "does not fit in 64 bits"),
+        ("[NaN]", "NaN is not JSON"),
+        ("-Infinity", "Infinity is not JSON"),
+        ("1e400", "too big for a 64-bit float"),
+    ],
+)
+def test_data_that_cannot_be_sent_is_refused(text: str, said: str) -> None:
+    """Text that is not JSON, and numbers the wire cannot carry, are refused with exit 2."""
+    with pytest.raises(DataError) as caught:
+        json_arg(text)
+    assert said in str(caught.value)
+    assert caught.value.code == 2
+
+
+def test_string_data_is_the_text_itself() -> None:
+    """With --string a data argument is the text, whatever it looks like."""
+    assert json_arg("hello world", string=True) == "hello world"
+    assert json_arg("42", string=True) == "42"
 
 
 # ---------------------------------------------------------------------- against `serve`
@@ -164,9 +139,9 @@ def test_request_echoes_json(served: Running, path: str) -> None:
     assert served.wait_for("request")["data"] == {"a": [1, 2]}
 
 
-def test_request_bare_word_with_msgpack_and_compression(served: Running, path: str) -> None:
-    """A bare word travels as a string, also over msgpack with compression."""
-    result = run("request", "--path", path, "--codec", "msgpack", "--compress", "hello")
+def test_request_string_with_msgpack_and_compression(served: Running, path: str) -> None:
+    """--string sends the text as a string, also over msgpack with compression."""
+    result = run("request", "--path", path, "--codec", "msgpack", "--compress", "--string", "hello")
     assert result.returncode == 0, result.stderr
     assert events(result.stdout)[0]["data"] == "hello"
 
@@ -271,7 +246,7 @@ def test_subscribe_survives_a_serve_restart(path: str, running: list[Running]) -
     deadline = time.monotonic() + 10
     # Its subscription is restored just after it reconnects: publish until it arrives.
     while sub.proc.poll() is None and time.monotonic() < deadline:
-        assert run("publish", "--path", path, "news", "again").returncode == 0
+        assert run("publish", "--path", path, "news", '"again"').returncode == 0
         with contextlib.suppress(subprocess.TimeoutExpired):
             sub.proc.wait(timeout=0.2)
     assert sub.finish() == 0
@@ -307,7 +282,7 @@ def test_serve_over_tcp(running: list[Running]) -> None:
     running.append(server)
     address = server.wait_for("ready")["address"]
     port = address.rsplit(":", 1)[1]
-    result = run("request", "--port", port, "tcp")
+    result = run("request", "--port", port, "-s", "tcp")
     assert result.returncode == 0, result.stderr
     assert events(result.stdout)[0]["data"] == "tcp"
 
@@ -318,15 +293,19 @@ def test_serve_over_tcp(running: list[Running]) -> None:
 def test_no_server_exits_1(path: str) -> None:
     """Every client command exits 1 with a clear message when nothing listens."""
     for args in (
-        ["request", "x"],
-        ["send", "x"],
+        ["request", "1"],
+        ["send", "1"],
         ["ping"],
-        ["publish", "t", "x"],
+        ["publish", "t", "1"],
         ["subscribe", "t"],
+        ["stats"],
+        ["top", "--count", "1"],
     ):
         result = run(*args, "--path", path)
         assert result.returncode == 1, args
-        assert "no server listening" in result.stderr, args
+        assert one_error_line(result.stderr, args[0]).endswith(
+            f"no IPC server at {path}: no such socket file (is the server running?)"
+        ), args
 
 
 @pytest.fixture
@@ -351,24 +330,9 @@ async def odd_server(path: str) -> AsyncIterator[asyncio.Event]:
         await server.close(timeout=2.0)
 
 
-async def run_async(*args: str) -> tuple[int, str, str]:
-    """Run the command while this test's loop keeps serving."""
-    proc = await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 30.0)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_request_timeout_exits_3(odd_server: asyncio.Event, path: str) -> None:
     """A request the server never answers exits 3 after --timeout."""
-    code, out, err = await run_async("request", "--path", path, "--timeout", "0.3", "hang")
+    code, out, err = await run_async("request", "--path", path, "--timeout", "0.3", '"hang"')
     assert code == 3, err
     assert out == ""
     assert "timed out" in err
@@ -376,7 +340,7 @@ async def test_request_timeout_exits_3(odd_server: asyncio.Event, path: str) -> 
 
 async def test_remote_error_exits_1(odd_server: asyncio.Event, path: str) -> None:
     """A request whose handler raises exits 1 and shows the remote exception."""
-    code, _, err = await run_async("request", "--path", path, "boom")
+    code, _, err = await run_async("request", "--path", path, "-s", "boom")
     assert code == 1
     assert "ValueError: boom" in err
 
@@ -387,15 +351,24 @@ async def test_remote_error_exits_1(odd_server: asyncio.Event, path: str) -> Non
         [],
         ["nope"],
         ["request"],
-        ["request", "x", "--timeout", "-1"],
-        ["request", "x", "--timeout", "soon"],
-        ["request", "x", "--host", "localhost"],
-        ["request", "x", "--path", "p", "--port", "1"],
-        ["request", "x", "--port", "70000"],
-        ["request", "x", "--codec", "xml"],
+        ["request", "1", "--timeout", "-1"],
+        ["request", "1", "--timeout", "soon"],
+        ["request", "1", "--host", "localhost"],
+        ["request", "1", "--path", "p", "--port", "1"],
+        ["request", "1", "--port", "70000"],
+        ["request", "1", "--codec", "xml"],
+        ["request", "hello"],
+        ["request", str(2**64)],
+        ["send", "[1, NaN]"],
+        ["publish", "t", "{bad"],
+        ["send", "1", "--payload", "{bad"],
         ["ping", "--count", "-1"],
         ["serve", "--socket-mode", "9"],
         ["serve", "--path", "/tmp/" + "x" * 200],
+        ["reply", "--echo", "--command", "cat"],
+        ["reply", "--echo", "1"],
+        ["reply", "--jobs", "0"],
+        ["top", "--interval", "0"],
         ["bench", "--workloads", "nope"],
         ["subscribe"],
     ],
@@ -405,6 +378,7 @@ def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run(*args)
     assert result.returncode == 2, (args, result.stdout, result.stderr)
     assert "error" in result.stderr
+    assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
 
@@ -475,3 +449,252 @@ def test_bench_table_text() -> None:
     assert "seq_rtt" in result.stdout
     assert "msg/s" in result.stdout
     assert "\r" not in result.stderr
+
+
+# ---------------------------------------------------------------------- - reads stdin
+
+
+def run_with_stdin(stdin: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command with ``stdin`` as its standard input."""
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=30.0)
+
+
+def test_request_dash_reads_all_of_stdin(served: Running, path: str) -> None:
+    """`request -` sends all of stdin as one JSON value (--string: as text, without its line end)."""
+    result = run_with_stdin('{"a":\n  [1, 2]}\n', "request", "--path", path, "-")
+    assert result.returncode == 0, result.stderr
+    assert events(result.stdout)[0]["data"] == {"a": [1, 2]}
+    result = run_with_stdin("two\nlines\n", "request", "--path", path, "--string", "-")
+    assert result.returncode == 0, result.stderr
+    assert events(result.stdout)[0]["data"] == "two\nlines"
+
+
+def test_send_dash_sends_one_message_per_line(served: Running, path: str) -> None:
+    """`send -` sends each line of stdin as a message, in order; blank lines are skipped."""
+    result = run_with_stdin('1\n\n"two"\n{"three": 3}\n', "send", "--path", path, "-")
+    assert result.returncode == 0, result.stderr
+    assert [line["data"] for line in events(result.stdout)] == [1, "two", {"three": 3}]
+    connect = served.wait_for("connect")
+    got = [served.wait_for("message", id=connect["id"])["data"] for _ in range(3)]
+    assert got == [1, "two", {"three": 3}]
+
+
+def test_publish_dash_string_publishes_each_line(
+    served: Running, path: str, running: list[Running]
+) -> None:
+    """`publish TOPIC --string -` publishes each line of stdin as a string."""
+    sub = Running("subscribe", "--path", path, "news", "--count", "2", "--timeout", "10")
+    running.append(sub)
+    sub.wait_for("subscribed")
+    result = run_with_stdin(
+        "hello world\n{not json}\n", "publish", "--path", path, "news", "-s", "-"
+    )
+    assert result.returncode == 0, result.stderr
+    assert sub.wait_for("message")["data"] == "hello world"
+    assert sub.wait_for("message")["data"] == "{not json}"
+    assert sub.finish() == 0
+
+
+def test_a_bad_line_of_stdin_stops_with_exit_2(served: Running, path: str) -> None:
+    """A line of stdin that is not JSON ends `send -` with exit 2, naming the line; the lines before were sent."""
+    result = run_with_stdin("1\n2\noops\n4\n", "send", "--path", path, "-")
+    assert result.returncode == 2
+    assert one_error_line(result.stderr, "send").endswith(
+        "stdin line 3 'oops' is not JSON (Expecting value at column 1); give --string to send text"
+    )
+    assert [line["data"] for line in events(result.stdout)] == [1, 2]
+
+
+def test_bad_data_is_refused_before_connecting(served: Running, path: str) -> None:
+    """Malformed JSON and integers over 64 bits: one line, exit 2, and nothing reaches the server."""
+    for data, said in (
+        ("hello", "DATA 'hello' is not JSON"),
+        (str(2**64), "does not fit in 64 bits"),
+    ):
+        result = run("request", "--path", path, data)
+        assert result.returncode == 2
+        assert said in one_error_line(result.stderr, "request")
+    result = run("request", "--path", path, '"after"')
+    assert result.returncode == 0
+    assert served.wait_for("connect")  # the first connect is the good request's
+    assert served.wait_for("request")["data"] == "after"
+
+
+# ---------------------------------------------------------------------- errors name the problem
+
+
+@pytest.fixture
+def listener(path: str) -> Iterator[Any]:
+    """A Unix socket at ``path`` that is not an IPC server: ``listener(reply)`` serves ``reply``
+    (bytes sent before hanging up; None: accept and say nothing)."""
+    import socket
+    import threading
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(8)
+    peers: list[socket.socket] = []
+
+    def serve(reply: bytes | None) -> None:
+        def loop() -> None:
+            while True:
+                try:
+                    peer, _ = sock.accept()
+                except OSError:
+                    return
+                peers.append(peer)
+                if reply is not None:
+                    with contextlib.suppress(OSError):
+                        peer.sendall(reply)
+                    peer.close()
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    try:
+        yield serve
+    finally:
+        sock.close()
+        for peer in peers:
+            peer.close()
+
+
+def test_not_an_ipc_server_is_one_line(listener: Any, path: str) -> None:
+    """A socket that answers something else: exit 1, one line naming the address, no traceback."""
+    listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    result = run("request", "--path", path, "1")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr, "request")
+    assert path in line
+    assert "IPC" in line
+
+
+def test_a_silent_socket_times_out_with_exit_3(listener: Any, path: str) -> None:
+    """A socket that never answers the handshake: exit 3 within --timeout, one line naming it."""
+    listener(None)
+    started = time.monotonic()
+    result = run("request", "--path", path, "--timeout", "0.5", "1")
+    assert result.returncode == 3
+    line = one_error_line(result.stderr, "request")
+    assert f"no answer from {path}" in line
+    assert time.monotonic() - started < 10
+
+
+def test_a_stale_socket_file_is_one_line(path: str) -> None:
+    """A socket file nobody listens on: exit 1, 'connection refused ... stale socket file'."""
+    import socket
+
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path)
+    stale.close()
+    result = run("send", "--path", path, "1")
+    assert result.returncode == 1
+    line = one_error_line(result.stderr, "send")
+    assert f"no IPC server at {path}: connection refused" in line
+    assert "stale socket file" in line
+
+
+async def test_a_refused_client_is_one_line(path: str) -> None:
+    """A server that turns the client away (full): exit 1, 'refused the connection: server full'."""
+    server = IPCServer(path=path, max_connections=1)
+    server.on("error", lambda error, connection: None)
+    await server.start()
+    holder = await ipc_server.IPCClient(path=path).connect()
+    try:
+        code, _, err = await run_async("request", "--path", path, "1")
+        assert code == 1
+        line = one_error_line(err, "request")
+        assert f"the server at {path} refused the connection" in line
+        assert "server full" in line
+    finally:
+        await holder.close()
+        await server.close()
+
+
+def test_error_lines_for_permission_and_closed_connections() -> None:
+    """The one-line wording of errors that are hard to cause as root: permission, a closed connection."""
+    from ipc_server.cli.output import error_message
+    from ipc_server.errors import ConnectionClosedError
+
+    text = "cannot connect to /run/x.sock: permission denied (the socket or its folder ...)"
+    assert error_message(PermissionError(13, text)) == (text, 1)
+    assert error_message(ConnectionClosedError("server closed")) == (
+        "connection closed: server closed",
+        1,
+    )
+    assert error_message(ValueError("a bug")) is None  # a bug keeps its traceback
+
+
+# ---------------------------------------------------------------------- serve's lines
+
+
+def test_serve_lines_have_the_time_and_log_pub_sub(
+    served: Running, path: str, running: list[Running]
+) -> None:
+    """serve's JSON lines carry an ISO time; subscribe, publish and unsubscribe are logged."""
+    import datetime
+
+    sub = Running("subscribe", "--path", path, "news", "sport", "--count", "1", "--timeout", "10")
+    running.append(sub)
+    sub.wait_for("subscribed")
+    subscribe = served.wait_for("subscribe")
+    assert subscribe["topics"] == ["news"] or subscribe["topics"] == ["news", "sport"]
+    assert run("publish", "--path", path, "news", '{"n": 1}').returncode == 0
+    publish = served.wait_for("publish", topic="news")
+    assert publish["data"] == {"n": 1}
+    assert sub.finish() == 0  # closing unsubscribes nothing explicitly; the connection goes
+    ready = served.seen[0]
+    assert ready["event"] == "ready"
+    for line in served.seen:
+        when = datetime.datetime.fromisoformat(line["time"])
+        assert when.tzinfo is not None
+        assert abs((datetime.datetime.now(datetime.timezone.utc) - when).total_seconds()) < 60
+
+
+async def test_serve_logs_unsubscribe(path: str, running: list[Running]) -> None:
+    """An unsubscribe is logged with its topics."""
+    server = Running("serve", "--path", path)
+    running.append(server)
+    server.wait_for("ready")
+    client = await ipc_server.IPCClient(path=path).connect()
+    try:
+        await client.subscribe(["a", "b"])
+        await client.unsubscribe("a")
+    finally:
+        await client.close()
+    assert server.wait_for("subscribe")["topics"] == ["a", "b"]
+    assert server.wait_for("unsubscribe")["topics"] == ["a"]
+
+
+def test_serve_text_lines_start_with_the_time(path: str) -> None:
+    """On a terminal (--format text) each line starts with HH:MM:SS.mmm and the event."""
+    import re
+
+    proc = subprocess.Popen(
+        [*CLI, "serve", "--path", path, "--format", "text"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert re.match(r"\d\d:\d\d:\d\d\.\d{3}  ready +listening on ", first), first
+        assert run("publish", "--path", path, "t", "1").returncode == 0
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert [line.split()[1] for line in lines] == ["connect", "publish", "disconnect"]
+        assert lines[1].rstrip().endswith("publish      " + lines[1].split()[2] + " [t] 1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+
+
+def test_serve_quiet_logs_no_traffic(path: str, running: list[Running]) -> None:
+    """--quiet logs connects and disconnects, not requests or publishes."""
+    server = Running("serve", "--path", path, "--quiet")
+    running.append(server)
+    server.wait_for("ready")
+    assert run("publish", "--path", path, "t", "1").returncode == 0
+    assert run("request", "--path", path, "2").returncode == 0
+    server.wait_for("disconnect")
+    server.wait_for("disconnect")
+    assert {line["event"] for line in server.seen} == {"ready", "connect", "disconnect"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -14,11 +15,13 @@ from typing import Any
 
 import pytest
 
-from ipc_server.cli.demo import DEADLINE
+from ipc_server.cli.demo import DEADLINE, PAUSE, STEPS
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="Unix socket paths")
 
 CLI = [sys.executable, "-m", "ipc_server"]
+PAUSED = DEADLINE + PAUSE * STEPS
+"""The longest a paced demo may take."""
 
 
 def _lines(stdout: str) -> list[dict[str, Any]]:
@@ -39,9 +42,9 @@ def _find(
 
 @pytest.fixture(scope="module")
 def demo_json() -> tuple[subprocess.CompletedProcess[str], float]:
-    """One JSON-lines run of the demo, shared by the tests that read it."""
+    """One JSON-lines run of the demo (paced, as a person sees it), shared by the tests that read it."""
     started = time.monotonic()
-    result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=DEADLINE + 15)
+    result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=PAUSED + 15)
     return result, time.monotonic() - started
 
 
@@ -51,10 +54,21 @@ def test_demo_exits_0_in_bounded_time(
     """The demo finishes with exit 0 well within its deadline."""
     result, seconds = demo_json
     assert result.returncode == 0, result.stdout + result.stderr
-    assert seconds < DEADLINE + 5
+    assert seconds < PAUSED + 5
     lines = _lines(result.stdout)
-    assert [line["step"] for line in lines if line["event"] == "step"] == list(range(1, 9))
+    assert [line["step"] for line in lines if line["event"] == "step"] == list(range(1, STEPS + 1))
     assert lines[-1]["event"] == "done"
+
+
+def test_demo_pauses_between_steps(
+    demo_json: tuple[subprocess.CompletedProcess[str], float],
+) -> None:
+    """A person can follow it: each step starts at least PAUSE seconds after the one before."""
+    result, seconds = demo_json
+    starts = [line["t"] for line in _lines(result.stdout) if line["event"] == "step"]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert min(gaps) >= PAUSE * 0.95, gaps
+    assert seconds >= PAUSE * (STEPS - 1)
 
 
 def test_demo_shows_each_feature(demo_json: tuple[subprocess.CompletedProcess[str], float]) -> None:
@@ -98,11 +112,16 @@ def test_demo_shows_each_feature(demo_json: tuple[subprocess.CompletedProcess[st
 
 
 def test_demo_text_output() -> None:
-    """`demo --format text` narrates each step in readable lines."""
+    """`demo --format text --fast` narrates each step in readable lines, without pauses."""
+    started = time.monotonic()
     result = subprocess.run(
-        [*CLI, "demo", "--format", "text"], capture_output=True, text=True, timeout=DEADLINE + 15
+        [*CLI, "demo", "--format", "text", "--fast"],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE + 15,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < PAUSE * (STEPS - 1)
     out = result.stdout
     for expected in (
         "-- 1. a server in its own process",

@@ -98,6 +98,11 @@ def test_mkdocs_build_strict() -> None:
         api = (Path(site) / "api" / "index.html").read_text(encoding="utf-8")
         assert "IPCServer" in api
         assert "RequestTimeoutError" in api
+        text = re.sub(r"<[^>]+>", "", api)  # the page's text, without its tags
+        # Signatures formatted one parameter a line (ruff, line_length), defaults as written.
+        assert "IPCServer(\n    *,\n    path: InitVar[str | None] = None," in text
+        assert "socket_mode: int | None = 0o600," in text
+        assert "max_topics_per_connection: int | None = 10_000," in text
         changelog = (Path(site) / "changelog" / "index.html").read_text(encoding="utf-8")
         assert "Compatibility" in changelog  # CHANGELOG.md is included, not just linked
         index = (Path(site) / "index.html").read_text(encoding="utf-8")

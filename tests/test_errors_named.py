@@ -26,15 +26,20 @@ def connect_blocking(path: str, **options: object) -> None:
     client.connect()
 
 
+def connect(front: str, path: str, **options: object) -> None:
+    """connect() with the asyncio or the blocking client."""
+    if front == "asyncio":
+        asyncio.run(connect_async(path, **options))
+    else:
+        connect_blocking(path, **options)
+
+
 @pytest.mark.parametrize("front", ["asyncio", "blocking"])
 def test_no_server_names_the_path(front: str) -> None:
     """A path with no socket: FileNotFoundError naming the path and the likely cause."""
     with short_socket_path() as path:
         with pytest.raises(FileNotFoundError) as caught:
-            if front == "asyncio":
-                asyncio.run(connect_async(path))
-            else:
-                connect_blocking(path)
+            connect(front, path)
         assert path in str(caught.value)
         assert "is the server running" in str(caught.value)
 
@@ -47,10 +52,7 @@ def test_a_stale_socket_names_the_path(front: str) -> None:
         stale.bind(path)
         stale.close()
         with pytest.raises(ConnectionRefusedError) as caught:
-            if front == "asyncio":
-                asyncio.run(connect_async(path))
-            else:
-                connect_blocking(path)
+            connect(front, path)
         assert path in str(caught.value)
         assert "stale socket file" in str(caught.value)
 
@@ -64,13 +66,18 @@ def test_a_folder_without_permission_names_the_path(front: str) -> None:
     with short_socket_path() as path:
         folder = os.path.dirname(path)
         os.chmod(folder, 0o700)  # root's; nobody may not enter
+        call = (
+            f"asyncio.run(IPCClient(path={path!r}).connect())"
+            if front == "asyncio"
+            else f"S(path={path!r}).connect()"
+        )
         code = (
             "import asyncio, importlib.util, os, sys;"
             "importlib.util.find_spec('ipc_server') or sys.path.insert(0, 'src');"
             "from ipc_server import IPCClient; from ipc_server.sync import IPCClient as S\n"
             "os.setuid(65534)\n"
             "try:\n"
-            f"    {'asyncio.run(IPCClient(path=%r).connect())' % path if front == 'asyncio' else 'S(path=%r).connect()' % path}\n"
+            f"    {call}\n"
             "except PermissionError as e: print('PE', e)\n"
         )
         out = subprocess.run(
@@ -101,10 +108,7 @@ def test_something_that_is_not_an_ipc_server(front: str) -> None:
         thread.start()
         try:
             with pytest.raises((HandshakeError, ConnectionError)) as caught:
-                if front == "asyncio":
-                    asyncio.run(connect_async(path, connect_timeout=5))
-                else:
-                    connect_blocking(path, connect_timeout=5)
+                connect(front, path, connect_timeout=5)
             assert path in str(caught.value) or isinstance(caught.value, ConnectionError)
         finally:
             thread.join(10)

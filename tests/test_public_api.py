@@ -28,6 +28,7 @@ PUBLIC_NAMES = (
     # Beyond SPEC section 1: what users need to catch errors and type handlers.
     "HandshakeError",
     "MessageTooLargeError",
+    "NoRespondersError",
     "Subscription",
     "Respond",
     "compiled",

@@ -559,7 +559,12 @@ async def test_message_listeners_changed_between_messages(server: IPCServer, pat
 async def test_only_the_exact_pubsub_shapes_are_taken_over(server: IPCServer, path: str) -> None:
     """A request that merely has a "sub", "unsub" or "pub" key reaches the handler."""
     seen: list[Any] = []
-    server.on("request", lambda request, respond, connection: respond(seen.append(request)))
+
+    def handler(request: Any, respond: Any, connection: IPCConnection) -> None:
+        seen.append(request)
+        respond(None)
+
+    server.on("request", handler)
     client = await IPCClient(path=path).connect()
     try:
         for request in (

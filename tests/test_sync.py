@@ -678,7 +678,7 @@ def test_coroutine_listeners_are_refused() -> None:
         return None
 
     with pytest.raises(TypeError, match="plain functions"):
-        IPCClient(path="/tmp/unused.sock").on("message", handler)
+        IPCClient(path="/tmp/unused.sock").on("message", handler)  # type: ignore[type-var]
 
 
 def test_once_and_off(server: IPCServer, client: IPCClient) -> None:

@@ -12,7 +12,8 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any
 
-from .clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
+from .calls import Calls
+from .clientcore import IPCClientStatus, connect_error
 from .endpoint import Endpoint, Responder
 from .errors import (
     ConnectionClosedError,
@@ -22,6 +23,7 @@ from .errors import (
     RequestTimeoutError,
 )
 from .events import EventEmitter, Tasks, settle
+from .listeners import ClientEvents
 from .options import (
     DEFAULT,
     DEFAULT_CLOSE_TIMEOUT,
@@ -31,6 +33,8 @@ from .options import (
     check_timeout,
 )
 from .packets import (
+    CALL,
+    SERVICES,
     STATS,
     Agreement,
     read_answer,
@@ -45,6 +49,7 @@ from .protocol import (
     ClientPreamble,
     upgrade_request,
 )
+from .subscriptions import SubscriptionBase
 from .transport import PeerCredentials, peer_credentials
 from .transport import connect as open_transport
 
@@ -83,6 +88,7 @@ class _ClientProtocol(Endpoint):
         if client.max_message_size > DEFAULT_MAX_HANDSHAKE_SIZE:
             self._decoder.limit_first(DEFAULT_MAX_HANDSHAKE_SIZE, "max_handshake_size")
         self.client = client
+        self._resends = True
         # The client's own rule, called straight from the receive path (one call less per message).
         self._on_message = on_message  # type: ignore[method-assign,assignment]
         self._hello = hello
@@ -138,8 +144,7 @@ class _ClientProtocol(Endpoint):
             self._fatal(exc)
             return
         self._codec.configure(messagepack=agreement.messagepack, compress=agreement.compress)
-        self.remote_errors = agreement.remote_errors
-        self.features = agreement.features
+        self._agreed(agreement.features)
         self._handshaken = True
         if not self.ready.done():
             self.ready.set_result(agreement)
@@ -150,6 +155,14 @@ class _ClientProtocol(Endpoint):
 
     def _on_request(self, data: Any, respond: Responder) -> None:
         self.client._request_arrived(data, respond, self._tasks)
+
+    def _on_request_extension(
+        self, x: Any, packet: dict[str, Any], n: str, respond: Responder
+    ) -> bool:
+        if x == CALL and SERVICES in self.features:
+            self.client._call_arrived(packet.get("s"), packet.get("d"), respond, self._tasks)
+            return True
+        return False
 
     def _on_lost(self, reason: Any, exc: BaseException | None) -> None:
         if not self.ready.done():
@@ -213,15 +226,17 @@ class Subscription(SubscriptionBase):
             raise TimeoutError(f"no message on {self.topic!r} within {limit:g} s") from None
 
 
-class IPCClient(AsyncClientOptions, ClientCore):
+class IPCClient(AsyncClientOptions, Calls, ClientEvents):
     """An IPC client for asyncio.
 
     Events: ``ready(info)``, ``error(error)``, ``close(reason)`` (closed for
     good), ``status(status)``, ``message(message)``, ``request(request,
     respond)``, and one event per subscribed topic (``handler(message)``).
 
-    The keyword options are those of ``ipc_server.options.ClientOptions``
-    plus ``max_queued`` (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ClientOptions`][ipc_server.options.ClientOptions] plus ``max_queued``
+    ([`AsyncClientOptions`][ipc_server.options.AsyncClientOptions]), described
+    there (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
@@ -266,6 +281,15 @@ class IPCClient(AsyncClientOptions, ClientCore):
 
     def _request_arrived(self, data: Any, respond: Responder, tasks: Tasks) -> None:
         self.emit_request("request", (data, respond), respond, tasks)
+
+    def _call_arrived(self, name: Any, data: Any, respond: Responder, tasks: Tasks) -> None:
+        """The server sent a call of service ``name``: its handler answers it."""
+        handler = self._service_handler(name)
+        if handler is None:
+            # Unserved while the server sent it: the caller learns that nobody serves it.
+            respond.fail(IPCError(f"this worker does not serve {name!r} (any more)"), own=True)
+            return
+        self._run_chain(f"service {name!r}", [handler], (data, respond), respond, tasks)
 
     def _connection_error(self, exc: BaseException) -> None:
         self._report(exc)
@@ -334,13 +358,24 @@ class IPCClient(AsyncClientOptions, ClientCore):
             raise error from exc
         if proto.closed:
             raise ConnectionClosedError("connection lost during the handshake")
-        topics = self._admitted(agreement)
-        if topics:
-            # After a reconnect: subscriptions are back before anyone hears "ready".
-            try:
-                await proto.request(subscribe_request(topics), _left(deadline, 0.001))
-            except IPCError as exc:
-                self._report(exc)
+        restore = self._admitted(agreement)
+        if restore:
+            # After a reconnect: subscriptions and services are back before anyone hears "ready".
+            left = _left(deadline, 0.001)
+            answers = await asyncio.gather(
+                *(
+                    proto.request(data, left)
+                    if fields is None
+                    else proto.extended_request(data, fields, left)
+                    for data, fields in restore
+                ),
+                return_exceptions=True,
+            )
+            for answer in answers:
+                if isinstance(answer, IPCError):
+                    self._report(answer)
+                elif isinstance(answer, BaseException):
+                    raise answer
             if self._proto is not proto:
                 return  # lost again: its loss has been dealt with (reconnecting or closed)
         if self._full:
@@ -514,17 +549,35 @@ class IPCClient(AsyncClientOptions, ClientCore):
     # ------------------------------------------------------------------ pub/sub
 
     async def subscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Subscribe to a topic (or several); messages are emitted under the topic's name."""
-        reply = await self.request(self._subscribe_request(topic), timeout)
-        return self._subscribe_done(topic, reply)
+        """Subscribe to a topic or pattern (or several); messages are emitted under its name.
+
+        A pattern's ``*`` matches one ``.``-separated token, a last ``>`` one or
+        more: its listeners are called ``listener(message, topic)``. With
+        ``group``, this client joins that worker group: each message goes to
+        one member of the group (and to every plain subscriber).
+
+        Raises:
+            ValueError: An invalid topic or pattern (``a..b``, ``a.>.b``, ``*x``).
+            IPCError: The server cannot match patterns or has no groups (a Node server).
+        """
+        reply = await self.request(self._subscribe_request(topic, group), timeout)
+        return self._subscribe_done(topic, reply, group=group)
 
     async def unsubscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Unsubscribe; False when it was not subscribed."""
-        return succeeded(await self.request(self._unsubscribe_request(topic), timeout))
+        """Unsubscribe (from ``group``'s subscription, if given); False when it was not subscribed."""
+        return succeeded(await self.request(self._unsubscribe_request(topic, group), timeout))
 
     async def publish(
         self, topic: str, message: Any = None, *, timeout: float | Default | None = DEFAULT

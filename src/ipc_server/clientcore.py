@@ -24,8 +24,7 @@ import logging
 import os
 import random
 import threading
-from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import (
@@ -38,6 +37,10 @@ from .errors import (
 from .events import EventEmitter, Tasks, Throttle, shorten
 from .options import RETRY_BASE, ClientOptions
 from .packets import (
+    GROUPS,
+    SERVE,
+    SERVICES,
+    WILDCARDS,
     Agreement,
     hello,
     publish_request,
@@ -47,6 +50,8 @@ from .packets import (
     topic_list,
     unsubscribe_request,
 )
+from .subscriptions import Topics
+from .topics import check_pattern, check_topic, is_pattern, matches, service_error
 from .transport import PeerCredentials
 
 __all__ = [
@@ -54,16 +59,13 @@ __all__ = [
     "TRANSITIONS",
     "ClientCore",
     "IPCClientStatus",
-    "Mailbox",
-    "SubscriptionBase",
-    "Topics",
     "attempts",
     "backoff",
     "checked_topics",
     "connect_error",
 ]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.client")
 
 
 class IPCClientStatus(enum.IntEnum):
@@ -160,163 +162,6 @@ def checked_topics(topic: str | list[str]) -> list[str]:
     return topics
 
 
-# ---------------------------------------------------------------------- subscriptions
-
-
-class Mailbox:
-    """The messages of one ``subscription()``: a FIFO, bounded or not, and its end.
-
-    The end always fits: a full mailbox drops new messages, but ``end()``
-    still ends it, and once its messages are taken it stays ended.
-    """
-
-    __slots__ = ("ended", "items", "maxsize")
-
-    def __init__(self, maxsize: int = 0) -> None:
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
-            raise ValueError(f"maxsize must be an int >= 0, not {maxsize!r}")
-        self.maxsize = maxsize
-        self.items: deque[Any] = deque()
-        self.ended = False
-
-    def put(self, message: Any) -> bool:
-        """Add ``message``; False if it was dropped (full, or ended)."""
-        if self.ended or (self.maxsize and len(self.items) >= self.maxsize):
-            return False
-        self.items.append(message)
-        return True
-
-    def end(self) -> None:
-        """No message will come any more."""
-        self.ended = True
-
-    def take(self) -> tuple[bool, Any] | None:
-        """``(True, message)``, ``(False, None)`` once ended and empty, or None: wait."""
-        if self.items:
-            return True, self.items.popleft()
-        if self.ended:
-            return False, None
-        return None
-
-
-class SubscriptionBase:
-    """Messages of one topic (``subscription()``); each front adds the waiting (``_wake``).
-
-    Attributes:
-        client: The client it belongs to.
-        topic: Its topic.
-    """
-
-    def __init__(self, client: ClientCore, topic: str, maxsize: int = 0) -> None:
-        self.client = client
-        self.topic = topic
-        self._box = Mailbox(maxsize)
-        # Without maxsize, max_pending_events bounds it by backpressure instead of by dropping.
-        self._limit = client.max_pending_events if not maxsize else 0
-        self._full = False
-
-    def _put(self, message: Any) -> None:
-        box = self._box
-        if box.put(message):
-            if self._limit and not self._full and len(box.items) >= self._limit:
-                self._full = True
-                self.client._events_full(self, True)
-            self._wake()
-
-    def _took(self) -> None:
-        """A consumer took a message: below the bound again, the client reads on."""
-        if self._full and len(self._box.items) < self._limit:
-            self._full = False
-            self.client._events_full(self, False)
-
-    def _closed(self) -> None:
-        """Its ``subscription()`` ended: what it still holds no longer holds the client."""
-        if self._full:
-            self._full = False
-            self.client._events_full(self, False)
-
-    def _end(self) -> None:
-        self._box.end()
-        self._wake()
-
-    def _wake(self) -> None:
-        """A message or the end arrived: wake a consumer waiting for one."""
-        raise NotImplementedError
-
-
-class Topics:
-    """What a client is subscribed to, and why.
-
-    Attributes:
-        confirmed: Topics the server has confirmed, in order: restored after a reconnect.
-        explicit: Topics ``subscribe()`` asked for (kept when a ``subscription()`` ends).
-        refs: Live ``subscription()`` contexts per topic.
-        streams: The subscriptions that receive each topic's messages (lists
-            are replaced, never changed, so a reader may iterate one unlocked).
-    """
-
-    __slots__ = ("confirmed", "explicit", "refs", "streams")
-
-    def __init__(self) -> None:
-        self.confirmed: dict[str, None] = {}
-        self.explicit: set[str] = set()
-        self.refs: dict[str, int] = {}
-        self.streams: dict[str, list[SubscriptionBase]] = {}
-
-    def subscribed(self, topics: list[str], *, explicit: bool) -> None:
-        """The server confirmed a subscription to ``topics``."""
-        for t in topics:
-            self.confirmed[t] = None
-            if explicit:
-                self.explicit.add(t)
-
-    def unsubscribed(self, topics: list[str]) -> None:
-        """``unsubscribe()`` was called for ``topics``."""
-        for t in topics:
-            self.confirmed.pop(t, None)
-            self.explicit.discard(t)
-
-    def open(self, sub: SubscriptionBase) -> bool:
-        """Register a ``subscription()``; True if its topic still needs subscribing.
-
-        Registered before subscribing, so that a message published right
-        after the server's answer (even in the same read) reaches it.
-        """
-        topic = sub.topic
-        self.refs[topic] = self.refs.get(topic, 0) + 1
-        self.streams[topic] = [*self.streams.get(topic, ()), sub]
-        return topic not in self.confirmed
-
-    def close(self, sub: SubscriptionBase) -> bool:
-        """Unregister a ``subscription()``; True if its topic should be unsubscribed now.
-
-        That is when no other ``subscription()`` holds it and ``subscribe()``
-        did not ask for it.
-        """
-        topic = sub.topic
-        sub._closed()
-        rest = [s for s in self.streams.get(topic, ()) if s is not sub]
-        if rest:
-            self.streams[topic] = rest
-        else:
-            self.streams.pop(topic, None)
-        count = self.refs.get(topic, 1) - 1
-        if count:
-            self.refs[topic] = count
-            return False
-        self.refs.pop(topic, None)
-        if topic in self.explicit or topic not in self.confirmed:
-            return False
-        del self.confirmed[topic]
-        return True
-
-    def end_all(self) -> None:
-        """The client closed for good: every subscription ends."""
-        for subs in self.streams.values():
-            for sub in subs:
-                sub._end()
-
-
 # ---------------------------------------------------------------------- the client
 
 
@@ -350,6 +195,8 @@ class ClientCore(ClientOptions, EventEmitter):
         self._full_lock = threading.Lock()  # the blocking front changes it from several threads
         self._log_throttle = Throttle()
         self._connects = 0  # CONNECTION exchanges that admitted this client, reconnects included
+        self._features: frozenset[str] = frozenset()  # what the server announced, last admission
+        self._served: dict[str, Callable[..., Any]] = {}  # service name -> its handler
 
     def __repr__(self) -> str:
         return f"<{type(self).__module__}.{type(self).__name__} {self.address} id={self.id!r} status={self.status.name}>"
@@ -381,17 +228,14 @@ class ClientCore(ClientOptions, EventEmitter):
         ``stats()`` (packets and bytes in and out, pending requests), or None.
         """
         registry = self._registry
-        waiting = len(self._tasks) + self._events_waiting()
-        for subs in registry.streams.values():
-            for sub in subs:
-                waiting += len(sub._box.items)
+        waiting = len(self._tasks) + self._events_waiting() + registry.waiting()
         return {
             "id": self.id,
             "address": str(self.address),
             "status": self.status.name,
             "connects": self._connects,
             "reconnects": max(0, self._connects - 1),
-            "topics": len(registry.confirmed),
+            "topics": len(registry.names()),
             "events_waiting": waiting,
             "connection": self._connection_stats(),
         }
@@ -492,17 +336,24 @@ class ClientCore(ClientOptions, EventEmitter):
         """This client's CONNECTION packet (its payload, and its id once it has one)."""
         return hello(self._payload, self.id, compress=self.compress, codec=self.codec)
 
-    def _admitted(self, agreement: Agreement) -> list[str]:
-        """The server answered: record its answer; return the topics to subscribe again."""
+    def _admitted(self, agreement: Agreement) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The server answered: record its answer; return the requests that restore what
+        this client had (subscriptions, services), to send before it is ready."""
         info = agreement.info
         self.info = info
+        self._features = agreement.features
         self._connects += 1
         if isinstance(info.get("id"), str):
             self.id = info["id"]
-        return list(self._registry.confirmed)
+        return self._restore_requests()
+
+    _logger = logger
 
     def _ready(self) -> None:
         """Admitted (and topics restored): READY, waiters go on, ``ready`` is emitted."""
+        if logger.isEnabledFor(logging.INFO):
+            again = " again" if self._connects > 1 else ""
+            logger.info("connected%s to %s as %s", again, self.address, shorten(self.id))
         self._set_status(IPCClientStatus.READY)
         self._wake_waiters(None)
         self._emit("ready", self.info)
@@ -528,6 +379,7 @@ class ClientCore(ClientOptions, EventEmitter):
             return False, peer_end.get("m")  # the server closed us for good
         if ended_here or not self.reconnect or self.retries == 0:
             return False, reason
+        logger.info("connection to %s lost (%s); reconnecting", self.address, shorten(reason, 200))
         return True, reason
 
     def _retry_delays(self) -> Iterator[float]:
@@ -557,6 +409,7 @@ class ClientCore(ClientOptions, EventEmitter):
         self._registry.end_all()
         self._set_status(IPCClientStatus.IDLE)
         if first:
+            logger.info("closed (%s): %s", self.address, shorten(reason, 200))
             self._emit("close", reason)
 
     def _closed_error(self) -> ConnectionClosedError:
@@ -584,34 +437,101 @@ class ClientCore(ClientOptions, EventEmitter):
 
     @property
     def topics(self) -> list[str]:
-        """Topics this client is subscribed to (restored after a reconnect)."""
-        return list(self._registry.confirmed)
+        """Topics and patterns this client is subscribed to (restored after a reconnect)."""
+        return self._registry.names()
 
-    @staticmethod
-    def _subscribe_request(topic: str | list[str]) -> dict[str, Any]:
-        checked_topics(topic)
-        return subscribe_request(topic)
+    def _pubsub_check(self, topics: list[str], group: str | None) -> None:
+        """Refuse, before anything is sent, what this server cannot do (once it is known)."""
+        if group is not None:
+            if not isinstance(group, str):
+                raise TypeError(f"group must be a str, not {type(group).__name__}")
+            if not group:
+                raise ValueError("group must be a non-empty str")
+        if not self._connects:
+            return  # nothing known of the server yet
+        features = self._features
+        if group is not None and GROUPS not in features:
+            raise IPCError(
+                f"the server at {self.address} has no worker groups (not a server of this library)"
+            )
+        if WILDCARDS not in features and any(is_pattern(t) for t in topics):
+            raise IPCError(
+                f"the server at {self.address} does not match wildcard topics "
+                "(not a server of this library)"
+            )
 
-    def _subscribe_done(self, topic: str | list[str], reply: Any, *, explicit: bool = True) -> bool:
+    def _subscribe_request(
+        self, topic: str | list[str], group: str | None = None
+    ) -> dict[str, Any]:
+        topics = checked_topics(topic)
+        for t in topics:
+            check_pattern(t)
+        self._pubsub_check(topics, group)
+        return subscribe_request(topic, group)
+
+    def _subscribe_done(
+        self,
+        topic: str | list[str],
+        reply: Any,
+        *,
+        explicit: bool = True,
+        group: str | None = None,
+    ) -> bool:
         ok = succeeded(reply)
         if ok:
-            self._registry.subscribed(checked_topics(topic), explicit=explicit)
+            self._registry.subscribed(checked_topics(topic), explicit=explicit, group=group)
         return ok
 
-    def _unsubscribe_request(self, topic: str | list[str]) -> dict[str, Any]:
-        self._registry.unsubscribed(checked_topics(topic))
-        return unsubscribe_request(topic)
+    def _unsubscribe_request(
+        self, topic: str | list[str], group: str | None = None
+    ) -> dict[str, Any]:
+        topics = checked_topics(topic)
+        self._pubsub_check([], group)
+        self._registry.unsubscribed(topics, group)
+        return unsubscribe_request(topic, group)
+
+    def _restore_requests(self) -> list[tuple[Any, dict[str, Any] | None]]:
+        """The requests that put this client's subscriptions and services back on a new
+        connection: ``(data, extension fields or None)``."""
+        requests: list[tuple[Any, dict[str, Any] | None]] = [
+            (subscribe_request(topics, group), None) for topics, group in self._registry.restore()
+        ]
+        requests.extend((name, {"x": SERVE}) for name in self._served)
+        return requests
+
+    # ------------------------------------------------------------------ services
+
+    def _service_check(self, name: str) -> None:
+        """Refuse a service name that is not one, or a server without services.
+
+        Raises:
+            TypeError, ValueError: ``name`` is not a topic-like name (tokens, no wildcard).
+            IPCError: The server has no services (a Node server).
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"a service name is a str, not {type(name).__name__}")
+        error = service_error(name)
+        if error is not None:
+            raise ValueError(f"invalid service name: {error}")
+        if self._connects and SERVICES not in self._features:
+            raise IPCError(
+                f"the server at {self.address} has no services (not a server of this library)"
+            )
+
+    def _service_handler(self, name: Any) -> Callable[..., Any] | None:
+        """The handler this client serves ``name`` with, if it does."""
+        return self._served.get(name) if isinstance(name, str) else None
 
     @staticmethod
     def _publish_request(topic: str, message: Any) -> dict[str, Any]:
-        if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        check_topic(topic)
         return publish_request(topic, message)
 
-    @staticmethod
-    def _subscription_topic(topic: str) -> str:
+    def _subscription_topic(self, topic: str) -> str:
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        check_pattern(topic)
+        self._pubsub_check([topic], None)
         return topic
 
     def _message_arrived(self, data: Any) -> None:
@@ -624,9 +544,14 @@ class ClientCore(ClientOptions, EventEmitter):
         # A topic named like a built-in event ("close", "error", ...) would fire
         # that event's listeners: such topics reach subscription() only.
         message = data["message"]
-        subs = self._registry.streams.get(topic)
-        if subs:
-            for sub in subs:
-                sub._put(message)
+        registry = self._registry
+        if registry.streams:
+            registry.deliver(topic, message)
         if topic not in RESERVED_EVENTS:
             self._emit(topic, message)
+        if registry.patterns:
+            # Each matching pattern's subscriptions and listeners get it too, with the topic.
+            for pattern in registry.patterns:
+                if matches(pattern, topic):
+                    registry.deliver(pattern, (topic, message))
+                    self._emit(pattern, message, topic)

@@ -358,8 +358,23 @@ class PacketCodec:
         size = len(body)
         return (_SMALL_TAGS[size] if size < 0x4000 else encode_tag(size)) + body
 
-    def encode_parts(self, t: int, d: Any, n: str | None = None) -> Encoded:
+    def size_of(self, value: Any) -> int:
+        """The bytes ``value`` takes in a body of this codec (before compression).
+
+        Raises:
+            TypeError: The codec cannot encode ``value``.
+        """
+        try:
+            return len(self._pack(value))
+        except TypeError:
+            return len(self._pack_slow(value))
+
+    def encode_parts(
+        self, t: int, d: Any, n: str | None = None, extra: dict[str, Any] | None = None
+    ) -> Encoded:
         """Like ``encode``; a big payload may come back in parts, or still to compress.
+
+        ``extra`` holds the extension fields of the packet (``packets.request_fields``).
 
         With msgpack and no compression, a ``bytes`` ``d`` of ``BIG_BODY``
         bytes or more is not copied: the result is ``[tag + head, d, tail]``
@@ -373,9 +388,12 @@ class PacketCodec:
         Raises:
             TypeError: ``d`` holds something the codec cannot encode.
         """
-        if d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
+        if extra is not None:
+            packet = {"t": t, "d": d, "n": n, **extra}
+        elif d.__class__ is bytes and self._bin_parts and len(d) >= BIG_BODY:
             return self._bin_packet(t, d, n)
-        packet = {"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}
+        else:
+            packet = {"t": t, "d": d} if n is None else {"t": t, "d": d, "n": n}
         try:
             body: bytes = self._pack(packet)
         except TypeError:

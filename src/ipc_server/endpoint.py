@@ -31,7 +31,8 @@ from .errors import (
     MessageTooLargeError,
     ProtocolError,
 )
-from .events import Tasks, all_done
+from .events import Tasks, all_done, shorten
+from .extensions import Extensions
 from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
 from .packets import (
     MESSAGE,
@@ -46,16 +47,17 @@ from .packets import (
 )
 from .pending import Pending, RequestTable, Unanswered
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Body, FrameDecoder
+from .streams import StreamReader
 from .transport import release_lost
 from .writes import Responder, Writes
 
 __all__ = ["Endpoint", "Responder"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.endpoint")
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)
-class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol):
+class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 
     Subclass hooks: ``_on_preamble`` (bytes before packets),
@@ -83,6 +85,9 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self._init_requests(nonces if nonces is not None else itertools.count(1))
         self._init_writes(max_queued, hold_while_paused, write_deadline)
         self._cancel_on_lost = cancel_on_lost
+        # A client's end: after an END that allows it, its unanswered requests are kept, to be
+        # sent again on its next connection (a server's connection has none: they fail).
+        self._resends = False
         self._handshaken = False
         self._closing = False
         self._aborted = False
@@ -104,10 +109,16 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self._probes = 0  # keepalive pings sent since the peer was last heard
         self._halted = False  # held or aborted: dispatch no further packet
         self._held: list[Body] = []
+        self._skip: set[str] = set()  # held requests a held cancel notice names: never run
         self.remote_errors = False
         """Whether the peer announced the ``errors`` extension."""
         self.features: frozenset[str] = frozenset()
         """The extensions both ends announced (``packets.FEATURES``)."""
+        self._running: dict[str, Responder] = {}
+        """Handlers of the peer's requests that suspended (and streams being sent), by
+        nonce, while the peer can cancel them (``cancel``) or grant credit (``streams``)."""
+        self._streams: dict[str, StreamReader] = {}
+        """Streams this end asked for and is reading, by nonce (``streams.StreamReader``)."""
         self.unanswered: list[Unanswered] = []
         """Once lost after an END that allows a reconnect from a ``retry`` peer: the
         requests it did not run, to send again on the next connection (``resend``)."""
@@ -204,6 +215,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         """
         loads = self._codec.loads
         plain = self._codec.plain_size  # longer bodies may hold too many objects: decode counts
+        skip = self._skip
         for body in bodies:
             if self._halted:
                 self._held.append(body)  # this one and the rest wait (see _read_bodies)
@@ -216,6 +228,8 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
                 t = packet.get("t")
                 try:
                     if t is MESSAGE:
+                        if len(packet) > 2 and self._on_message_extension(packet):
+                            continue
                         self._on_message(packet.get("d"))
                         continue
                     n = packet.get("n")
@@ -223,12 +237,12 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
                         if t is RESPONSE:
                             self._on_response(n, packet)
                             continue
-                        if t is REQUEST:  # _handle_request, inlined
-                            if self._closing:
-                                continue  # after END (or on its way) no request is run
-                            if len(packet) > 3 and self._on_extension(packet, n):
-                                continue
+                        if t is REQUEST:  # _on_request_packet, inlined
+                            if self._closing or n in skip:
+                                continue  # after END (or on its way), or cancelled: not run
                             respond = Responder(self, n)
+                            if len(packet) > 3 and self._on_extension(packet, n, respond):
+                                continue
                             try:
                                 self._on_request(packet.get("d"), respond)
                             except Exception as exc:
@@ -289,7 +303,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self._drop_output()
         end = self._peer_end
         reason, error = loss(end, self._close_reason, exc, self._destroyed, self.features)
-        keep = end is not None and bool(end.get("a")) and "retry" in self.features
+        keep = self._resends and end is not None and bool(end.get("a")) and "retry" in self.features
         self.unanswered = self._fail_all(error, keep)
         if self._cancel_on_lost:
             for task in list(self._tasks):
@@ -308,6 +322,9 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
             self._lost_exc = error
         kept = self._fail_pending(error, keep)
         self._wake_writers(error)
+        for reader in list(self._streams.values()):
+            reader.fail(error)
+        self._running.clear()
         return kept
 
     # ------------------------------------------------------------------ dispatch
@@ -322,18 +339,11 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         self._report(exc)
 
     def _on_request_packet(self, d: Any, n: str, packet: dict[str, Any]) -> None:
-        if len(packet) > 3 and self._on_extension(packet, n):
-            return
-        self._handle_request(d, n)
-
-    def _on_extension(self, packet: dict[str, Any], n: str) -> bool:
-        """A REQUEST with more than ``t``, ``d``, ``n`` (``packets.STATS``): True if taken."""
-        return False
-
-    def _handle_request(self, d: Any, n: str) -> None:
-        if self._closing:
+        if self._closing or n in self._skip:
             return  # after END (or on its way) no request is run (packets.FEATURES: retry)
         respond = Responder(self, n)
+        if len(packet) > 3 and self._on_extension(packet, n, respond):
+            return
         try:
             self._on_request(d, respond)
         except Exception as exc:  # e.g. a published message too deep to encode
@@ -402,7 +412,7 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
 
     def server_stats(self, connections: bool, timeout: float | None) -> Coroutine[Any, Any, Any]:
         """Ask the peer, a server of this library, for its ``stats()`` (``packets.STATS``)."""
-        return self._ask(REQUEST, connections, timeout, extension=STATS)
+        return self._ask(REQUEST, connections, timeout, fields={"x": STATS})
 
     async def _after_drain(self, pending: Pending) -> Any:
         # Over the high-water mark: the requester waits for the writes to drain first.
@@ -541,7 +551,10 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
         if self._halted or not held:
             return
         self._held = []
+        self._drop_cancelled(held)
         self._read_bodies(held)
+        if not self._halted:
+            self._skip.clear()
         if not self._halted and not self._held and self._transport is not None:
             self._transport.resume_reading()
 
@@ -674,4 +687,4 @@ class Endpoint(Writes, RequestTable, PacketDispatcher, asyncio.BufferedProtocol)
 
     def _report(self, exc: BaseException) -> None:
         """Report a problem on the owner's ``error`` event."""
-        logger.warning("ipc_server: %s", exc)
+        logger.warning("%s: %s", type(exc).__name__, shorten(exc, 500))

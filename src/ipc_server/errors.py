@@ -10,6 +10,7 @@
     ├── ProtocolError                  (also a ValueError) the peer sent something malformed
     │   └── MessageTooLargeError       ... a packet over a bound; ``option`` names it
     ├── HandshakeError                 the CONNECTION exchange failed or was refused
+    ├── NoRespondersError              a call() to a service no worker serves
     └── RemoteError                    the peer's handler raised; carries ``type`` and ``message``
 
 Misuse by the caller (a wrong argument) raises plain ``TypeError`` / ``ValueError``.
@@ -26,6 +27,7 @@ __all__ = [
     "HandshakeError",
     "IPCError",
     "MessageTooLargeError",
+    "NoRespondersError",
     "ProtocolError",
     "RemoteError",
     "RequestTimeoutError",
@@ -148,6 +150,18 @@ class HandshakeError(IPCError):
     def __init__(self, reason: object) -> None:
         self.reason = reason
         super().__init__(f"handshake failed: {reason}")
+
+
+class NoRespondersError(IPCError):
+    """A ``call()`` named a service that no worker serves (raised at once, not a timeout).
+
+    Attributes:
+        service: The service's name.
+    """
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        super().__init__(f"no worker serves {service!r}")
 
 
 class RemoteError(IPCError):

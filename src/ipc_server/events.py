@@ -17,8 +17,8 @@ import enum
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, TypeVar, cast, overload
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from typing import Any, Final, TypeVar, cast, overload
 
 from mypy_extensions import mypyc_attr
 
@@ -39,7 +39,7 @@ __all__ = [
 
 _EAGER = sys.version_info >= (3, 12)
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.events")
 
 LISTENER_ERRORS = (Exception, asyncio.CancelledError)
 """What a listener may raise and have reported on ``error``: anything but
@@ -69,14 +69,15 @@ class IPCEvents:
     Published messages are emitted under their topic's own name.
     """
 
-    READY = "ready"
-    ERROR = "error"
-    CONNECT = "connect"
-    DISCONNECT = "disconnect"
-    CLOSE = "close"
-    STATUS = "status"
-    MESSAGE = "message"
-    REQUEST = "request"
+    # Final: type checkers read each as its literal, so on(IPCEvents.READY, f) is typed as on("ready", f).
+    READY: Final = "ready"
+    ERROR: Final = "error"
+    CONNECT: Final = "connect"
+    DISCONNECT: Final = "disconnect"
+    CLOSE: Final = "close"
+    STATUS: Final = "status"
+    MESSAGE: Final = "message"
+    REQUEST: Final = "request"
 
 
 class _Done:
@@ -250,15 +251,22 @@ class Respond(abc.ABC):
     waits only while the connection is over its write high-water mark; in
     the blocking client it is already done). A second call raises
     ``RuntimeError``. If no listener answers, the requester gets ``None``.
+    ``respond.stream(items)`` answers with many items instead (the asyncio
+    ends: ``Responder.stream``).
 
     Attributes:
         done: Whether an answer was sent.
+        deadline: When the requester gives up, on the clock of the loop that
+            runs the handler (``loop.time()``; ``time.monotonic()`` in the
+            blocking client), from the timeout it sent along (a peer of this
+            library); None without one, for streams, and for Node requesters.
     """
 
-    __slots__ = ("done",)
+    __slots__ = ("deadline", "done")
 
     def __init__(self) -> None:
         self.done = False
+        self.deadline: float | None = None
 
     @abc.abstractmethod
     def __call__(self, data: Any = None) -> Awaitable[None]:
@@ -268,15 +276,26 @@ class Respond(abc.ABC):
     def fail(self, exc: BaseException) -> None:
         """Answer with an error: a listener raised ``exc`` (the requester gets ``RemoteError``)."""
 
+    def stream(self, items: Iterable[Any]) -> Awaitable[None]:
+        """Answer with the items of ``items``: here, collected into one list answer."""
+        return self(list(items))
+
     def finish(self) -> None:
         """End of the listener chain: answer ``None`` if nobody answered (never a hang)."""
         if not self.done:
             self(None)
 
+    def _track(self, task: asyncio.Task[Any], first: Awaitable[Any]) -> None:  # noqa: B027 - a hook
+        """The listener chain suspended and goes on in ``task``, which awaits ``first`` (the
+        listener's coroutine) once it starts: a peer may cancel it."""
+
 
 @mypyc_attr(allow_interpreted_subclasses=True)
 class EventEmitter:
     """Ordered listeners per event name; plain functions or coroutine functions."""
+
+    _logger = logger
+    """Where a listener's exception is logged when nobody listens to ``error``."""
 
     def __init__(self) -> None:
         # Copy-on-write: a list here is never changed in place, so emit() can
@@ -485,7 +504,9 @@ class EventEmitter:
                 awaitable.close()
             raise RuntimeError(f"{event!r} listener {fn!r} needs a running event loop")
         coro = self._finish_chain(event, awaitable, rest, args, responder)
-        start_task(coro, self._tasks if tasks is None else tasks)
+        task = start_task(coro, self._tasks if tasks is None else tasks)
+        if task is not None and responder is not None:
+            responder._track(task, awaitable)
 
     async def _finish_chain(
         self,
@@ -531,4 +552,10 @@ class EventEmitter:
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
         """A listener of ``event`` (called with ``args``) raised: report it on ``error``, or log it."""
         if event == "error" or not self.emit("error", exc):
-            logger.error("unhandled exception in %r listener", event, exc_info=exc)
+            self._logger.error(
+                "a %r listener raised %s: %s",
+                event,
+                type(exc).__name__,
+                shorten(exc, 500),
+                exc_info=exc,
+            )

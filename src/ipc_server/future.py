@@ -43,6 +43,11 @@ class Pending(asyncio.Future[Any], Coroutine[Any, Any, Any]):
     _nonce: str
     _steps: Generator[Any, None, Any]
 
+    @property
+    def nonce(self) -> str | None:
+        """The request's nonce (None if it failed before it was sent)."""
+        return getattr(self, "_nonce", None)
+
     def cancel(self, msg: Any = None) -> bool:
         """Cancel the request: its answer, if one comes, is dropped."""
         if not super().cancel(msg):

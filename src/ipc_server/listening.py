@@ -30,7 +30,7 @@ if sys.platform != "win32":
 
 __all__ = ["Listener", "ProtocolFactory", "listen"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.server")
 
 ProtocolFactory = Callable[[], asyncio.BaseProtocol]
 

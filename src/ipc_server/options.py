@@ -133,10 +133,13 @@ class ClientOptions:
         connect_timeout: Bound on connecting plus the CONNECTION exchange.
         codec: ``"json"`` or ``"msgpack"`` (asked for; used if the server agrees).
         compress: Ask for compression.
-        max_message_size: Largest packet body accepted, before and after inflating.
+        max_message_size: Largest packet body accepted, before and after
+            inflating (64 MiB).
         max_packet_objects: Most containers (dicts and lists) one packet may
-            hold, counted before or while it is decoded; more closes the connection.
-        request_timeout: Default timeout of ``request``, ``ping`` and the pub/sub calls.
+            hold (1,000,000), counted before or while it is decoded; more
+            closes the connection.
+        request_timeout: Default timeout of ``request``, ``ping`` and the
+            pub/sub calls, in seconds (10).
         max_pending_events: Pushed messages that may wait for their listeners
             (coroutine listeners still running; the blocking client's listener
             thread) or in a ``subscription()`` without ``maxsize``; beyond it
@@ -192,7 +195,7 @@ class AsyncClientOptions(ClientOptions):
 
     Args:
         max_queued: Bytes that may queue unsent before the connection is dropped
-            (the blocking client writes directly and queues nothing).
+            (64 MiB; the blocking client writes directly and queues nothing).
     """
 
     max_queued: int = DEFAULT_MAX_QUEUED

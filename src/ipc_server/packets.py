@@ -19,41 +19,69 @@ from .errors import (
     ConnectionClosedError,
     ConnectionDestroyedError,
     HandshakeError,
+    IPCError,
+    NoRespondersError,
     ProtocolError,
     RemoteError,
+    RequestTimeoutError,
 )
 from .protocol import frame
 
 __all__ = [
+    "CALL",
+    "CANCEL",
     "CONNECTION",
+    "CREDIT",
     "END",
     "FEATURES",
+    "GROUPS",
+    "ITEM",
+    "LAST",
+    "MAX_WINDOW",
     "MESSAGE",
     "PING",
     "PONG",
     "PUBSUB_KEYS",
     "REQUEST",
     "RESPONSE",
+    "SERVE",
+    "SERVICES",
+    "SERVICE_REQUESTS",
     "STATS",
+    "STREAM",
+    "STREAMS",
+    "UNSERVE",
+    "WILDCARDS",
     "Agreement",
     "Hello",
     "IPCMessageType",
     "PacketDispatcher",
     "answer",
+    "call_fields",
+    "cancel_notice",
+    "credit_notice",
     "delivery",
     "end",
     "error_answer",
+    "error_fields",
+    "extension_packet",
     "hello",
     "loss",
     "publish_request",
     "published_topic",
     "pubsub_reply",
     "read_answer",
+    "read_deadline",
     "read_end",
     "read_error",
     "read_hello",
     "read_pubsub",
+    "read_window",
+    "request_fields",
     "stats_request",
+    "stream_answer",
+    "stream_item",
+    "stream_last",
     "subscribe_request",
     "succeeded",
     "topic_list",
@@ -85,7 +113,25 @@ END = IPCMessageType.END.value
 STATS = "stats"
 """The extension of a REQUEST packet that asks a server for its ``stats()`` (``"x": "stats"``)."""
 
-FEATURES: tuple[str, ...] = ("errors", "retry", STATS)
+WILDCARDS = "wildcards"
+GROUPS = "groups"
+SERVICES = "services"
+STREAMS = "streams"
+CANCEL = "cancel"
+
+# The ``x`` of the packets of those extensions (docs/protocol.md, sections 10 to 13).
+SERVE = "serve"
+UNSERVE = "unserve"
+CALL = "call"
+STREAM = "stream"
+ITEM = "item"
+LAST = "end"
+CREDIT = "credit"
+
+SERVICE_REQUESTS = frozenset({SERVE, UNSERVE, CALL})
+"""The ``x`` of the REQUEST packets a server answers for the ``services`` extension."""
+
+FEATURES: tuple[str, ...] = ("errors", "retry", STATS, WILDCARDS, GROUPS, SERVICES, STREAMS, CANCEL)
 """Extensions this library announces in the CONNECTION packet (docs/protocol.md, section 5).
 
 ``errors``: a failed request handler answers with a RESPONSE carrying
@@ -98,6 +144,14 @@ request it did not answer before that END; the client may send them again
 ``stats``: a REQUEST packet with ``"x": "stats"`` (beside ``t``, ``d``, ``n``)
 asks the server for its ``stats()``; it is answered only to peers its
 ``allow_stats`` lets in (else an error answer), and never reaches a handler.
+
+``wildcards``: the server matches subscriptions as patterns (``*`` one token,
+``>`` the rest; ``topics.py``). ``groups``: ``{"sub": t, "group": g}`` joins a
+worker group. ``services``: ``"x": "serve"``/``"unserve"`` register a worker,
+``"x": "call"`` with ``"s": name`` calls one. ``streams``: ``"x": "stream"``
+asks for an answer in items, with a credit window. ``cancel``: a requester
+that gives up sends a cancel notice, and a REQUEST may carry ``"dl"``, the
+seconds its requester waits.
 """
 
 
@@ -256,25 +310,67 @@ def loss(
 # ---------------------------------------------------------------------- errors
 
 
-def error_answer(codec: PacketCodec, nonce: Any, exc: BaseException, remote_errors: bool) -> bytes:
+def error_answer(
+    codec: PacketCodec, nonce: Any, exc: BaseException, remote_errors: bool, *, own: bool = False
+) -> bytes:
     """The RESPONSE that tells the requester its request failed with ``exc``, framed.
 
     A peer that announced the ``errors`` extension reads ``"e"`` as a
     ``RemoteError``; any other peer gets ``{"error": {...}}`` as the answer,
-    a value it can read.
+    a value it can read. With ``own``, ``exc`` is this library's own error
+    (a ``call()`` with no worker, say): a peer of this library raises it as
+    that class (``read_error``). A ``RemoteError`` is passed on as the
+    error it carries.
     """
-    error = {"type": type(exc).__name__, "message": str(exc)}
+    error = error_fields(exc, own)
     if remote_errors:
         return frame(codec.encode_body({"t": RESPONSE, "d": None, "n": nonce, "e": error}))
     return codec.encode(RESPONSE, {"error": error}, nonce)
 
 
-def read_error(packet: dict[str, Any]) -> RemoteError | None:
-    """The ``RemoteError`` a RESPONSE carries (``errors`` extension), or None."""
+def error_fields(exc: BaseException, own: bool = False) -> dict[str, Any]:
+    """The ``"e"`` of an error answer: ``{"type", "message"}`` (and, with ``own``, what
+    rebuilds this library's error: ``"ipc": true`` and its attributes)."""
+    if isinstance(exc, RemoteError):
+        return {"type": exc.type, "message": exc.message}
+    error: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    if own:
+        error["ipc"] = True
+        for name in ("option", "timeout", "reason", "service"):
+            value = getattr(exc, name, None)
+            if value is None or isinstance(value, (str, int, float)):
+                if value is not None:
+                    error[name] = value
+            else:
+                error[name] = str(value)
+    return error
+
+
+def read_error(packet: dict[str, Any]) -> IPCError | None:
+    """The error a RESPONSE carries (``errors`` extension), or None.
+
+    A ``RemoteError``, or the library's own error a server marked as such
+    (``error_fields`` with ``own``): ``NoRespondersError``, ``RequestTimeoutError``,
+    ``ConnectionClosedError`` or ``IPCError``.
+    """
     error = packet.get("e")
     if error is None or type(error) is not dict:
         return None
-    return RemoteError(str(error.get("type")), str(error.get("message", "")))
+    kind = str(error.get("type"))
+    message = str(error.get("message", ""))
+    if error.get("ipc") is True:
+        if kind == "NoRespondersError":
+            return NoRespondersError(str(error.get("service", "")))
+        if kind == "RequestTimeoutError":
+            timeout = error.get("timeout")
+            seconds = float(timeout) if isinstance(timeout, (int, float)) else 0.0
+            return RequestTimeoutError(seconds)
+        if kind in ("ConnectionClosedError", "ConnectionDestroyedError"):
+            return ConnectionClosedError(error.get("reason", message))
+        if kind == "IPCError":
+            option = error.get("option")
+            return IPCError(message, option=option if isinstance(option, str) else None)
+    return RemoteError(kind, message)
 
 
 # ---------------------------------------------------------------------- pub/sub
@@ -289,14 +385,14 @@ def topic_list(value: Any) -> list[str] | None:
     return None
 
 
-def subscribe_request(topic: str | list[str]) -> dict[str, Any]:
-    """The request that subscribes to ``topic`` (one or several)."""
-    return {"sub": topic}
+def subscribe_request(topic: str | list[str], group: str | None = None) -> dict[str, Any]:
+    """The request that subscribes to ``topic`` (one or several), in worker ``group`` if given."""
+    return {"sub": topic} if group is None else {"sub": topic, "group": group}
 
 
-def unsubscribe_request(topic: str | list[str]) -> dict[str, Any]:
-    """The request that unsubscribes from ``topic`` (one or several)."""
-    return {"unsub": topic}
+def unsubscribe_request(topic: str | list[str], group: str | None = None) -> dict[str, Any]:
+    """The request that unsubscribes from ``topic`` (one or several), or leaves ``group``."""
+    return {"unsub": topic} if group is None else {"unsub": topic, "group": group}
 
 
 def stats_request(nonce: str, connections: bool = False) -> dict[str, Any]:
@@ -314,15 +410,18 @@ PUBSUB_KEYS = frozenset({"sub", "unsub", "pub"})
 ``read_pubsub`` decides)."""
 
 
-def read_pubsub(data: Any) -> tuple[str, Any, Any] | None:
-    """``(kind, topics or topic, message)`` if a request is a pub/sub one, else None.
+def read_pubsub(data: Any, groups: bool = False) -> tuple[str, Any, Any] | None:
+    """``(kind, topics or topic, message or group)`` if a request is a pub/sub one, else None.
 
     Only the exact shapes are: ``{"sub": topics}``, ``{"unsub": topics}``,
     ``{"pub": topic, "message": m}`` (or ``{"pub": topic}``, which a Node peer
-    sends for an undefined message), and nothing else in the dict. Any other
-    request, ``{"user": "ann", "sub": "premium"}`` included, is the handlers'.
+    sends for an undefined message), and nothing else in the dict; with
+    ``groups`` (the peer announced the extension) also ``{"sub": topics,
+    "group": g}`` and ``{"unsub": topics, "group": g}``. Any other request,
+    ``{"user": "ann", "sub": "premium"}`` included, is the handlers'.
     ``kind`` is ``"sub"``, ``"unsub"`` or ``"pub"``; the second item is what
-    the request named, unchecked (``topic_list`` reads it).
+    the request named, unchecked (``topic_list`` reads it); the third is the
+    message of a ``pub``, the group of a ``sub`` or ``unsub`` (None: none).
     """
     if type(data) is not dict:
         return None
@@ -334,8 +433,14 @@ def read_pubsub(data: Any) -> tuple[str, Any, Any] | None:
             return "unsub", data["unsub"], None
         if "pub" in data:
             return "pub", data["pub"], None
-    elif size == 2 and "pub" in data and "message" in data:
-        return "pub", data["pub"], data["message"]
+    elif size == 2:
+        if "pub" in data and "message" in data:
+            return "pub", data["pub"], data["message"]
+        if groups and "group" in data:
+            if "sub" in data:
+                return "sub", data["sub"], data["group"]
+            if "unsub" in data:
+                return "unsub", data["unsub"], data["group"]
     return None
 
 
@@ -365,6 +470,88 @@ def published_topic(data: Any) -> str | None:
         if topic.__class__ is str and "message" in data:
             return topic
     return None
+
+
+# ---------------------------------------------------------------------- the pattern extensions
+
+MAX_WINDOW = 10_000
+"""The largest credit window a stream may ask for (``"w"``); more is read as this."""
+
+
+def extension_packet(t: int, data: Any, nonce: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A REQUEST (or MESSAGE) with extension ``fields`` beside ``t``, ``d``, ``n``: ``"x"``
+    (what it is), ``"s"`` (a service), ``"w"`` (a window), ``"dl"`` (a deadline)."""
+    packet = {"t": t, "d": data, "n": nonce}
+    packet.update(fields)
+    return packet
+
+
+def request_fields(
+    x: str | None, timeout: float | None, *, cancel: bool, **more: Any
+) -> dict[str, Any] | None:
+    """The extension fields of a request: ``"x"`` and ``more`` (if ``x``), and ``"dl"``
+    (its timeout, for a peer that announced ``cancel``); None when there are none."""
+    fields: dict[str, Any] = {}
+    if x is not None:
+        fields["x"] = x
+        fields.update(more)
+    if cancel and timeout is not None:
+        fields["dl"] = timeout
+    return fields or None
+
+
+def call_fields(name: str) -> dict[str, Any]:
+    """The extension fields of a call to service ``name`` (caller to server, server to worker)."""
+    return {"x": CALL, "s": name}
+
+
+def read_deadline(packet: dict[str, Any]) -> float | None:
+    """The seconds a REQUEST's requester waits (``"dl"``), when it is a positive number."""
+    seconds = packet.get("dl")
+    if seconds.__class__ in (int, float) and 0 < seconds < 1e12:
+        return float(seconds)
+    return None
+
+
+def read_window(packet: dict[str, Any]) -> int:
+    """The credit window a stream REQUEST asks for (``"w"``), within 1 and ``MAX_WINDOW``."""
+    window = packet.get("w")
+    if window.__class__ is int and window > 0:
+        return min(window, MAX_WINDOW)
+    return 1
+
+
+def cancel_notice(nonce: str) -> dict[str, Any]:
+    """The MESSAGE a requester sends when it gives up on request ``nonce`` (``cancel``)."""
+    return {"t": MESSAGE, "n": nonce, "x": CANCEL}
+
+
+def credit_notice(nonce: str, count: int) -> dict[str, Any]:
+    """The MESSAGE that lets the producer of stream ``nonce`` send ``count`` items more."""
+    return {"t": MESSAGE, "d": count, "n": nonce, "x": CREDIT}
+
+
+def stream_item(nonce: str, item: Any) -> dict[str, Any]:
+    """The RESPONSE that carries one item of stream ``nonce``."""
+    return {"t": RESPONSE, "d": item, "n": nonce, "x": ITEM}
+
+
+def stream_last(nonce: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The RESPONSE that ends stream ``nonce`` (with ``error``: the producer raised it)."""
+    packet: dict[str, Any] = {"t": RESPONSE, "d": None, "n": nonce, "x": LAST}
+    if error is not None:
+        packet["e"] = error
+    return packet
+
+
+def stream_answer(reply: Any) -> list[Any]:
+    """The items of a plain answer to a stream request (a peer without ``streams``, or a
+    handler that answered once): a list is its items, None is none, anything else one."""
+    if reply is None:
+        return []
+    if isinstance(reply, list):
+        return reply
+    return [reply]
 
 
 # ---------------------------------------------------------------------- dispatch

@@ -13,9 +13,9 @@ of its own only for a request whose deadline is earlier than the one before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from time import perf_counter
-from typing import Any
+from typing import Any, NamedTuple
 
 from mypy_extensions import mypyc_attr, trait
 
@@ -23,10 +23,17 @@ from .codecs import Encoded, PacketCodec
 from .errors import ConnectionClosedError, RequestTimeoutError
 from .future import Pending
 from .options import check_timeout
-from .packets import PING, REQUEST, read_error
-from .protocol import frame
+from .packets import PING, REQUEST, cancel_notice, read_error
+from .streams import StreamReader
 
-__all__ = ["Entry", "Pending", "RequestTable", "Unanswered"]
+__all__ = ["Entry", "Extended", "Pending", "RequestTable", "Unanswered"]
+
+
+class Extended(NamedTuple):
+    """The data of a request sent with extension fields (``"x"``, ``"s"``), as its entry keeps it."""
+
+    data: Any
+    fields: dict[str, Any]
 
 
 # An entry of the table, by nonce, a plain tuple (the hot path makes one per request):
@@ -48,12 +55,19 @@ class RequestTable:
     _codec: PacketCodec
     _transport: asyncio.Transport | None
     _closing: bool
+    _streams: dict[str, StreamReader]
+    # Writes an extension packet of ours (a cancel notice), if the peer can still read one
+    # (extensions.Extensions).
+    _notify: Callable[[dict[str, Any]], None]
 
     def _init_requests(self, nonces: Iterator[int]) -> None:
         self._nonces = nonces
         self._pending: dict[str, Entry] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._last_deadline: Any = 0.0  # a float (mypyc cannot set a float attribute in a trait)
+        # The peer announced ``cancel``: requests carry their timeout ("dl"), and one given
+        # up on (cancelled, timed out) is followed by a cancel notice.
+        self._cancel = False
 
     def _write(self, data: Encoded) -> None:
         raise NotImplementedError
@@ -67,12 +81,15 @@ class RequestTable:
         data: Any,
         timeout: float | None,
         pending: Pending | None = None,
-        extension: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> Pending:
         """Send a REQUEST or PING; the ``Pending`` its answer resolves.
 
-        What goes wrong at once (the connection is closed, ``data`` cannot be
-        encoded) is in the returned future, as it would be in a coroutine's result.
+        ``fields`` are extension fields of the REQUEST (``"x"``, ``"s"``:
+        ``packets.request_fields``); to a peer that announced ``cancel`` it
+        also carries its timeout, ``"dl"``. What goes wrong at once (the
+        connection is closed, ``data`` cannot be encoded) is in the returned
+        future, as it would be in a coroutine's result.
         """
         loop = self.loop
         if pending is None:
@@ -84,18 +101,17 @@ class RequestTable:
                 timeout if timeout.__class__ is float and timeout > 0 else check_timeout(timeout)
             )
             nonce = str(next(self._nonces))
-            if extension is None:
-                packet = self._codec.encode_parts(t, data, nonce)
-            else:  # a REQUEST of an extension: "x" beside t, d, n (packets.stats_request)
-                packet = frame(
-                    self._codec.encode_body({"t": t, "d": data, "n": nonce, "x": extension})
-                )
+            if self._cancel and seconds is not None and t == REQUEST:
+                fields = {"dl": seconds} if fields is None else {**fields, "dl": seconds}
+            packet = self._codec.encode_parts(t, data, nonce, fields)
         except Exception as exc:
             pending.set_exception(exc)
             return pending
         pending._table = self
         pending._nonce = nonce
         started = perf_counter() if t == PING else 0.0  # not loop.time(): uvloop ticks in ms
+        if fields is not None:
+            data = Extended(data, fields)  # so that a resend sends it as it was
         if seconds is None:
             self._pending[nonce] = (pending, None, started, 0.0, None, data)
         else:
@@ -115,14 +131,17 @@ class RequestTable:
         """Send again a request another connection of the same client left unanswered
         (``unanswered``), within what is left of its timeout; its answer resolves it."""
         pending, deadline, data, seconds = unanswered
+        fields = None
+        if data.__class__ is Extended:
+            data, fields = data.data, {k: v for k, v in data.fields.items() if k != "dl"}
         if deadline is None:
-            self._ask(REQUEST, data, None, pending)
+            self._ask(REQUEST, data, None, pending, fields or None)
             return
         left = deadline - self.loop.time()
         if left <= 0:
             pending.set_exception(RequestTimeoutError(seconds))
             return
-        self._ask(REQUEST, data, left, pending)
+        self._ask(REQUEST, data, left, pending, fields or None)
 
     def _sweep(self) -> None:
         """Expire overdue requests, oldest first, and re-arm for the next deadline."""
@@ -146,18 +165,30 @@ class RequestTable:
         pending, _, started, seconds, timer, _ = entry
         if timer is not None:
             timer.cancel()
+        if self._cancel and not started:
+            self._notify(cancel_notice(nonce))  # its handler need not run on for nobody
         if not pending.done():
             pending.set_exception(RequestTimeoutError(seconds, "ping" if started else "request"))
 
     def _forget(self, nonce: str) -> None:
+        """The request was cancelled: no answer is awaited, and a ``cancel`` peer is told."""
         entry = self._pending.pop(nonce, None)
-        if entry is not None and entry[4] is not None:
+        if entry is None:
+            return
+        if entry[4] is not None:
             entry[4].cancel()
+        if self._cancel and not entry[2]:
+            self._notify(cancel_notice(nonce))
 
     def _on_response(self, n: str, packet: dict[str, Any]) -> None:
         entry = self._pending.pop(n, None)
         if entry is None:
-            return  # late answer to a timed-out or cancelled request: drop it
+            streams = self._streams
+            if streams:
+                reader = streams.get(n)
+                if reader is not None:
+                    reader.arrive(packet)  # an item of a stream, or its end
+            return  # else a late answer to a timed-out or cancelled request: drop it
         if entry[4] is not None:
             entry[4].cancel()
         pending = entry[0]

@@ -8,18 +8,27 @@ message is encoded once per codec.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 from .endpoint import Endpoint
 from .errors import IPCError
+from .events import shorten
 from .packets import MESSAGE, delivery, pubsub_reply, topic_list
-from .topics import TopicRegistry
+from .topics import TopicRegistry, check_topic, publishable
 from .writes import Responder
 
 __all__ = ["PubSub"]
 
+logger = logging.getLogger("ipc_server.server")
+
 C = TypeVar("C", bound=Endpoint)
+
+
+def _uncongested(conn: Endpoint) -> bool:
+    """Whether a worker group may pick ``conn``: its output is not backed up."""
+    return not conn.congested
 
 
 class PubSub(Generic[C]):
@@ -37,29 +46,37 @@ class PubSub(Generic[C]):
 
         Called by the server's connections (``IPCConnection``); not for applications.
         """
-        kind, named, message = request
+        kind, named, extra = request
         if kind == "pub":
-            if isinstance(named, str):
-                self._deliver(named, message)
+            if isinstance(named, str) and publishable(named):
+                self._deliver(named, extra)
                 respond(pubsub_reply(True))
             else:
-                respond(pubsub_reply(False))
+                respond(pubsub_reply(False))  # not a topic, or a pattern
             return
         topics = topic_list(named)
+        group = extra
+        if topics is None or (group is not None and not (isinstance(group, str) and group)):
+            respond(pubsub_reply(False))
+            return
         if kind == "sub":
-            if topics is None:
-                respond(pubsub_reply(False))
-                return
-            refusal = self._registry.refusal(conn, topics)
+            refusal = self._registry.refusal(conn, topics, group)
             if refusal is not None:
                 option, reason = refusal
                 self._report_error(IPCError(f"subscription refused: {reason}", option=option), conn)
                 respond(pubsub_reply(False))
                 return
-            self._registry.subscribe(conn, topics)
+            self._registry.subscribe(conn, topics, group)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "%s subscribed to %s%s",
+                    shorten(getattr(conn, "id", conn)),
+                    shorten(topics, 200),
+                    "" if group is None else f" in group {shorten(group)}",
+                )
             respond(pubsub_reply(True))
             return
-        respond(pubsub_reply(self._registry.unsubscribe(conn, topics or [])))
+        respond(pubsub_reply(self._registry.unsubscribe(conn, topics, group)))
 
     @property
     def topics(self) -> dict[str, list[C]]:
@@ -67,7 +84,7 @@ class PubSub(Generic[C]):
         return self._registry.snapshot()
 
     def _deliver(self, topic: str, message: Any) -> int:
-        subscribers = self._registry.subscribers(topic)
+        subscribers = self._registry.subscribers(topic, _uncongested)
         if not subscribers:
             return 0
         self._write_all(subscribers, MESSAGE, delivery(topic, message))
@@ -85,11 +102,15 @@ class PubSub(Generic[C]):
     async def publish(self, topic: str, message: Any = None) -> int:
         """Send ``{"pub": topic, "message": message}`` to every subscriber of ``topic``.
 
-        The message is encoded once per codec; no subscriber is awaited, so a
-        slow one does not hold up the others. Returns how many got it.
+        Every plain subscriber whose topic or pattern matches gets it once,
+        and one member of each matching worker group. The message is encoded
+        once per codec; no subscriber is awaited, so a slow one does not hold
+        up the others. Returns how many got it.
+
+        Raises:
+            ValueError: ``topic`` has a wildcard token, or is not ``.``-separated tokens.
         """
-        if not isinstance(topic, str):
-            raise TypeError(f"topic must be a str, not {type(topic).__name__}")
+        check_topic(topic)
         return self._deliver(topic, message)
 
     async def broadcast(self, data: Any) -> int:

@@ -28,12 +28,16 @@ from .admission import (
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
+from .listeners import ServerListeners
 from .options import (
     DEFAULT_TIMEOUT,
     check_timeout,
 )
 from .packets import (
+    GROUPS,
     PUBSUB_KEYS,
+    SERVICE_REQUESTS,
+    SERVICES,
     STATS,
     Hello,
     answer,
@@ -44,6 +48,7 @@ from .packets import (
 from .protocol import ServerPreamble
 from .pubsub import PubSub
 from .serveroptions import Authenticate, ServerOptions
+from .services import ServiceRegistry, Services
 from .topics import TopicRegistry
 from .transport import Listener, PeerCredentials, accepted_peer, listen
 
@@ -56,7 +61,7 @@ __all__ = [
     "serving_loop",
 ]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.server")
 
 SERVER_CLOSED = "server closed"
 
@@ -77,6 +82,10 @@ def serving_loop(address: Address | None) -> asyncio.AbstractEventLoop | None:
     if address is None:
         return next(iter(_SERVING.values()), None)
     return _SERVING.get(address)
+
+
+def _peer_text(peer: PeerCredentials | None) -> str:
+    return "" if peer is None else f" (pid {peer.pid}, uid {peer.uid})"
 
 
 def _default_id() -> str:
@@ -193,6 +202,8 @@ class IPCConnection(Endpoint):
         self._close_reason = reason
         self._closing = True
         self.server._refused[reason.partition(":")[0]] += 1
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("peer refused%s: %s", _peer_text(self.peer), shorten(reason, 200))
         if transport is None:
             return
         transport.write(end(None, reason))
@@ -293,8 +304,7 @@ class IPCConnection(Endpoint):
         )
         self._codec.configure(messagepack=messagepack, compress=compress)
         self._decoder.limit(server.max_message_size)
-        self.remote_errors = "errors" in hello.features
-        self.features = frozenset(hello.features)
+        self._agreed(frozenset(hello.features))
         self._handshaken = True
         self.connected_at = time.time()
         if not server._may_claim(self.id):
@@ -302,6 +312,8 @@ class IPCConnection(Endpoint):
         server._handshaking.discard(self)
         server._connections[self] = None
         server._ids[self.id] = self
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("connection %s admitted%s", shorten(self.id), _peer_text(self.peer))
         server.emit("connect", self, self.payload)
         self.release_reading("auth")
 
@@ -313,7 +325,7 @@ class IPCConnection(Endpoint):
     def _on_request(self, data: Any, respond: Responder) -> None:
         server = self.server
         if data.__class__ is dict and not PUBSUB_KEYS.isdisjoint(data):
-            pubsub = read_pubsub(data)
+            pubsub = read_pubsub(data, GROUPS in self.features)
             if pubsub is not None:
                 server.pubsub_request(self, pubsub, respond)
                 return
@@ -328,9 +340,12 @@ class IPCConnection(Endpoint):
         totals["bytes_in"] += self._bytes_in
         totals["bytes_out"] += self._bytes_out
         server._registry.forget(self)
+        server._services.forget(self)
         if server._ids.get(self.id) is self:
             del server._ids[self.id]
         if self._handshaken and server._connections.pop(self, 0) is None:
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("connection %s gone: %s", shorten(self.id), shorten(reason, 200))
             server.emit("disconnect", self, reason)
 
     def _report(self, exc: BaseException) -> None:
@@ -350,11 +365,15 @@ class IPCConnection(Endpoint):
             **super().stats(),
         }
 
-    def _on_extension(self, packet: dict[str, Any], n: str) -> bool:
-        if packet.get("x") != STATS or STATS not in self.features:
+    def _on_request_extension(
+        self, x: Any, packet: dict[str, Any], n: str, respond: Responder
+    ) -> bool:
+        if x in SERVICE_REQUESTS and SERVICES in self.features:
+            self.server.service_request(self, x, packet, respond)
+            return True
+        if x != STATS or STATS not in self.features:
             return False
         server = self.server
-        respond = Responder(self, n)
         if server._may_see_stats(self):
             respond(server.stats(connections=bool(packet.get("d"))))
         else:
@@ -368,7 +387,14 @@ class IPCConnection(Endpoint):
         return await super().close(reason, allow_reconnect, timeout=timeout)
 
 
-class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
+# ServerListeners types on/once for the seven events, narrower than EventEmitter's (hence the ignore).
+class IPCServer(  # type: ignore[misc]
+    ServerOptions,
+    PubSub[IPCConnection],
+    Services[IPCConnection],
+    ServerListeners[IPCConnection],
+    EventEmitter,
+):
     """An IPC server: one listener, many client connections.
 
     Events: ``ready(address)``, ``error(error, connection)`` (connection may
@@ -376,8 +402,9 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
     reason)``, ``close()``, ``message(message, connection)``,
     ``request(request, respond, connection)``.
 
-    The keyword options are those of ``ServerOptions``
-    (docs/guide.md lists them with their defaults).
+    The keyword options are those of
+    [`ServerOptions`][ipc_server.serveroptions.ServerOptions], described there
+    (docs/guide.md lists the limits with their defaults).
     """
 
     def __post_init__(self, path: str | None, host: str | None, port: int | None) -> None:
@@ -392,6 +419,9 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         self._gated = 0  # TLS peers let through by _gate whose protocol is not made yet
         self._registry: TopicRegistry[IPCConnection] = TopicRegistry(
             self.max_topics_per_connection, self.max_topic_length
+        )
+        self._services: ServiceRegistry[IPCConnection] = ServiceRegistry(
+            self.max_concurrent_requests, self.max_topics_per_connection
         )
         self._closing = False
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -453,6 +483,7 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         if period is not None:
             self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
         _SERVING[self.address] = asyncio.get_running_loop()
+        logger.info("listening on %s", self.bound_address)
         self.emit("ready", self.bound_address)
         return self
 
@@ -533,24 +564,45 @@ class IPCServer(ServerOptions, PubSub[IPCConnection], EventEmitter):
         """Whether a client may have the id it asks for: short, and no live connection's."""
         return len(claimed) <= MAX_ID_LENGTH and claimed not in self._ids
 
-    def _report_error(self, exc: BaseException, connection: IPCConnection | None) -> None:
+    def _report_error(
+        self, exc: BaseException, connection: IPCConnection | None, listener: str | None = None
+    ) -> None:
+        """Count a problem, emit it on ``error``, and log it (``listener``: the event whose
+        listener raised it; else a protocol problem or a bound crossed)."""
         self._errors[getattr(exc, "option", None) or type(exc).__name__] += 1
-        if self.emit("error", exc, connection):
+        heard = self.emit("error", exc, connection)
+        # Logged at ERROR (a handler's exception, with its traceback) or WARNING (a peer's
+        # doing), or at DEBUG only when the application listens to "error" itself;
+        # throttled per connection, so a flood of bad packets cannot flood the log.
+        level = logging.DEBUG if heard else logging.ERROR if listener else logging.WARNING
+        if not logger.isEnabledFor(level):
             return
-        # Nobody listens: log it, throttled per connection (a peer may send a flood of bad packets).
         throttle = self._log_throttle if connection is None else connection._log_throttle
         held = throttle.allow()
-        if held is not None:
-            who = "" if connection is None else f" (connection {shorten(connection.id)})"
-            more = f" [{held} similar lines held back]" if held else ""
-            logger.warning("%s%s%s", shorten(exc, 500), who, more)
+        if held is None:
+            return
+        who = "" if connection is None else f" (connection {shorten(connection.id)})"
+        more = f" [{held} similar lines held back]" if held else ""
+        if listener is None:
+            logger.log(level, "%s: %s%s%s", type(exc).__name__, shorten(exc, 500), who, more)
+        else:
+            logger.log(
+                level,
+                "a %r handler raised %s: %s%s%s",
+                listener,
+                type(exc).__name__,
+                shorten(exc, 500),
+                who,
+                more,
+                exc_info=exc,
+            )
 
     def _listener_failed(self, event: str, exc: BaseException, args: tuple[Any, ...] = ()) -> None:
         if event == "error":
             super()._listener_failed(event, exc)
             return
         conn = next((a for a in args if isinstance(a, IPCConnection)), None)
-        self._report_error(exc, conn)
+        self._report_error(exc, conn, event)
 
     # ------------------------------------------------------------------ stats
 

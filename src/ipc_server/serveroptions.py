@@ -40,7 +40,7 @@ class ServerOptions:
             admitted included (None: no limit). The default is derived from
             the process's descriptor limit: ``limit - max(64, limit // 10)``
             (``admission.default_max_connections``; 10,000 on Windows).
-        max_handshaking: Peers accepted but not yet admitted; a new one beyond
+        max_handshaking: Peers accepted but not yet admitted (256); a new one beyond
             them is sent END "server busy" and closed at once (None: no limit).
             TLS peers count from accept; beyond the bound asyncio's loop closes
             them before their TLS handshake, uvloop's after it, with the END.
@@ -51,13 +51,15 @@ class ServerOptions:
             (the peer's uid as the kernel tells). None: on an abstract socket
             the server's own uid and root, on a socket file whoever its
             ``socket_mode`` lets in. Not for TCP.
-        max_message_size: Largest packet body accepted, before and after inflating.
+        max_message_size: Largest packet body accepted, before and after
+            inflating (64 MiB).
         max_handshake_size: Largest packet body accepted before the client is
-            admitted (its CONNECTION packet), refused from its length tag.
+            admitted (its CONNECTION packet), refused from its length tag (64 KiB).
         max_packet_objects: Most containers (dicts and lists) one packet may
-            hold, counted before or while it is decoded; more closes the connection.
+            hold (1,000,000), counted before or while it is decoded; more
+            closes the connection.
         max_queued: Bytes that may queue for one client that does not read
-            before it is disconnected.
+            before it is disconnected (64 MiB).
         write_deadline: Seconds a client's output may stay over the write
             high-water mark without draining below the low-water mark before
             the client is disconnected (reported on ``error``; 0/None: forever).

@@ -21,18 +21,20 @@ low-water mark) for ``write_deadline`` seconds.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import weakref
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, Awaitable, Coroutine, Iterable
 from typing import Any
 
 from mypy_extensions import mypyc_attr, trait
 
 from .codecs import Deflation, Encoded, PacketCodec
-from .errors import IPCError, RequestTimeoutError
-from .events import DONE, Respond, settle
+from .errors import IPCError, MessageTooLargeError, RequestTimeoutError
+from .events import DONE, Respond, Tasks, settle, start_task
 from .options import check_timeout
-from .packets import RESPONSE, error_answer
+from .packets import RESPONSE, error_answer, error_fields, stream_item, stream_last
+from .protocol import frame
 
 __all__ = ["DEFLATING_LIMIT", "FLUSH_SIZE", "PIECE", "Responder", "Writes"]
 
@@ -57,6 +59,9 @@ class Writes:
     # Set by the protocol that inherits this (endpoint.Endpoint).
     remote_errors: bool
     loop: asyncio.AbstractEventLoop
+    _cancel: bool
+    _running: dict[str, Responder]
+    _tasks: Tasks
     _transport: asyncio.Transport | None
     _codec: PacketCodec
     _aborted: bool
@@ -108,6 +113,12 @@ class Writes:
         transport = self._transport
         size = self._wbuf_size + self._backlog_size
         return size + (transport.get_write_buffer_size() if transport is not None else 0)
+
+    @property
+    def congested(self) -> bool:
+        """Whether its output is backed up (over the transport's high-water mark, or a
+        backlog of ours waits): senders wait, and worker groups pick another member."""
+        return self._write_paused
 
     # ------------------------------------------------------------------ asyncio flow control
 
@@ -442,27 +453,45 @@ class Writes:
         return True
 
 
+_GONE: Any = object()  # Responder._first once the requester gave up (cancel_by_peer)
+
+
 class Responder(Respond):
     """The ``respond`` callable of the asyncio ends (see ``ipc_server.Respond``).
 
     ``await respond(value)`` waits only when the connection is over its
     write high-water mark; a plain function listener may call it without
-    ``await``.
+    ``await``. ``respond.stream(items)`` answers with many items.
     """
 
-    __slots__ = ("_endpoint", "_nonce")
+    __slots__ = (
+        "_credit",
+        "_endpoint",
+        "_first",
+        "_nonce",
+        "_size",
+        "_task",
+        "_waiter",
+        "window",
+    )
 
     def __init__(self, endpoint: Writes, nonce: Any) -> None:
         self.done = False
         self._endpoint = endpoint
         self._nonce = nonce
+        self.deadline: float | None = None
+        self.window = 0  # > 0: the requester asked for a stream, with this credit window
 
     def __call__(self, data: Any = None) -> Awaitable[None]:
         if self.done:
+            if getattr(self, "_first", None) is _GONE:
+                return DONE  # the requester gave up: a handler that answers anyway is not wrong
             raise RuntimeError("this request was already answered")
         endpoint = self._endpoint
         packet = endpoint._codec.encode_parts(RESPONSE, data, self._nonce)  # TypeError -> caller
         self.done = True
+        if endpoint._running:
+            self._untrack()
         if endpoint._transport is None or endpoint._aborted:
             return DONE  # the requester is gone; nothing to answer
         endpoint._write(packet)
@@ -470,14 +499,165 @@ class Responder(Respond):
             return endpoint._drain()
         return DONE
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException, *, own: bool = False) -> None:
         if self.done:
             return
         self.done = True
         endpoint = self._endpoint
+        if endpoint._running:
+            self._untrack()
         if endpoint._transport is None or endpoint._aborted:
             return
-        endpoint._write(error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors))
+        answer = error_answer(endpoint._codec, self._nonce, exc, endpoint.remote_errors, own=own)
+        endpoint._write(answer)
+
+    # ------------------------------------------------------------------ cancellation
+
+    def _track(self, task: asyncio.Task[Any], first: Awaitable[Any] | None = None) -> None:
+        """Its handler suspended in ``task``: a cancel notice from the peer cancels it."""
+        endpoint = self._endpoint
+        if endpoint._cancel and not self.done:
+            self._task = task
+            self._first = first
+            endpoint._running[self._nonce] = self
+
+    def handle(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` as the task that answers this request: counted with the connection's
+        handlers (``max_concurrent_requests``), and cancelled when the requester gives up."""
+        endpoint = self._endpoint
+        task = start_task(coro, endpoint._tasks)
+        if task is not None:
+            self._track(task)
+
+    def _untrack(self) -> None:
+        running = self._endpoint._running
+        if running.get(self._nonce) is self:
+            del running[self._nonce]
+
+    def cancel_by_peer(self) -> None:
+        """The requester gave up (a cancel notice): the handler's task is cancelled, and
+        nothing more is answered."""
+        self.done = True
+        try:
+            task = self._task
+        except AttributeError:
+            return  # it never suspended
+        task.cancel()
+        first: Any = getattr(self, "_first", None)
+        if inspect.iscoroutine(first) and inspect.getcoroutinestate(first) == "CORO_CREATED":
+            first.close()  # its task never started: the handler never ran (nor will it)
+        self._first = _GONE
+
+    # ------------------------------------------------------------------ streams
+
+    def stream(self, items: Iterable[Any] | AsyncIterable[Any]) -> asyncio.Task[None]:
+        """Answer with the items of ``items`` (a plain or async iterable), one by one.
+
+        To a requester that asked for a stream (``IPCClient.stream``), each item
+        goes out as it comes, at most ``window`` items ahead of what the
+        requester consumed; if it leaves early, the iteration stops and
+        ``items`` is closed. To any other requester, the items are collected
+        into one list answer (bounded by ``max_message_size``). An exception
+        raised by ``items`` reaches the requester after the items before it.
+
+        Returns the producing task: ``await`` it to wait until the stream is
+        over (a plain function handler need not).
+        """
+        if self.done:
+            raise RuntimeError("this request was already answered")
+        self.done = True
+        endpoint = self._endpoint
+        self._credit = self.window
+        self._waiter: asyncio.Future[None] | None = None
+        self._size = 0
+        task = endpoint.loop.create_task(self._produce(items))
+        endpoint._tasks.add(task)  # a handler: counted, and cancelled with its connection
+        task.add_done_callback(endpoint._tasks.discard)
+        if self.window:
+            self._task = task
+            self._first = None
+            endpoint._running[self._nonce] = self  # credit notices (and cancel) find it
+        return task
+
+    def grant(self, count: int) -> None:
+        """The requester consumed ``count`` items: the producer may send as many more."""
+        self._credit = min(self._credit + count, self.window)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _produce(self, items: Iterable[Any] | AsyncIterable[Any]) -> None:
+        endpoint = self._endpoint
+        collected: list[Any] | None = None if self.window else []
+        error: BaseException | None = None
+        source: Any = None
+        try:
+            if isinstance(items, AsyncIterable):
+                source = items.__aiter__()
+                while True:
+                    try:
+                        item = await source.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    await self._give(item, collected)
+            else:
+                source = iter(items)
+                for item in source:
+                    await self._give(item, collected)
+        except asyncio.CancelledError:
+            return  # the requester left, or the connection is gone: nobody reads on
+        except Exception as exc:
+            error = exc
+            endpoint._report(exc)
+        finally:
+            self._untrack()
+            await _close(source)
+        if endpoint._transport is None or endpoint._aborted:
+            return
+        if collected is not None:
+            self.done = False
+            if error is not None:
+                self.fail(error)
+            else:
+                self(collected)
+            return
+        fields = None if error is None else error_fields(error)
+        endpoint._write(frame(endpoint._codec.encode_body(stream_last(self._nonce, fields))))
+
+    async def _give(self, item: Any, collected: list[Any] | None) -> None:
+        endpoint = self._endpoint
+        if collected is not None:
+            self._size += endpoint._codec.size_of(item)
+            limit = endpoint._codec.max_size
+            if self._size > limit:
+                raise MessageTooLargeError(self._size, limit, "answer collected from a stream")
+            collected.append(item)
+            return
+        while self._credit <= 0:
+            waiter = self._waiter = endpoint.loop.create_future()
+            await waiter
+        if endpoint._transport is None or endpoint._aborted:
+            raise asyncio.CancelledError  # lost: stop producing
+        self._credit -= 1
+        endpoint._write(frame(endpoint._codec.encode_body(stream_item(self._nonce, item))))
+        if endpoint._write_paused:
+            await endpoint._drain()
+
+
+async def _close(source: Any) -> None:
+    """Close an iterator a stream stopped reading (a generator's ``finally`` runs now)."""
+    if source is None:
+        return
+    try:
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            await aclose()
+            return
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+    except Exception:
+        pass
 
 
 def _deflation_done(loop: asyncio.AbstractEventLoop, size: int, job: asyncio.Future[Any]) -> None:

@@ -74,11 +74,19 @@ class Client(Protocol):
     def send(self, data: Any, *, timeout: float | Default | None = ...) -> None: ...
 
     def subscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = ...
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = ...,
+        timeout: float | Default | None = ...,
     ) -> bool: ...
 
     def unsubscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = ...
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = ...,
+        timeout: float | Default | None = ...,
     ) -> bool: ...
 
     def publish(

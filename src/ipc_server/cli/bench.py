@@ -23,8 +23,8 @@ from typing import Any, TextIO
 
 from .. import __version__
 from ..client import IPCClient
-from .commands import shut
 from .output import EXIT_OK, EXIT_TIMEOUT, CommandError, Output, isatty
+from .session import shut
 
 __all__ = ("BENCH_PAYLOAD", "BENCH_WORKLOADS", "BenchSizes", "cmd_bench", "workload_list")
 

@@ -1,8 +1,8 @@
-"""The commands that talk to a server or run one: send, request, ping, publish, subscribe, serve.
+"""The commands that talk to a server: send, request, ping, publish, subscribe.
 
 Each ``cmd_*`` takes the parsed arguments and an :class:`Output` and returns
-an exit code (or raises :class:`CommandError`); ``shut`` closes a client the
-way every command does.
+an exit code (or raises :class:`CommandError`). A data argument is JSON, or
+text with ``--string``; ``-`` reads it from stdin (``ipc_server.cli.data``).
 """
 
 from __future__ import annotations
@@ -10,131 +10,68 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from ..client import IPCClient
-from ..errors import AddressInUseError, HandshakeError, IPCError
-from ..server import IPCConnection, IPCServer
-from .output import EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, CommandError, Output, clock, to_json
+from .data import STDIN, parse_data, read_all, read_lines
+from .output import EXIT_OK, EXIT_TIMEOUT, CommandError, Output, to_json
+from .session import connect, make_client, no_limit, shut, stop_on_signals
 
 __all__ = (
     "cmd_ping",
     "cmd_publish",
     "cmd_request",
     "cmd_send",
-    "cmd_serve",
     "cmd_subscribe",
-    "shut",
 )
 
 
-# ---------------------------------------------------------------------- what the arguments mean
+def _one_value(args: argparse.Namespace) -> Any:
+    """The data argument of ``request``: JSON, text with --string, all of stdin for ``-``."""
+    if args.data == STDIN:
+        return read_all(string=args.string)
+    return parse_data(args.data, string=args.string)
 
 
-def _address_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    if args.path is not None and (args.host is not None or args.port is not None):
-        raise CommandError("give either --path or --host/--port, not both", EXIT_USAGE)
-    if args.host is not None and args.port is None:
-        raise CommandError("--host needs --port", EXIT_USAGE)
-    if args.port is not None:
-        return {"host": args.host or "127.0.0.1", "port": args.port}
-    return {"path": args.path}
+async def _values(args: argparse.Namespace, first: Any) -> AsyncIterator[Any]:
+    """The data of ``send`` / ``publish``: ``first`` (the parsed argument), or each line of stdin."""
+    if args.data != STDIN:
+        yield first
+        return
+    async for value in read_lines(string=args.string):
+        yield value
 
 
-def _timeout(value: float) -> float | None:
-    """The CLI's 0 means "no timeout", as in the library."""
-    return value or None
-
-
-# ---------------------------------------------------------------------- signals
-
-
-@contextlib.contextmanager
-def _stop_on_signals(callback: Callable[[], None]) -> Iterator[None]:
-    """Call ``callback`` (in the loop) on SIGINT / SIGTERM while inside the block."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    previous: dict[signal.Signals, Any] = {}
-    sigs = [signal.SIGINT]
-    if hasattr(signal, "SIGTERM"):
-        sigs.append(signal.SIGTERM)
-    for sig in sigs:
-        try:
-            loop.add_signal_handler(sig, callback)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # Windows: no add_signal_handler
-            previous[sig] = signal.signal(sig, lambda *_: loop.call_soon_threadsafe(callback))
-    try:
-        yield
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _argument(args: argparse.Namespace) -> Any:
+    """The data argument parsed (before connecting: bad data fails first); None for ``-``."""
+    return None if args.data == STDIN else parse_data(args.data, string=args.string)
 
 
 # ---------------------------------------------------------------------- client commands
 
 
-def _make_client(args: argparse.Namespace, *, reconnect: bool = False) -> IPCClient:
-    timeout = getattr(args, "timeout", 0.0) or 10.0
-    try:
-        return IPCClient(
-            **_address_kwargs(args),
-            codec=args.codec,
-            compress=args.compress,
-            reconnect=reconnect,
-            retries=10 if reconnect else 0,
-            max_retry_time=5.0,
-            connect_timeout=min(timeout, 10.0),
-            request_timeout=timeout,
-        )
-    except (ValueError, TypeError) as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from exc
-
-
-async def _connect(client: IPCClient, args: argparse.Namespace) -> None:
-    try:
-        await client.connect(args.payload)
-    except (ConnectionRefusedError, FileNotFoundError) as exc:
-        raise CommandError(f"no server listening at {client.address} ({exc.strerror})") from exc
-    except HandshakeError as exc:
-        raise CommandError(f"the server at {client.address} refused the connection: {exc}") from exc
-
-
-async def shut(client: IPCClient) -> None:
-    """Close gracefully when connected (queued sends are flushed); never wait long."""
-    if client.is_ready:
-        try:
-            await client.close("done", timeout=2.0)
-        except IPCError:
-            client.destroy("done")
-    else:
-        client.destroy("done")
-
-
 async def cmd_send(args: argparse.Namespace, out: Output) -> int:
-    client = _make_client(args)
+    first = _argument(args)
+    client = make_client(args)
     try:
-        await _connect(client, args)
-        await client.send(args.data)
+        await connect(client, args)
+        async for value in _values(args, first):
+            await client.send(value)
+            out.emit("sent", f"sent {to_json(value)}", data=value)
     finally:
         await shut(client)
-    out.emit("sent", f"sent {to_json(args.data)}", data=args.data)
     return EXIT_OK
 
 
 async def cmd_request(args: argparse.Namespace, out: Output) -> int:
-    client = _make_client(args)
+    data = _one_value(args)
+    client = make_client(args)
     try:
-        await _connect(client, args)
+        await connect(client, args)
         started = time.perf_counter()
-        reply = await client.request(args.data, timeout=_timeout(args.timeout))
+        reply = await client.request(data, timeout=no_limit(args.timeout))
         ms = (time.perf_counter() - started) * 1000.0
     finally:
         await shut(client)
@@ -143,16 +80,16 @@ async def cmd_request(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
-    client = _make_client(args)
+    client = make_client(args)
     stop = asyncio.Event()
     times: list[float] = []
     try:
-        await _connect(client, args)
-        with _stop_on_signals(stop.set):
+        await connect(client, args)
+        with stop_on_signals(stop.set):
             seq = 0
             while not stop.is_set() and (args.count == 0 or seq < args.count):
                 seq += 1
-                ms = await client.ping(timeout=_timeout(args.timeout)) * 1000.0
+                ms = await client.ping(timeout=no_limit(args.timeout)) * 1000.0
                 times.append(ms)
                 out.emit(
                     "pong",
@@ -179,25 +116,26 @@ async def cmd_ping(args: argparse.Namespace, out: Output) -> int:
 
 
 async def cmd_publish(args: argparse.Namespace, out: Output) -> int:
-    client = _make_client(args)
+    first = _argument(args)
+    client = make_client(args)
     try:
-        await _connect(client, args)
-        ok = await client.publish(args.topic, args.data)
+        await connect(client, args)
+        async for value in _values(args, first):
+            if not await client.publish(args.topic, value):
+                raise CommandError(f"the server refused to publish to {args.topic!r}")
+            out.emit(
+                "published",
+                f"published to {args.topic}: {to_json(value)}",
+                topic=args.topic,
+                data=value,
+            )
     finally:
         await shut(client)
-    if not ok:
-        raise CommandError(f"the server refused to publish to {args.topic!r}")
-    out.emit(
-        "published",
-        f"published to {args.topic}: {to_json(args.data)}",
-        topic=args.topic,
-        data=args.data,
-    )
     return EXIT_OK
 
 
 async def cmd_subscribe(args: argparse.Namespace, out: Output) -> int:
-    client = _make_client(args, reconnect=True)
+    client = make_client(args, reconnect=True)
     # One queue for everything that can end or feed the loop, so it is one wait.
     queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
     closed: list[Any] = []
@@ -210,9 +148,9 @@ async def cmd_subscribe(args: argparse.Namespace, out: Output) -> int:
     topics = list(dict.fromkeys(args.topics))
     loop = asyncio.get_running_loop()
     # Signals count from the start: a SIGINT right after "subscribed" still ends cleanly.
-    with _stop_on_signals(lambda: queue.put_nowait(("stop", None, None))):
+    with stop_on_signals(lambda: queue.put_nowait(("stop", None, None))):
         try:
-            await _connect(client, args)
+            await connect(client, args)
             async with contextlib.AsyncExitStack() as stack:
                 # subscription() rather than on(topic): a topic may be named like an event.
                 for topic in topics:
@@ -274,91 +212,3 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-
-
-# ---------------------------------------------------------------------- serve
-
-
-def _make_server(args: argparse.Namespace) -> IPCServer:
-    try:
-        return IPCServer(
-            **_address_kwargs(args),
-            codec=args.codec,
-            compress=not args.no_compress,
-            socket_mode=args.socket_mode,
-        )
-    except (ValueError, TypeError) as exc:
-        raise CommandError(str(exc), EXIT_USAGE) from exc
-
-
-def _peer_pid(conn: IPCConnection) -> int | None:
-    return conn.peer.pid if conn.peer is not None else None
-
-
-async def cmd_serve(args: argparse.Namespace, out: Output) -> int:
-    server = _make_server(args)
-    stop = asyncio.Event()
-
-    def log(event: str, text: str, **fields: Any) -> None:
-        out.emit(event, f"{clock()}  {event:<10}  {text}", **fields)
-
-    @server.on("ready")
-    def _ready(address: str) -> None:
-        compress = "on" if server.compress else "off"
-        log(
-            "ready",
-            f"listening on {address} (pid {os.getpid()}, codec {server.codec}, "
-            f"compression {compress}); Ctrl-C to stop",
-            address=address,
-            pid=os.getpid(),
-        )
-
-    @server.on("connect")
-    def _connect(conn: IPCConnection, payload: Any) -> None:
-        pid = _peer_pid(conn)
-        log(
-            "connect",
-            f"{conn.id} pid={pid} payload={to_json(payload)}",
-            id=conn.id,
-            pid=pid,
-            payload=payload,
-        )
-
-    @server.on("disconnect")
-    def _disconnect(conn: IPCConnection, reason: Any) -> None:
-        log("disconnect", f"{conn.id} {reason}", id=conn.id, reason=str(reason))
-
-    @server.on("error")
-    def _error(error: BaseException, conn: IPCConnection | None) -> None:
-        cid = conn.id if conn is not None else None
-        log("error", f"{cid or '-'} {type(error).__name__}: {error}", id=cid, error=str(error))
-
-    @server.on("message")
-    def _message(data: Any, conn: IPCConnection) -> None:
-        if not args.quiet:
-            log("message", f"{conn.id} {to_json(data)}", id=conn.id, data=data)
-
-    @server.on("request")
-    def _request(data: Any, respond: Any, conn: IPCConnection) -> None:
-        if not args.quiet:
-            log("request", f"{conn.id} {to_json(data)}", id=conn.id, data=data)
-        respond(data)  # echo
-
-    with _stop_on_signals(stop.set):
-        try:
-            await server.start()
-        except AddressInUseError as exc:
-            raise CommandError(f"{exc.strerror}") from exc
-        try:
-            await stop.wait()
-        finally:
-            count = len(server.connections)
-            await server.close(allow_reconnect=args.allow_reconnect, timeout=5.0)
-    log(
-        "closed",
-        f"closed gracefully ({count} client(s) told"
-        + (", they may reconnect)" if args.allow_reconnect else ")"),
-        clients=count,
-        allow_reconnect=args.allow_reconnect,
-    )
-    return EXIT_OK

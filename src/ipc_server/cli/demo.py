@@ -10,8 +10,10 @@ server closes with ``allow_reconnect=True`` and a new server process takes its
 place, the clients reconnect by themselves and their subscription still works;
 then the server closes for good and every process exits.
 
-Every wait has a deadline, the whole demo is bounded by ``DEADLINE``, and
-every actor exits by itself (see ``ipc_server.cli.demo_actors``).
+A pause of ``PAUSE`` seconds before each step after the first lets a person
+read what happened (``--fast``: none). Every wait has a deadline, the whole
+demo is bounded by ``DEADLINE`` plus its pauses, and every actor exits by
+itself (see ``ipc_server.cli.demo_actors``).
 """
 
 from __future__ import annotations
@@ -40,13 +42,19 @@ from .output import (
     to_json,
 )
 
-__all__ = ("ACTORS", "DEADLINE", "STEP_TIMEOUT", "cmd_demo", "run_demo")
+__all__ = ("ACTORS", "DEADLINE", "PAUSE", "STEPS", "STEP_TIMEOUT", "cmd_demo", "run_demo")
 
 ACTORS = "ipc_server.cli.demo_actors"
 """The module each actor process runs (``python -m``)."""
 
 DEADLINE = 14.0
 """Seconds the whole demo may take before it gives up (exit 3)."""
+
+PAUSE = 1.5
+"""Seconds of pause before each step after the first (none with ``--fast``)."""
+
+STEPS = 8
+"""How many steps the demo has."""
 
 STEP_TIMEOUT = 5.0
 """Seconds any one expected event may take."""
@@ -68,8 +76,11 @@ _COLORS = {"demo": "1", "server": "36", "alice": "32", "bob": "33", "carol": "35
 class Director:
     """Starts the actors, tells them what to do, narrates what they report."""
 
-    def __init__(self, path: str, *, json_lines: bool, stream: TextIO) -> None:
+    def __init__(
+        self, path: str, *, json_lines: bool, stream: TextIO, pause: float = PAUSE
+    ) -> None:
         self.path = path
+        self.pause = pause
         self.json_lines = json_lines
         self.stream = stream
         self.color = not json_lines and isatty(stream) and "NO_COLOR" not in os.environ
@@ -102,7 +113,11 @@ class Director:
             self.stream.write(f"{t:6.2f}s  {who} {body}\n")
         self.stream.flush()
 
-    def step(self, title: str) -> None:
+    async def step(self, title: str) -> None:
+        """Start the next step, after a pause to read the last one (not counted in the deadline)."""
+        if self.steps and self.pause > 0:
+            await asyncio.sleep(self.pause)
+            self.deadline += self.pause
         self.steps += 1
         text = f"-- {self.steps}. {title}"
         if not self.json_lines:
@@ -298,11 +313,11 @@ class Director:
 
 
 async def _script(d: Director) -> None:
-    d.step("a server in its own process")
+    await d.step("a server in its own process")
     await d.start("server", "server")
     await d.expect("server", "ready")
 
-    d.step("three clients connect, each with a payload")
+    await d.step("three clients connect, each with a payload")
     for name in CLIENTS:
         await d.start(name, "client", "--name", name)
     ids: dict[str, str] = {}
@@ -311,7 +326,7 @@ async def _script(d: Director) -> None:
     for _ in CLIENTS:
         await d.expect("server", "connect")
 
-    d.step("request / response: alice asks, the server answers")
+    await d.step("request / response: alice asks, the server answers")
     d.tell("alice", cmd="request", data={"cmd": "add", "args": [2, 3]})
     reply = await d.expect("alice", "reply")
     if reply.get("data") != 5:
@@ -319,25 +334,25 @@ async def _script(d: Director) -> None:
     d.tell("alice", cmd="request", data={"cmd": "divide", "args": [1, 0]})
     await d.expect("alice", "remote_error")
 
-    d.step("server -> client requests: the server surveys every client")
+    await d.step("server -> client requests: the server surveys every client")
     d.tell("server", cmd="survey", data={"cmd": "status"})
     survey = await d.expect("server", "survey")
     if len(survey["results"]) != len(CLIENTS):
         raise DemoFailed(f"survey reached {len(survey['results'])} of {len(CLIENTS)} clients")
 
-    d.step("publish / subscribe between clients")
+    await d.step("publish / subscribe between clients")
     d.tell("bob", cmd="subscribe", topic="news")
     await d.expect("bob", "subscribed", ok=True)
     d.tell("alice", cmd="publish", topic="news", data={"headline": "hello from alice"})
     await d.expect("alice", "published", ok=True)
     await d.expect("bob", "message", topic="news")
 
-    d.step("a client process is killed: the server notices")
+    await d.step("a client process is killed: the server notices")
     d.kill("carol")
     await d.expect("server", "disconnect", id=ids["carol"])
     await d.expect("carol", "exit")
 
-    d.step("the server restarts: close(allow_reconnect=True), then a new server process")
+    await d.step("the server restarts: close(allow_reconnect=True), then a new server process")
     d.tell("server", cmd="close", allow_reconnect=True)
     await d.expect("server", "closed")
     await d.expect("server", "exit", code=0)
@@ -362,7 +377,7 @@ async def _script(d: Director) -> None:
     await d.expect("alice", "published", ok=True)
     await d.expect("bob", "message", topic="news", data={"headline": "we are back"})
 
-    d.step("everything closes: server.close() for good, clients close and exit")
+    await d.step("everything closes: server.close() for good, clients close and exit")
     d.tell("server", cmd="close")
     for name in ("alice", "bob"):
         await d.expect(name, "close")
@@ -370,10 +385,10 @@ async def _script(d: Director) -> None:
         await d.expect(name, "exit", code=0)
 
 
-async def _direct(json_lines: bool, stream: TextIO) -> int:
+async def _direct(json_lines: bool, stream: TextIO, pause: float) -> int:
     folder = tempfile.mkdtemp(prefix="ipc") if os.name != "nt" else None
     path = os.path.join(folder, "demo.sock") if folder else f"ipc-demo-{os.getpid()}"
-    d = Director(path, json_lines=json_lines, stream=stream)
+    d = Director(path, json_lines=json_lines, stream=stream, pause=pause)
     d.line("demo", "start", f"socket {path}; this process (pid {os.getpid()}) directs", path=path)
     started = time.monotonic()
     try:
@@ -398,11 +413,11 @@ async def _direct(json_lines: bool, stream: TextIO) -> int:
     return EXIT_OK
 
 
-def run_demo(*, json_lines: bool, stream: TextIO | None = None) -> int:
+def run_demo(*, json_lines: bool, stream: TextIO | None = None, pause: float = PAUSE) -> int:
     """Run the demo; returns the exit code (0 ok, 1 failed, 3 timed out)."""
     out = stream if stream is not None else sys.stdout
     try:
-        return run_loop(_direct(json_lines, out))
+        return run_loop(_direct(json_lines, out, pause))
     except KeyboardInterrupt:
         print(f"{PROG} demo: interrupted", file=sys.stderr, flush=True)
         return EXIT_ERROR
@@ -410,4 +425,4 @@ def run_demo(*, json_lines: bool, stream: TextIO | None = None) -> int:
 
 def cmd_demo(args: argparse.Namespace, out: Output) -> int:
     """``ipc-server demo``: run the demo, narrated to ``out`` as JSON lines or text."""
-    return run_demo(json_lines=out.json, stream=out.stream)
+    return run_demo(json_lines=out.json, stream=out.stream, pause=0.0 if args.fast else PAUSE)

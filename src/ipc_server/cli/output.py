@@ -2,16 +2,21 @@
 
 Results are JSON lines (one object with an ``"event"`` key per line) when
 stdout is not a terminal, readable text on one; ``--format`` overrides.
-Errors go to stderr as ``ipc-server COMMAND: error: ...``. Exit codes: 0 ok,
-1 error (no server, refused, remote error), 2 usage, 3 timeout.
+Errors go to stderr as one line, ``ipc-server COMMAND: error: ...``, never a
+traceback (``error_message`` words each kind). Exit codes: 0 ok, 1 error (no
+server, refused, remote error), 2 usage (a wrong option, or data that is not
+JSON), 3 timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
 import sys
 from typing import Any, TextIO
+
+from ..errors import ConnectionClosedError, IPCError, RemoteError
 
 __all__ = (
     "EXIT_ERROR",
@@ -22,8 +27,10 @@ __all__ = (
     "CommandError",
     "Output",
     "clock",
+    "error_message",
     "isatty",
     "report_error",
+    "timestamp",
     "to_json",
 )
 
@@ -73,9 +80,14 @@ class Output:
         self.stream.flush()
 
 
-def clock() -> str:
+def clock(now: _dt.datetime | None = None) -> str:
     """The time of day to the millisecond (``HH:MM:SS.mmm``), for log lines."""
-    return _dt.datetime.now().strftime("%H:%M:%S.%f")[:-3]
+    return (now or _dt.datetime.now()).strftime("%H:%M:%S.%f")[:-3]
+
+
+def timestamp(now: _dt.datetime | None = None) -> str:
+    """The local time in ISO 8601 to the millisecond, with its UTC offset, for JSON lines."""
+    return (now or _dt.datetime.now()).astimezone().isoformat(timespec="milliseconds")
 
 
 class CommandError(Exception):
@@ -88,5 +100,40 @@ class CommandError(Exception):
 
 
 def report_error(prog: str, message: str) -> None:
-    """Write ``prog: error: message`` to stderr."""
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    """Write ``prog: error: message`` to stderr, on one line."""
+    line = " ".join(message.split())
+    print(f"{prog}: error: {line}", file=sys.stderr, flush=True)
+
+
+def _os_text(exc: OSError) -> str:
+    # The library's connect errors carry their whole sentence as strerror
+    # (``[Errno 2] no IPC server at ...``): show the sentence, not the number.
+    text = exc.strerror or str(exc)
+    if exc.filename is not None and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    return text
+
+
+def error_message(exc: BaseException) -> tuple[str, int] | None:
+    """The one line and exit code for a failure the user can act on; None for a bug.
+
+    Timeouts exit 3; a failure the command checked itself carries its code
+    (``CommandError``); every other error of the library or of the OS exits 1.
+    """
+    if isinstance(exc, CommandError):
+        return str(exc), exc.code
+    if isinstance(exc, RemoteError):
+        return f"the server's handler raised {exc}", EXIT_ERROR
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        text = _os_text(exc) if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if "timed out" not in text:
+            text = f"timed out: {text}" if text else "timed out"
+        return text, EXIT_TIMEOUT
+    if isinstance(exc, ConnectionClosedError):
+        text = str(exc)
+        return (text if "closed" in text else f"connection closed: {text}"), EXIT_ERROR
+    if isinstance(exc, OSError):
+        return _os_text(exc), EXIT_ERROR
+    if isinstance(exc, IPCError):
+        return f"{type(exc).__name__}: {exc}", EXIT_ERROR
+    return None

@@ -18,9 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from ..clientcore import ClientCore, IPCClientStatus, SubscriptionBase, connect_error
+from ..clientcore import ClientCore, IPCClientStatus, connect_error
 from ..errors import ConnectionClosedError, IPCError, ProtocolError, RequestTimeoutError
 from ..events import Respond
+from ..listeners import BlockingClientEvents
 from ..options import DEFAULT, DEFAULT_CLOSE_TIMEOUT, DEFAULT_TIMEOUT, Default, check_timeout
 from ..packets import (
     MESSAGE,
@@ -32,6 +33,7 @@ from ..packets import (
     succeeded,
     unsubscribe_request,
 )
+from ..subscriptions import SubscriptionBase
 from ..transport import dial, socket_credentials
 from .connection import GONE, Connection, SendTimeout, SyncRespond, handshake
 from .reader import Background, background
@@ -39,7 +41,7 @@ from .server import check_not_serving, serving_threads
 
 __all__ = ["IPCClient", "IPCClientStatus", "Subscription"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.sync")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,7 +108,7 @@ class _Listeners:
                 else:
                     client.emit_request(event, args, respond)
             except Exception:  # pragma: no cover - the chain reports listener errors itself
-                logger.exception("ipc_server: failure running %r listeners", event)
+                logger.exception("failure running %r listeners", event)
             self._taken()
 
 
@@ -177,7 +179,7 @@ class Subscription(SubscriptionBase):
         return message
 
 
-class IPCClient(ClientCore):
+class IPCClient(ClientCore, BlockingClientEvents):
     """A blocking IPC client; thread-safe: any number of threads may call it at once.
 
     Events (listeners are plain functions; they run on one library thread):
@@ -185,8 +187,8 @@ class IPCClient(ClientCore):
     ``status(status)``, ``message(message)``, ``request(request, respond)``,
     and one event per subscribed topic (``handler(message)``).
 
-    The keyword options are those of ``ipc_server.options.ClientOptions``,
-    as for the asyncio client (which alone has ``max_queued``: this one
+    The keyword options are those of
+    [`ClientOptions`][ipc_server.options.ClientOptions], as for the asyncio client (which alone has ``max_queued``: this one
     writes directly and queues nothing). Windows named pipes are not
     supported by the blocking client; TCP and TLS are.
     """
@@ -377,7 +379,7 @@ class IPCClient(ClientCore):
                 report=self._report,
             )
             self._conn = conn
-            topics = self._admitted(opened.agreement)
+            restore = self._admitted(opened.agreement)
             for body in opened.early:
                 conn.dispatch_body(body)
             bg = self._bg
@@ -392,13 +394,15 @@ class IPCClient(ClientCore):
             else:
                 bg.signal()
         conn.flush_outbox()
-        if topics:
-            # After a reconnect: subscriptions are back before anyone hears "ready".
+        for data, fields in restore:
+            # After a reconnect: subscriptions and services are back before anyone hears "ready".
             try:
                 nonce = str(next(self._nonces))
-                conn.call(REQUEST, subscribe_request(topics), nonce, deadline, limit)
+                conn.call(REQUEST, data, nonce, deadline, limit, fields)
             except IPCError as exc:
                 self._report(exc)
+                if isinstance(exc, ConnectionClosedError):
+                    break
         with lock:
             if conn.dead:
                 return  # lost again: its loss has been dealt with (reconnecting or closed)
@@ -519,7 +523,7 @@ class IPCClient(ClientCore):
         if STATS not in conn.features:
             raise self._stats_unsupported()
         nonce = str(next(self._nonces))
-        value = conn.call(REQUEST, connections, nonce, deadline, limit, extension=STATS)
+        value = conn.call(REQUEST, connections, nonce, deadline, limit, {"x": STATS})
         if value is GONE:
             raise ConnectionClosedError("connection lost before the stats request left")
         result: dict[str, Any] = value
@@ -528,19 +532,27 @@ class IPCClient(ClientCore):
     # ------------------------------------------------------------------ pub/sub
 
     def subscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Subscribe to a topic (or several); messages are emitted under the topic's name."""
-        reply = self.request(self._subscribe_request(topic), timeout)
+        """Subscribe to a topic or pattern (or several), as ``ipc_server.IPCClient.subscribe``."""
+        reply = self.request(self._subscribe_request(topic, group), timeout)
         with self._slock:
-            return self._subscribe_done(topic, reply)
+            return self._subscribe_done(topic, reply, group=group)
 
     def unsubscribe(
-        self, topic: str | list[str], *, timeout: float | Default | None = DEFAULT
+        self,
+        topic: str | list[str],
+        *,
+        group: str | None = None,
+        timeout: float | Default | None = DEFAULT,
     ) -> bool:
-        """Unsubscribe; False when it was not subscribed."""
+        """Unsubscribe (from ``group``'s subscription, if given); False when it was not subscribed."""
         with self._slock:
-            request = self._unsubscribe_request(topic)
+            request = self._unsubscribe_request(topic, group)
         return succeeded(self.request(request, timeout))
 
     def publish(

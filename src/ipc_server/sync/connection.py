@@ -41,6 +41,7 @@ from ..packets import (
     PacketDispatcher,
     end,
     error_answer,
+    extension_packet,
     loss,
     read_answer,
     read_error,
@@ -168,6 +169,7 @@ class SyncRespond(Respond):
 
     def __init__(self, conn: Connection, nonce: Any) -> None:
         self.done = False
+        self.deadline = None
         self._conn = conn
         self._nonce = nonce
         self._lock = threading.Lock()
@@ -526,7 +528,7 @@ class Connection(ReadRoles, PacketDispatcher):
         nonce: str,
         deadline: float | None,
         seconds: float | None,
-        extension: str | None = None,
+        fields: dict[str, Any] | None = None,
     ) -> Any:
         """A REQUEST or PING and its answer; ``GONE`` if the connection was gone before sending.
 
@@ -550,10 +552,10 @@ class Connection(ReadRoles, PacketDispatcher):
         try:
             if t == PING:
                 w.started = time.perf_counter()
-            if extension is None:
+            if fields is None:
                 self.transmit(t, data, nonce, deadline)
-            else:  # a REQUEST of an extension: "x" beside t, d, n (packets.stats_request)
-                packet = {"t": t, "d": data, "n": nonce, "x": extension}
+            else:  # a REQUEST of an extension: "x" (and more) beside t, d, n
+                packet = extension_packet(t, data, nonce, fields)
                 self.transmit_with(lambda: frame(self.codec.encode_body(packet)), deadline)
             if lead:
                 done = self.lead(w, deadline)  # gives the role up again

@@ -14,17 +14,19 @@ import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._loop import new_event_loop
 from ..address import Address
+from ..events import EventEmitter
+from ..listeners import ServerListeners
 from ..options import DEFAULT_TIMEOUT, address_args, check_timeout, option_values
 from ..server import IPCConnection, ServerOptions, serving_loop
 from ..server import IPCServer as AsyncIPCServer
 
 __all__ = ["BlockingServerOptions", "IPCServer", "check_not_serving", "serving_threads"]
 
-logger = logging.getLogger("ipc_server")
+logger = logging.getLogger("ipc_server.sync")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
@@ -101,7 +103,7 @@ def _run_now(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("operation suspended; it cannot run inline")  # pragma: no cover
 
 
-class IPCServer(BlockingServerOptions):
+class IPCServer(BlockingServerOptions, ServerListeners[IPCConnection]):
     """The asyncio ``ipc_server.server.IPCServer``, run on a private loop thread.
 
     For code without asyncio: ``start`` returns once the server listens;
@@ -119,7 +121,7 @@ class IPCServer(BlockingServerOptions):
     ``server.run(connection.request(data))``.
 
     The keyword options are those of the asyncio server
-    (``ipc_server.serveroptions.ServerOptions``), plus ``loop_factory``
+    ([`ServerOptions`][ipc_server.serveroptions.ServerOptions]), plus ``loop_factory``
     (``BlockingServerOptions``).
     """
 
@@ -353,33 +355,25 @@ class IPCServer(BlockingServerOptions):
 
     # ------------------------------------------------------------------ events
 
-    @overload
-    def on(self, event: str) -> Callable[[F], F]: ...
-    @overload
-    def on(self, event: str, handler: F) -> F: ...
-    def on(self, event: str, handler: F | None = None) -> F | Callable[[F], F]:
-        """Add ``handler`` for ``event`` (runs on the loop thread); without one, a decorator."""
+    def _listen(self, event: str, handler: F | None, *, once: bool) -> F | Callable[[F], F]:
+        add = EventEmitter.once if once else EventEmitter.on  # the asyncio server's, untyped names
         if handler is None:
 
             def decorator(fn: F) -> F:
-                return self._call(lambda: self.aio.on(event, fn))
+                return self._call(lambda: add(self.aio, event, fn))
 
             return decorator
-        return self._call(lambda: self.aio.on(event, handler))
+        return self._call(lambda: add(self.aio, event, handler))
 
-    @overload
-    def once(self, event: str) -> Callable[[F], F]: ...
-    @overload
-    def once(self, event: str, handler: F) -> F: ...
-    def once(self, event: str, handler: F | None = None) -> F | Callable[[F], F]:
-        """Like ``on``, but the handler is removed after its first call."""
-        if handler is None:
+    if not TYPE_CHECKING:  # their types are ServerListeners', for the seven events
 
-            def decorator(fn: F) -> F:
-                return self._call(lambda: self.aio.once(event, fn))
+        def on(self, event, handler=None):
+            """Add ``handler`` for ``event`` (runs on the loop thread); without one, a decorator."""
+            return self._listen(event, handler, once=False)
 
-            return decorator
-        return self._call(lambda: self.aio.once(event, handler))
+        def once(self, event, handler=None):
+            """Like ``on``, but the handler is removed after its first call."""
+            return self._listen(event, handler, once=True)
 
     def off(self, event: str, handler: Callable[..., Any] | None = None) -> None:
         """Remove ``handler`` from ``event`` (every handler of it if None)."""
