@@ -1,4 +1,4 @@
-"""The compiled core (docs/architecture.md, "Compiled core"); the rest is in pyproject.toml.
+"""The compiled core (docs/architecture.md, "The compiled core"); the rest is in pyproject.toml.
 
 With ``IPC_SERVER_COMPILE=1`` the modules named in ``COMPILED`` are compiled
 with mypyc into C extensions installed beside their ``.py`` sources, which
@@ -16,9 +16,37 @@ from pathlib import Path
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-COMPILED = ("protocol", "codecs", "events", "writes", "pending", "endpoint", "topics")
-"""The hot path: framing, codecs, the emitter, the asyncio protocol (its writes and its
-request table), topics."""
+COMPILED = (
+    "protocol",
+    "codecs",
+    "events",
+    "writes",
+    "pending",
+    "extensions",
+    "endpoint",
+    "topics",
+)
+"""The hot path, compiled: framing, codecs, the emitter, the asyncio protocol, topics.
+
+``endpoint`` is compiled with the three mixins it is made of: ``writes``,
+``pending`` (the request table) and ``extensions``, each a trait (a native
+class has at most one base that is not). ``topics`` is what a publish matches
+with. Every packet of an asyncio end goes through these.
+
+Left interpreted:
+
+- ``future``: ``Pending`` subclasses ``asyncio.Future``, which mypyc cannot compile.
+- ``pubsub``: a mixin of the interpreted ``IPCServer`` beside other bases; as a
+  native class its layout conflicts with theirs, as a trait it crashes (an
+  interpreted class cannot carry a trait's native vtable), as a plain class it
+  loses ``Generic``. Its work per publish is one ``topics`` lookup and a loop
+  over ``Endpoint.write_shared``, both compiled.
+- ``server``, ``client``, ``clientcore``: subclassed by applications and by the
+  blocking client; per packet they only hand it on to the emitter (``events``).
+- ``streams``, ``services``, ``calls``, ``subscriptions``: used per stream,
+  service or subscription, off the plain request path.
+- ``listeners`` (types only), ``metrics``, ``cli``, ``sync``: not on the hot path.
+"""
 
 
 def compile_requested() -> bool:

@@ -13,7 +13,7 @@ of its own only for a request whose deadline is earlier than the one before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, NamedTuple
 
@@ -56,9 +56,6 @@ class RequestTable:
     _transport: asyncio.Transport | None
     _closing: bool
     _streams: dict[str, StreamReader]
-    # Writes an extension packet of ours (a cancel notice), if the peer can still read one
-    # (extensions.Extensions).
-    _notify: Callable[[dict[str, Any]], None]
 
     def _init_requests(self, nonces: Iterator[int]) -> None:
         self._nonces = nonces
@@ -69,7 +66,12 @@ class RequestTable:
         # up on (cancelled, timed out) is followed by a cancel notice.
         self._cancel = False
 
+    # Methods of writes.Writes, which comes before this one in Endpoint's bases, so these
+    # never run (a stub, not an annotation: a compiled trait would make that an attribute).
     def _write(self, data: Encoded) -> None:
+        raise NotImplementedError
+
+    def _notify(self, packet: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def _check_open(self) -> None:

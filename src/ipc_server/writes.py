@@ -217,6 +217,13 @@ class Writes:
             self._bytes_out += len(data)
             transport.write(data)
 
+    def _notify(self, packet: dict[str, Any]) -> None:
+        """Write an extension packet of ours (a cancel notice, a credit), if the peer can
+        still read one."""
+        if self._transport is None or self._aborted or self._eof_sent:
+            return
+        self._write(frame(self._codec.encode_body(packet)))
+
     def _write_parts(self, parts: list[bytes]) -> None:
         self._flush()
         transport = self._transport
