@@ -1,8 +1,9 @@
 """Which build runs: ``ipc_server.compiled`` tells the truth about the modules imported.
 
 The compiled core (``IPC_SERVER_COMPILE=1 pip install .``) is the modules that
-``setup.py`` names, compiled together or not at all; ``.ci/run`` runs this
-whole suite against the pure package and again against the compiled one.
+``setup.py`` names, compiled together or not at all; ``.ci/run`` runs the
+whole suite against the pure package and the hot path's tests (this file
+among them) against the compiled one.
 """
 
 from __future__ import annotations
