@@ -129,7 +129,9 @@ class System:
 
     `impl` names a module in `benchmarks.impl` (Python) or a mode of the Node
     script; `options` are handed to it.  `na` gives, for each workload the
-    system does not run, the reason shown in the notes.
+    system does not run, the reason shown in the notes.  A `compiled` system
+    runs ipc_server's compiled core, as installed for the runner's
+    `--compiled PYTHON`, instead of this checkout's `src/`.
     """
 
     name: str
@@ -138,6 +140,7 @@ class System:
     description: str
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     na: dict[str, str] = dataclasses.field(default_factory=dict)
+    compiled: bool = False
 
     def runs(self, workload: str) -> bool:
         return workload not in self.na
@@ -177,6 +180,23 @@ SYSTEMS: tuple[System, ...] = (
         'ipc_server on uvloop, client codec="msgpack" (bytes travel as msgpack bin)',
         {"uvloop": True, "codec": "msgpack"},
         _only(("big",), "the msgpack codec is measured for big only"),
+    ),
+    System(
+        "ours-uvloop-compiled",
+        "python",
+        "ours",
+        "ours-uvloop on the compiled core (IPC_SERVER_COMPILE=1 pip install ., --compiled)",
+        {"uvloop": True},
+        compiled=True,
+    ),
+    System(
+        "ours-sync-compiled",
+        "python",
+        "ours",
+        "ours-sync on the compiled core (--compiled)",
+        {"uvloop": True, "client": "sync"},
+        _only(("seq_rtt",), "the blocking client is measured for seq_rtt only"),
+        compiled=True,
     ),
     System(
         "floor-uvloop",

@@ -3,6 +3,7 @@
     python -m benchmarks.instructions                       # every workload, uvloop
     python -m benchmarks.instructions --loop asyncio --workloads request,oneway
     python -m benchmarks.instructions --python /root/.pyenv/versions/3.12.1/bin/python
+    python -m benchmarks.instructions --installed /tmp/venv-compiled/bin/python
 
 Wall-clock figures on a shared machine move by more than most changes to a hot
 path; instruction counts do not.  Each workload runs in one process holding
@@ -22,6 +23,9 @@ The runs import ``ipc_server`` from ``src/`` of this checkout (or ``--src``),
 so two checkouts can be compared workload by workload.  They import a copy of
 it and of ``benchmarks/`` taken at the start, compiled once before counting:
 editing the checkout while the tool runs changes nothing in its figures.
+``--installed PYTHON`` counts the package as installed in that interpreter's
+environment instead (the compiled core: ``IPC_SERVER_COMPILE=1 pip install .``
+into a virtualenv), so the pure and the compiled build can be compared.
 """
 
 from __future__ import annotations
@@ -200,7 +204,8 @@ async def _child_main(workload: str, n: int) -> None:
         raise RuntimeError("unexpected answer to the first request")
     await runs[workload](WARMUP)
     await runs[workload](n)
-    sys.stdout.write(f"DONE {workload} {n} {ipc_server.__file__}\n")
+    build = "compiled" if ipc_server.compiled else "pure"
+    sys.stdout.write(f"DONE {workload} {n} {build} {ipc_server.__file__}\n")
     sys.stdout.flush()
     shutil.rmtree(sockdir, ignore_errors=True)
 
@@ -226,7 +231,7 @@ class Setup:
 
     python: str
     loop: str
-    src: Path  # the snapshot's copy of src/ (ipc_server)
+    src: Path | None  # the snapshot's copy of src/ (ipc_server); None: the installed package
     root: Path  # the snapshot's copy of the repository root (benchmarks/)
     out_dir: Path
 
@@ -234,7 +239,8 @@ class Setup:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         # nothing but the snapshot and the interpreter's own packages
-        env["PYTHONPATH"] = os.pathsep.join([str(self.src), str(self.root)])
+        paths = [str(self.root)] if self.src is None else [str(self.src), str(self.root)]
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         env["PYTHONHASHSEED"] = "0"  # the same dict and set layouts in every run
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # the pre-run writes .pyc files once
         env.pop("IPC_SERVER_COMPILE", None)
@@ -265,21 +271,29 @@ class Setup:
     def check_done(self, out: str, workload: str, n: int) -> None:
         for line in out.splitlines():
             if line.startswith("DONE "):
-                _, name, count, module = line.split(" ", 3)
+                _, name, count, _build, module = line.split(" ", 4)
                 if name != workload or int(count) != n:
                     raise RuntimeError(f"the run did {name} {count}, not {workload} {n}")
-                if not Path(module).resolve().is_relative_to(self.src.resolve()):
-                    raise RuntimeError(f"ipc_server was imported from {module}, not {self.src}")
+                where = self.src if self.src is not None else self.root
+                if Path(module).resolve().is_relative_to(where.resolve()) != (self.src is not None):
+                    wanted = "installed" if self.src is None else f"from {self.src}"
+                    raise RuntimeError(f"ipc_server was imported from {module}, not {wanted}")
                 return
         raise RuntimeError(f"{workload} {n}: the run did not finish")
 
-    def prerun(self, workload: str) -> None:
-        """Once without valgrind: the workload works, and its .pyc files exist before counting."""
+    def prerun(self, workload: str) -> str:
+        """Once without valgrind: the workload works, and its .pyc files exist before counting.
+
+        Returns the build that ran: ``"pure"`` or ``"compiled"``.
+        """
         done = self.run(self.command(workload, 10), timeout=120)
         if done.returncode != 0:
             tail = "\n".join(done.stderr.strip().splitlines()[-5:])
             raise RuntimeError(f"{workload} does not run on {self.python}:\n{tail}")
         self.check_done(done.stdout, workload, 10)
+        return next(
+            line.split(" ")[3] for line in done.stdout.splitlines() if line.startswith("DONE ")
+        )
 
     def count(self, workload: str, n: int) -> int:
         """Instructions executed by one run under callgrind."""
@@ -368,7 +382,7 @@ class Figure:
 def measure(
     setup: Setup, workload: Workload, n: int, repeat: int, log: Callable[[str], None]
 ) -> Figure:
-    setup.prerun(workload.name)
+    """The figure of one workload (run ``setup.prerun`` for it first)."""
     figure = Figure(workload.name, workload.unit, n, [], [])
     for rep in range(1, repeat + 1):
         small = setup.count(workload.name, n)
@@ -438,6 +452,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="where ipc_server is imported from (this checkout's src/)",
     )
     p.add_argument(
+        "--installed",
+        default=None,
+        metavar="PYTHON",
+        help="count ipc_server as installed in that interpreter's environment (the compiled "
+        "core, say) instead of --src; it is the interpreter of the runs",
+    )
+    p.add_argument(
         "--keep",
         type=Path,
         default=None,
@@ -453,6 +474,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"-n must be at least {FANOUT_SUBSCRIBERS}")
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
+    if args.installed is not None and (args.python != sys.executable or args.src != REPO / "src"):
+        p.error("--installed names the interpreter and the package: not with --python or --src")
     if not (args.src / "ipc_server").is_dir():
         p.error(f"no ipc_server package in {args.src}")
     return args
@@ -466,35 +489,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    python, version = real_python(args.python)
+    python, version = real_python(args.installed or args.python)
+    where = "as installed" if args.installed else f"from {args.src}"
 
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    log(f"Python {version} ({python}), {args.loop}, ipc_server from {args.src}")
+    log(f"Python {version} ({python}), {args.loop}, ipc_server {where}")
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="ipccg") as tmp:
         out_dir = args.keep or Path(tmp)
         out_dir.mkdir(parents=True, exist_ok=True)
         src, root = snapshot(args.src, Path(tmp) / "tree")
-        setup = Setup(python, args.loop, src, root, out_dir)
+        setup = Setup(python, args.loop, None if args.installed else src, root, out_dir)
+        builds: set[str] = set()
         for name in args.workloads:
             workload = WORKLOADS_BY_NAME[name]
             n = args.n or workload.n
             if name == "fanout":
                 n -= n % FANOUT_SUBSCRIBERS
             try:
+                builds.add(setup.prerun(name))
                 figures.append(measure(setup, workload, n, args.repeat, log))
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 log(f"{name}: {exc}")
                 return 1
     unstable = [f.workload for f in figures if not f.stable]
     if args.json:
-        info = {"python": version, "executable": python, "loop": args.loop, "src": str(args.src)}
+        info = {
+            "python": version,
+            "executable": python,
+            "loop": args.loop,
+            "src": "installed" if args.installed else str(args.src),
+            "build": "/".join(sorted(builds)),
+        }
         print(json.dumps({**info, "figures": [f.to_json() for f in figures]}, indent=1))
     else:
         header = (
-            f"Instructions per operation, both ends, Python {version}, {args.loop} "
+            f"Instructions per operation, both ends, Python {version}, {args.loop}, "
+            f"{'/'.join(sorted(builds))} build "
             f"((I(2N) - I(N)) / N, mean of {args.repeat} run(s) of each pair)"
         )
         print(table(figures, header))

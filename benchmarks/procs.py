@@ -59,10 +59,11 @@ class Outcome:
         }
 
 
-def child_env() -> dict[str, str]:
-    """Environment for workers: the repo's src/ first, so `ipc_server` is this checkout."""
+def child_env(installed: bool = False) -> dict[str, str]:
+    """Environment for workers: the repo's src/ first, so `ipc_server` is this checkout
+    (with `installed`, the package installed for the worker's interpreter)."""
     env = dict(os.environ)
-    paths = [str(REPO / "src"), str(REPO)]
+    paths = [str(REPO)] if installed else [str(REPO / "src"), str(REPO)]
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -84,6 +85,7 @@ def raise_fd_limit(wanted: int = 65536) -> None:
 
 
 def _command(system: System, spec: dict[str, Any], python: str | None) -> list[str]:
+    """The worker's command line; `python` runs the Python ones (a compiled system's own)."""
     if system.kind == "node":
         node = shutil.which("node")
         if node is None:
@@ -92,14 +94,14 @@ def _command(system: System, spec: dict[str, Any], python: str | None) -> list[s
     return [python or sys.executable, "-m", "benchmarks.worker", json.dumps(spec)]
 
 
-def _spawn(cmd: list[str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
+def _spawn(cmd: list[str], stderr: IO[bytes], installed: bool = False) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr,
         cwd=REPO,
-        env=child_env(),
+        env=child_env(installed),
         bufsize=0,
         preexec_fn=_die_with_parent,  # safe: the runner is single-threaded
     )
@@ -156,11 +158,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def run_pair(system: System, workload: str, params: Params, python: str | None = None) -> Outcome:
+def run_pair(
+    system: System,
+    workload: str,
+    params: Params,
+    python: str | None = None,
+    compiled: str | None = None,
+) -> Outcome:
     """Start the server, run the client against it, return what the client measured.
 
-    Python workers run on `python` (default: this interpreter).
+    Python workers run on `python` (default: this interpreter); those of a
+    `compiled` system on `compiled`, the interpreter the compiled core is installed for.
     """
+    if system.compiled:
+        if compiled is None:
+            return Outcome(ok=False, error="no compiled core given (--compiled PYTHON)")
+        python = compiled
     sockdir = tempfile.mkdtemp(prefix="ipcb", dir="/tmp")
     procs: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
@@ -173,13 +186,16 @@ def run_pair(system: System, workload: str, params: Params, python: str | None =
     with tempfile.TemporaryFile() as server_err, tempfile.TemporaryFile() as client_err:
         stage = "server"
         try:
-            server = _spawn(_command(system, {**spec, "role": "server"}, python), server_err)
+            server = _spawn(
+                _command(system, {**spec, "role": "server"}, python), server_err, system.compiled
+            )
             procs.append(server)
             _wait_ready(server, timeout=min(60.0, params.deadline_s))
             stage = "client"
             client = _spawn(
                 _command(system, {**spec, "role": "client", "server_pid": server.pid}, python),
                 client_err,
+                system.compiled,
             )
             procs.append(client)
             try:

@@ -85,6 +85,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="interpreter of the Python workers (this one); it needs orjson and msgpack, "
         "and uvloop and pyzmq for the systems using them",
     )
+    p.add_argument(
+        "--compiled",
+        default=None,
+        metavar="PYTHON",
+        help="interpreter with ipc_server's compiled core installed (IPC_SERVER_COMPILE=1 "
+        "pip install . into a virtualenv): the *-compiled systems run on it, and run only then",
+    )
     p.add_argument("--reference", default="ours-uvloop", help="ratio reference (ours-uvloop)")
     p.add_argument("--write-docs", action="store_true", help="write docs/benchmarks.md and .png")
     p.add_argument("--docs-dir", type=Path, default=REPO / "docs", help=argparse.SUPPRESS)
@@ -108,6 +115,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in args.only or []:
         if name not in SYSTEMS_BY_NAME:
             p.error(f"unknown system {name!r}; known: {', '.join(SYSTEMS_BY_NAME)}")
+        if SYSTEMS_BY_NAME[name].compiled and args.compiled is None:
+            p.error(f"{name} needs --compiled PYTHON (an interpreter with the compiled core)")
     for name in args.workloads or []:
         if name not in WORKLOADS:
             p.error(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
@@ -184,14 +193,16 @@ try:
     import ipc_server as i
     info["ipc_server"] = getattr(i, "__version__", None) or version("ipc-server") or "?"
     info["ipc_server_file"] = i.__file__
+    info["ipc_server_compiled"] = bool(getattr(i, "compiled", False))
 except Exception:
     info["ipc_server"] = "not importable"
 print(json.dumps(info))
 """
 
 
-def python_info(python: str) -> dict[str, Any]:
-    """Versions as the workers see them (their interpreter, this checkout's src/)."""
+def python_info(python: str, installed: bool = False) -> dict[str, Any]:
+    """Versions as the workers see them (their interpreter, this checkout's src/ or,
+    with `installed`, the package installed for that interpreter)."""
     from benchmarks.procs import child_env
 
     try:
@@ -200,7 +211,7 @@ def python_info(python: str) -> dict[str, Any]:
             capture_output=True,
             text=True,
             timeout=60,
-            env=child_env(),
+            env=child_env(installed),
             cwd=REPO,
         )
     except (OSError, subprocess.SubprocessError) as exc:
@@ -211,7 +222,7 @@ def python_info(python: str) -> dict[str, Any]:
     return info
 
 
-def machine_info(python: str) -> dict[str, Any]:
+def machine_info(python: str, compiled: str | None = None) -> dict[str, Any]:
     from benchmarks.procs import NODE_SCRIPT
 
     info: dict[str, Any] = {
@@ -228,6 +239,8 @@ def machine_info(python: str) -> dict[str, Any]:
         _run([node, str(NODE_SCRIPT), json.dumps({"role": "versions"})]) if node else None
     )
     info["git"] = _run(["git", "describe", "--always", "--dirty"])
+    if compiled is not None:  # the *-compiled systems' interpreter and package
+        info["compiled"] = python_info(compiled, installed=True)
     return info
 
 
@@ -370,6 +383,11 @@ def write_docs(
         ("Node / net-ipc", f"{info.get('node')} / {info.get('net-ipc')}"),
         ("ipc_server", f"{info.get('ipc_server')} (git {info.get('git') or 'n/a'})"),
     ]
+    compiled = info.get("compiled")
+    if compiled:  # the *-compiled systems: their own interpreter, the compiled core
+        rows.append(
+            ("compiled core", f"Python {compiled['python']} ({compiled['python_executable']})")
+        )
     lines.append("| | |\n| --- | --- |")
     lines += [f"| {k} | {v} |" for k, v in rows]
     lines.append("")
@@ -428,7 +446,7 @@ def _progress(run: int, runs: int, system: System, workload: str, outcome: Outco
     else:
         text = f"error: {outcome.error}"
     print(
-        f"[{run}/{runs}] {workload:<12} {system.name:<15} {outcome.wall_s:6.1f}s  {text}",
+        f"[{run}/{runs}] {workload:<12} {system.name:<20} {outcome.wall_s:6.1f}s  {text}",
         file=sys.stderr,
         flush=True,
     )
@@ -446,6 +464,8 @@ def _command_line(args: argparse.Namespace) -> str:
         cmd += " --workloads " + ",".join(args.workloads)
     if args.python:
         cmd += f" --python {args.python}"
+    if args.compiled:
+        cmd += f" --compiled {args.compiled}"
     return cmd
 
 
@@ -455,6 +475,7 @@ def _measure(
     systems: list[System],
     workloads: list[str],
     python: str,
+    compiled: str | None = None,
 ) -> dict[str, Any]:
     raise_fd_limit()
     # SIGTERM/SIGHUP unwind like Ctrl-C, so every run's finally kills its children
@@ -471,12 +492,12 @@ def _measure(
                 key = (system.name, workload)
                 if not system.runs(workload) or key in failed:
                     continue  # a pair that failed once is not retried (it may be slow to fail)
-                outcome = run_pair(system, workload, params, python)
+                outcome = run_pair(system, workload, params, python, compiled)
                 outcomes.setdefault(key, []).append(outcome)
                 if not outcome.ok:
                     failed.add(key)
                 _progress(run, args.runs, system, workload, outcome)
-    info = machine_info(python)
+    info = machine_info(python, compiled)
     info["date"] = started.strftime("%Y-%m-%d %H:%M UTC")
     info["load_before"], info["load_after"] = load_before, load_average()
     return {
@@ -512,6 +533,26 @@ def _workers_python(python: str, systems: Sequence[System]) -> str:
     return executable
 
 
+def _selected(system: System, args: argparse.Namespace) -> bool:
+    """``--only``'s systems; by default all, the *-compiled ones only with ``--compiled``."""
+    if args.only is not None:
+        return system.name in args.only
+    return args.compiled is not None or not system.compiled
+
+
+def _compiled_python(python: str) -> str:
+    """The *-compiled systems' interpreter, checked: it imports the compiled core."""
+    info = python_info(python, installed=True)
+    if not info.get("ipc_server_compiled"):
+        where = info.get("ipc_server_file") or info["ipc_server"]
+        raise SystemExit(
+            f"{python} does not run ipc_server's compiled core ({where}); "
+            f"install it there with: IPC_SERVER_COMPILE=1 {python} -m pip install ."
+        )
+    executable: str = info["python_executable"]
+    return executable
+
+
 def _outcomes(raw: dict[str, Any]) -> dict[tuple[str, str], list[Outcome]]:
     return {
         (item["system"], item["workload"]): [
@@ -533,8 +574,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.list:
         lists = {s.name: ",".join(w for w in WORKLOADS if s.runs(w)) for s in SYSTEMS}
         width = max(len(text) for text in lists.values())
+        names = max(len(s.name) for s in SYSTEMS)
         for s in SYSTEMS:
-            print(f"{s.name:<16} {lists[s.name]:<{width}} {s.description}")
+            print(f"{s.name:<{names}} {lists[s.name]:<{width}} {s.description}")
         return 0
     if args.report is not None:  # re-render a earlier run's raw results
         raw: dict[str, Any] = json.loads(args.report.read_text(encoding="utf-8"))
@@ -545,10 +587,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = QUICK if args.quick else FULL
         if args.deadline is not None:
             params = dataclasses.replace(params, deadline_s=args.deadline)
-        systems = [s for s in SYSTEMS if args.only is None or s.name in args.only]
+        systems = [s for s in SYSTEMS if _selected(s, args)]
         workloads = [w for w in WORKLOADS if args.workloads is None or w in args.workloads]
         python = _workers_python(args.python or sys.executable, systems)
-        raw = _measure(args, params, systems, workloads, python)
+        compiled = None if args.compiled is None else _compiled_python(args.compiled)
+        raw = _measure(args, params, systems, workloads, python, compiled)
     table = build_table(systems, workloads, _outcomes(raw))
     refs = pick_references(table, systems, args.reference)
     raw["references"] = refs

@@ -63,6 +63,8 @@ def main(argv: list[str]) -> int:
     system = SYSTEMS_BY_NAME[spec["system"]]
     role: str = spec["role"]
     try:
+        if system.compiled and not importlib.import_module("ipc_server").compiled:
+            raise RuntimeError("ipc_server here is the pure-Python package, not the compiled core")
         impl = cast(Impl, importlib.import_module(f"benchmarks.impl.{system.impl}"))
         if role == "server":
             impl.serve(spec["workload"], spec["sockdir"], params, dict(system.options), _ready)

@@ -16,13 +16,15 @@ folders may be out of reach.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import pwd
 import socket
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+if importlib.util.find_spec("ipc_server") is None:  # not installed: this checkout's src/
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 # Imported before the switch to nobody.
 import ipc_server.sync

@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib.util
 import json
 import os
 import sys
 from collections import deque
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+if importlib.util.find_spec("ipc_server") is None:  # not installed: this checkout's src/
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from ipc_server import IPCConnection, IPCServer, Respond
 

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import sys
 import zlib
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+if importlib.util.find_spec("ipc_server") is None:  # not installed: this checkout's src/
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from ipc_server import IPCClient
 

@@ -235,7 +235,8 @@ async def test_a_stopped_client_is_dropped_by_keepalive() -> None:
             [
                 sys.executable,
                 "-c",
-                "import sys, time; sys.path.insert(0, 'src');"
+                "import importlib.util, sys, time;"
+                "importlib.util.find_spec('ipc_server') or sys.path.insert(0, 'src');"
                 "from ipc_server.sync import IPCClient;"
                 f"c = IPCClient(path={server.path!r}).connect(); print('up', flush=True);"
                 "time.sleep(60)",

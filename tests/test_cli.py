@@ -405,10 +405,11 @@ def test_top_level_help_lists_commands() -> None:
 
 
 def test_version() -> None:
-    """`--version` prints the package version."""
+    """`--version` prints the package version, and which build runs."""
     result = run("--version")
     assert result.returncode == 0
     assert result.stdout.split()[:2] == ["ipc-server", ipc_server.__version__]
+    assert ("compiled core" if ipc_server.compiled else "pure Python") in result.stdout
 
 
 def test_console_script_is_installed() -> None:

@@ -7,9 +7,11 @@ from typing import Any
 
 import msgpack
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import ipc_server
 from ipc_server.endpoint import Endpoint, Responder
 from ipc_server.errors import ProtocolError
 from ipc_server.protocol import Body
@@ -94,6 +96,9 @@ async def outcomes(bodies: list[Body], messagepack: bool) -> tuple[list[Any], li
     return fast.calls, general.calls
 
 
+# Recorder overrides _on_response, which Endpoint takes from the RequestTable trait: compiled
+# code calls the trait's own method there, not an interpreted override (a mypyc limitation).
+@pytest.mark.skipif(ipc_server.compiled, reason="overrides a compiled trait's method")
 @settings(max_examples=300, deadline=None)
 @given(st.lists(packets(), min_size=1, max_size=6), st.booleans())
 def test_fast_path_and_dispatch_agree(items: list[Any], messagepack: bool) -> None:

@@ -72,7 +72,8 @@ def test_a_folder_without_permission_names_the_path(front: str) -> None:
             else f"S(path={path!r}).connect()"
         )
         code = (
-            "import asyncio, os, sys; sys.path.insert(0, 'src');"
+            "import asyncio, importlib.util, os, sys;"
+            "importlib.util.find_spec('ipc_server') or sys.path.insert(0, 'src');"
             "from ipc_server import IPCClient; from ipc_server.sync import IPCClient as S\n"
             "os.setuid(65534)\n"
             "try:\n"

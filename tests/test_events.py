@@ -11,7 +11,7 @@ import pytest
 
 from helpers import within
 from ipc_server import STOP
-from ipc_server.events import EventEmitter, Stop, start_task
+from ipc_server.events import EventEmitter, Stop, Tasks, start_task
 
 EAGER = sys.version_info >= (3, 12)
 
@@ -425,7 +425,7 @@ async def test_start_task_runs_and_is_tracked() -> None:
         calls.append("second part")
         return "result"
 
-    tasks: set[asyncio.Task[Any]] = set()
+    tasks = Tasks()
     task = start_task(suspends(), tasks)
     assert task is not None
     assert task in tasks
@@ -443,7 +443,7 @@ async def test_start_task_is_eager_on_312() -> None:
     async def immediate() -> None:
         calls.append("ran")
 
-    tasks: set[asyncio.Task[Any]] = set()
+    tasks = Tasks()
     assert start_task(immediate(), tasks) is None
     assert calls == ["ran"]
     assert tasks == set()

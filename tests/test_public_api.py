@@ -31,6 +31,7 @@ PUBLIC_NAMES = (
     "NoRespondersError",
     "Subscription",
     "Respond",
+    "compiled",
 )
 
 

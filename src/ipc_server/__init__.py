@@ -7,6 +7,7 @@ ping. See the README for a tour and ``docs/`` for the guide.
 
 from __future__ import annotations
 
+from ._compiled import compiled
 from .client import IPCClient, Subscription
 from .clientcore import IPCClientStatus
 from .errors import (
@@ -47,4 +48,5 @@ __all__ = (
     "RequestTimeoutError",
     "Respond",
     "Subscription",
+    "compiled",
 )

@@ -22,7 +22,7 @@ from .errors import (
     ProtocolError,
     RequestTimeoutError,
 )
-from .events import EventEmitter, settle
+from .events import EventEmitter, Tasks, settle
 from .listeners import ClientEvents
 from .options import (
     DEFAULT,
@@ -279,14 +279,10 @@ class IPCClient(AsyncClientOptions, Calls, ClientEvents):
         self._check_server(peer)
         self._set_status(IPCClientStatus.CONNECTED)
 
-    def _request_arrived(
-        self, data: Any, respond: Responder, tasks: set[asyncio.Task[Any]]
-    ) -> None:
+    def _request_arrived(self, data: Any, respond: Responder, tasks: Tasks) -> None:
         self.emit_request("request", (data, respond), respond, tasks)
 
-    def _call_arrived(
-        self, name: Any, data: Any, respond: Responder, tasks: set[asyncio.Task[Any]]
-    ) -> None:
+    def _call_arrived(self, name: Any, data: Any, respond: Responder, tasks: Tasks) -> None:
         """The server sent a call of service ``name``: its handler answers it."""
         handler = self._service_handler(name)
         if handler is None:

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Coroutine, Iterator
 from typing import Any, cast
 
+from mypy_extensions import mypyc_attr
+
 from .codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
 from .errors import (
     ConnectionClosedError,
@@ -54,6 +56,7 @@ __all__ = ["Endpoint", "Responder"]
 logger = logging.getLogger("ipc_server.endpoint")
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.BufferedProtocol):
     """One end of one connection. Subclasses add the preamble and CONNECTION exchange.
 

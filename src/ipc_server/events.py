@@ -20,6 +20,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from typing import Any, Final, TypeVar, cast, overload
 
+from mypy_extensions import mypyc_attr
+
 __all__ = [
     "DONE",
     "STOP",
@@ -60,6 +62,7 @@ STOP = Stop.STOP
 """Return this from a listener to stop the rest of the chain (the seed's ``this.stopped = true``)."""
 
 
+@mypyc_attr(native_class=False)  # its names stay plain class attributes
 class IPCEvents:
     """Names of the built-in events, for code that prefers constants to strings.
 
@@ -178,6 +181,7 @@ def _loop_running() -> bool:
     return True
 
 
+@mypyc_attr(native_class=False)  # a compiled class cannot subclass set
 class Tasks(set["asyncio.Task[Any]"]):
     """The tasks of listener chains that suspended, kept until they end.
 
@@ -214,7 +218,7 @@ class Tasks(set["asyncio.Task[Any]"]):
 
 
 def start_task(
-    coro: Coroutine[Any, Any, Any], tasks: set[asyncio.Task[Any]] | None = None
+    coro: Coroutine[Any, Any, Any], tasks: Tasks | None = None
 ) -> asyncio.Task[Any] | None:
     """Run ``coro`` as a task; on Python 3.12+ it starts eagerly.
 
@@ -238,6 +242,7 @@ def start_task(
     return task
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Respond(abc.ABC):
     """The ``respond`` callable handed to ``request`` listeners.
 
@@ -285,6 +290,7 @@ class Respond(abc.ABC):
         listener's coroutine) once it starts: a peer may cancel it."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)
 class EventEmitter:
     """Ordered listeners per event name; plain functions or coroutine functions."""
 
@@ -300,7 +306,7 @@ class EventEmitter:
         # The listener of each event that has exactly one, added with on():
         # the per-message paths call it with _run_one, without a chain.
         self._solo: dict[str, Callable[..., Any]] = {}
-        self._tasks: set[asyncio.Task[Any]] = Tasks()
+        self._tasks = Tasks()
 
     @overload
     def on(self, event: str) -> Callable[[F], F]: ...
@@ -401,7 +407,7 @@ class EventEmitter:
         event: str,
         args: tuple[Any, ...],
         respond: Respond,
-        tasks: set[asyncio.Task[Any]] | None = None,
+        tasks: Tasks | None = None,
     ) -> None:
         """Run the listener chain of a request until one answers through ``respond``.
 
@@ -437,7 +443,7 @@ class EventEmitter:
         fns: list[Callable[..., Any]],
         args: tuple[Any, ...],
         responder: Respond | None = None,
-        tasks: set[asyncio.Task[Any]] | None = None,
+        tasks: Tasks | None = None,
     ) -> None:
         """Run ``fns`` in order until one returns ``STOP``.
 
@@ -486,7 +492,7 @@ class EventEmitter:
         rest: list[Callable[..., Any]],
         args: tuple[Any, ...],
         responder: Respond | None,
-        tasks: set[asyncio.Task[Any]] | None,
+        tasks: Tasks | None,
     ) -> None:
         """A coroutine listener: it and the ``rest`` of the chain run in a task of their own.
 

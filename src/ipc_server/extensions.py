@@ -12,8 +12,10 @@ as it is: only a packet with more keys than a Node peer sends comes here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any
+
+from mypy_extensions import mypyc_attr, trait
 
 from .codecs import Encoded, PacketCodec
 from .packets import (
@@ -27,13 +29,14 @@ from .packets import (
     read_window,
 )
 from .pending import Pending
-from .protocol import frame
 from .streams import StreamReader
 from .writes import Responder
 
 __all__ = ["Extensions"]
 
 
+@trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Extensions:
     """Deadlines, cancel notices, credit and stream requests of one connection (a mixin)."""
 
@@ -53,10 +56,25 @@ class Extensions:
     _skip: set[str]
 
     # Methods of the other mixins (writes.Writes, pending.RequestTable) and of Endpoint,
-    # which come before this one in Endpoint's bases: declared here, not defined.
-    _write: Callable[[Encoded], None]
-    _check_open: Callable[[], None]
-    _ask: Callable[..., Pending]
+    # which come before this one in Endpoint's bases, so these never run.
+    def _write(self, data: Encoded) -> None:
+        raise NotImplementedError
+
+    def _notify(self, packet: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _check_open(self) -> None:
+        raise NotImplementedError
+
+    def _ask(
+        self,
+        t: int,
+        data: Any,
+        timeout: float | None,
+        pending: Pending | None = None,
+        fields: dict[str, Any] | None = None,
+    ) -> Pending:
+        raise NotImplementedError
 
     def _on_extension(self, packet: dict[str, Any], n: str, respond: Responder) -> bool:
         """A REQUEST with more than ``t``, ``d``, ``n``: True if an extension took it.
@@ -131,11 +149,6 @@ class Extensions:
         self.features = features
         self.remote_errors = "errors" in features
         self._cancel = CANCEL in features
-
-    def _notify(self, packet: dict[str, Any]) -> None:
-        if self._transport is None or self._aborted or self._eof_sent:
-            return
-        self._write(frame(self._codec.encode_body(packet)))
 
     def extended_request(
         self, data: Any, fields: dict[str, Any], timeout: float | None

@@ -1,13 +1,9 @@
 """Requests in flight on the asyncio ends: ``Pending`` and the table of them.
 
 A request is sent when ``request()`` is called, and what it returns is a
-``Pending``: an ``asyncio.Future`` that is also a coroutine. As a future,
-``await``, ``asyncio.gather``, ``wait_for``, ``shield`` and ``asyncio.timeout``
-take it as it is, so a ``gather`` of many requests creates no Task per
-request; as a coroutine, ``create_task``, ``TaskGroup.create_task`` and
-``run_coroutine_threadsafe`` take it too. Cancelling it (directly, or the
-task awaiting it) drops its entry from the table; a late answer is then
-ignored.
+``Pending`` (``future.py``): an ``asyncio.Future`` that is also a coroutine,
+so that a ``gather`` of many requests creates no Task per request.
+Cancelling it drops its entry from the table; a late answer is then ignored.
 
 ``RequestTable`` is the mixin of ``endpoint.Endpoint`` that keeps them, by
 nonce: one shared sweep timer for the deadlines that come in order, a timer
@@ -17,72 +13,20 @@ of its own only for a request whose deadline is earlier than the one before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Generator, Iterator
+from collections.abc import Iterator
 from time import perf_counter
 from typing import Any, NamedTuple
 
+from mypy_extensions import mypyc_attr, trait
+
 from .codecs import Encoded, PacketCodec
 from .errors import ConnectionClosedError, RequestTimeoutError
+from .future import Pending
 from .options import check_timeout
 from .packets import PING, REQUEST, cancel_notice, read_error
 from .streams import StreamReader
 
 __all__ = ["Entry", "Extended", "Pending", "RequestTable", "Unanswered"]
-
-
-class Pending(asyncio.Future[Any], Coroutine[Any, Any, Any]):
-    """A request (or ping) in flight: a future of its answer, and a coroutine that awaits it.
-
-    ``asyncio.wait`` refuses it (it refuses every coroutine): wrap it in a task
-    there, ``asyncio.wait([asyncio.create_task(client.request(x))])``.
-    """
-
-    # Made with asyncio.Future's own __init__ (no Python frame per request); the table
-    # sets these two at once, and keeps the rest of the bookkeeping in its entry.
-    __slots__ = ("_nonce", "_steps", "_table")
-
-    _table: RequestTable
-    _nonce: str
-    _steps: Generator[Any, None, Any]
-
-    @property
-    def nonce(self) -> str | None:
-        """The request's nonce (None if it failed before it was sent)."""
-        return getattr(self, "_nonce", None)
-
-    def cancel(self, msg: Any = None) -> bool:
-        """Cancel the request: its answer, if one comes, is dropped."""
-        if not super().cancel(msg):
-            return False
-        self._table._forget(self._nonce)
-        return True
-
-    # The coroutine protocol, for create_task and the like: await the future.
-
-    def _iterate(self) -> Generator[Any, None, Any]:
-        try:
-            return self._steps
-        except AttributeError:
-            steps = self._steps = asyncio.Future.__await__(self)
-            return steps
-
-    def send(self, value: Any) -> Any:
-        return self._iterate().send(value)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        # The task that runs it is cancelled (before its first step, say): so is the request.
-        error = typ if val is None else val
-        if isinstance(error, asyncio.CancelledError) or (
-            isinstance(error, type) and issubclass(error, asyncio.CancelledError)
-        ):
-            self.cancel()
-        if val is None and tb is None:
-            return self._iterate().throw(typ)
-        return self._iterate().throw(typ, val, tb)
-
-    def close(self) -> None:
-        if not self.done():
-            self.cancel()
 
 
 class Extended(NamedTuple):
@@ -101,6 +45,8 @@ Unanswered = tuple[Pending, "float | None", Any, float]
 """A request a connection's END left unanswered: (the Pending, deadline, data, timeout)."""
 
 
+@trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class RequestTable:
     """The pending requests and pings of one connection (a mixin of ``endpoint.Endpoint``)."""
 
@@ -110,20 +56,22 @@ class RequestTable:
     _transport: asyncio.Transport | None
     _closing: bool
     _streams: dict[str, StreamReader]
-    # Writes an extension packet of ours (a cancel notice), if the peer can still read one
-    # (extensions.Extensions).
-    _notify: Callable[[dict[str, Any]], None]
 
     def _init_requests(self, nonces: Iterator[int]) -> None:
         self._nonces = nonces
         self._pending: dict[str, Entry] = {}
         self._sweep_handle: asyncio.TimerHandle | None = None
-        self._last_deadline = 0.0
+        self._last_deadline: Any = 0.0  # a float (mypyc cannot set a float attribute in a trait)
         # The peer announced ``cancel``: requests carry their timeout ("dl"), and one given
         # up on (cancelled, timed out) is followed by a cancel notice.
         self._cancel = False
 
+    # Methods of writes.Writes, which comes before this one in Endpoint's bases, so these
+    # never run (a stub, not an annotation: a compiled trait would make that an attribute).
     def _write(self, data: Encoded) -> None:
+        raise NotImplementedError
+
+    def _notify(self, packet: dict[str, Any]) -> None:
         raise NotImplementedError
 
     def _check_open(self) -> None:

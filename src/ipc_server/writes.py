@@ -27,6 +27,8 @@ from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Coroutine, Iterable
 from typing import Any
 
+from mypy_extensions import mypyc_attr, trait
+
 from .codecs import Deflation, Encoded, PacketCodec
 from .errors import IPCError, MessageTooLargeError, RequestTimeoutError
 from .events import DONE, Respond, Tasks, settle, start_task
@@ -49,6 +51,8 @@ DEFLATING_LIMIT = 64 * 1024 * 1024
 _deflating: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, int] = weakref.WeakKeyDictionary()
 
 
+@trait
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Writes:
     """Coalesced writes and backpressure for one connection (a mixin of ``Endpoint``)."""
 
@@ -82,7 +86,7 @@ class Writes:
         self._backlog_size = 0  # bytes in the backlog, not counting Deflations not run yet
         self._then_eof = False  # close(): half-close once the backlog is out
         self._then_close = False  # the peer half-closed: close once the backlog is out
-        self._paused_at = 0.0
+        self._paused_at: Any = 0.0  # a float (mypyc cannot set a float attribute in a trait)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._max_queued = max_queued
@@ -212,6 +216,13 @@ class Writes:
         else:
             self._bytes_out += len(data)
             transport.write(data)
+
+    def _notify(self, packet: dict[str, Any]) -> None:
+        """Write an extension packet of ours (a cancel notice, a credit), if the peer can
+        still read one."""
+        if self._transport is None or self._aborted or self._eof_sent:
+            return
+        self._write(frame(self._codec.encode_body(packet)))
 
     def _write_parts(self, parts: list[bytes]) -> None:
         self._flush()

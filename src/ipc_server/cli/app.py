@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from .. import __version__
+from .. import __version__, compiled
 from .._loop import run as run_loop
 from ..codecs import CODECS
 from .bench import cmd_bench, workload_list
@@ -268,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--version",
         action="version",
-        version=f"{PROG} {__version__} (python {sys.version.split()[0]})",
+        version=f"{PROG} {__version__} (python {sys.version.split()[0]}, "
+        f"{'compiled core' if compiled else 'pure Python'})",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
