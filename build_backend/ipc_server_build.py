@@ -2,8 +2,9 @@
 
 ``pip install .`` builds the pure-Python package and needs neither mypy nor a
 C compiler. ``IPC_SERVER_COMPILE=1 pip install .`` asks for the compiled core:
-this backend adds mypy (whose mypyc compiles it) and orjson (whose types it is
-compiled against) to the build requirements, and ``setup.py`` compiles the
+this backend adds mypy (whose mypyc compiles it), orjson and nats-py (whose
+types the package is checked against: mypyc checks every module it imports,
+the backplane's included) to the build requirements, and ``setup.py`` compiles the
 modules it names, falling back to the pure package when that fails. Editable
 installs are always pure: the sources in ``src/`` are what runs.
 """
@@ -24,7 +25,7 @@ from setuptools.build_meta import (  # noqa: F401 - the hooks this backend does 
     prepare_metadata_for_build_wheel,
 )
 
-COMPILE_REQUIRES = ["mypy>=2.4,<3", "orjson>=3.9"]
+COMPILE_REQUIRES = ["mypy>=2.4,<3", "orjson>=3.9", "nats-py>=2.6"]
 """What the compiled core's build needs besides setuptools."""
 
 
