@@ -351,6 +351,6 @@ def write_chart(path: Path, table: Table, systems: Sequence[System], refs: dict[
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"Relative performance ({TIMES}, log scale, >1 = better)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=200)
     plt.close(fig)
