@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["Credentials", "Link", "background", "nats_available"]
+__all__ = ["Credentials", "Link", "background", "cancel_all", "nats_available"]
 
 logger = logging.getLogger("ipc_server.backplane")
 
@@ -241,3 +241,21 @@ class Link:
             await asyncio.wait_for(self.client.close(), timeout=timeout)
         except Exception as exc:  # the socket goes with the client; nothing else to do
             logger.debug("closing the broker connection: %s", type(exc).__name__)
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]], patience: float = 5.0) -> None:
+    """Cancel ``tasks`` and wait for them, cancelling again what is still running (a
+    library below may swallow one cancellation while it dials): never waits forever."""
+    pending = {task for task in tasks if not task.done()}
+    deadline = asyncio.get_running_loop().time() + patience
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.25)
+        if asyncio.get_running_loop().time() >= deadline:
+            break
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: nobody else waits for it
+    if pending:
+        logger.warning("backplane: %d task(s) did not stop when cancelled", len(pending))

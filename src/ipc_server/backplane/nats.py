@@ -28,7 +28,7 @@ from .base import Backplane, BackplaneHost
 from .cluster import Cluster, quietly
 from .delivery import Outbox, Sequencer, Tracker
 from .inbound import Inbound
-from .link import Credentials, Link, background, nats_available
+from .link import Credentials, Link, background, cancel_all, nats_available
 from .serving import Serving
 from .subjects import Subjects, escape_token, redact_url
 from .subscriptions import Sub, Subscriptions
@@ -224,9 +224,7 @@ class NatsBackplane(Backplane):
             await link.confirm(1.0)
         self._state = "closed"
         self._sending = False
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._serving.cancel_all()
         self._cluster.lost("the backplane was closed")
         self._release_barrier(True)
