@@ -130,8 +130,11 @@ def test_the_blocking_client_drops_answers_the_server_gave_up_on(
     after: Recorder[tuple[Any, bool]] = Recorder()
     errors: Recorder[Any] = Recorder()
 
+    responds: list[Any] = []
+
     def listener(request: Any, respond: Any) -> None:
         seen(request)
+        responds.append(respond)
         if request != "third":
             gate.wait(DEADLINE)
         after((request, respond.cancelled))
@@ -145,6 +148,10 @@ def test_the_blocking_client_drops_answers_the_server_gave_up_on(
             server.request_client("first", timeout=0.3)
         with pytest.raises(RequestTimeoutError):
             server.request_client("second", timeout=0.3)  # queued behind "first"
+        # The server sent both cancel notices before this answer: once it is read, the
+        # client's reader (not the busy listener thread) has taken them.
+        assert client.request("in order") == "in order"
+        assert responds[0].cancelled
     finally:
         gate.set()
     assert after.wait_for(1, "the first listener ends") == [("first", True)]
@@ -161,7 +168,10 @@ def test_a_blocking_worker_drops_a_call_its_caller_gave_up_on(front: Front, serv
     gate = threading.Event()
     done: Recorder[bool] = Recorder()
 
+    responds: list[Any] = []
+
     def handler(request: Any, respond: Any) -> None:
+        responds.append(respond)
         if request == "slow":
             gate.wait(DEADLINE)
         done(respond.cancelled)
@@ -173,6 +183,8 @@ def test_a_blocking_worker_drops_a_call_its_caller_gave_up_on(front: Front, serv
         with pytest.raises(RequestTimeoutError):
             caller.call("job", "slow", timeout=0.3)
         wait_until(lambda: server.pending(worker.id) == 0, "the server forgets the call")
+        assert worker.request("in order") == "in order"  # read after the cancel notice
+        assert responds[0].cancelled
     finally:
         gate.set()
     assert done.wait_for(1, "the slow handler ends") == [True]
