@@ -35,7 +35,6 @@ __all__ = [
     "MAX_SUBJECT_BYTES",
     "Subjects",
     "escape_token",
-    "pattern_matches",
     "redact_url",
     "unescape_token",
 ]
@@ -73,20 +72,6 @@ def unescape_token(token: str) -> str:
         return raw.decode("utf-8", "surrogatepass")
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise ValueError(f"malformed opaque subject token {token[:40]!r}") from exc
-
-
-def pattern_matches(pattern: str, subject: str) -> bool:
-    """Whether the NATS subscription subject ``pattern`` matches ``subject`` (as the broker does)."""
-    if pattern == subject:
-        return True
-    want = pattern.split(".")
-    have = subject.split(".")
-    for i, token in enumerate(want):
-        if token == ">":
-            return len(have) > i
-        if i >= len(have) or (token != "*" and token != have[i]):
-            return False
-    return len(want) == len(have)
 
 
 def redact_url(url: str) -> str:

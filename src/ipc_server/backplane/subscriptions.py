@@ -18,8 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from ..topics import matches
 from .link import Link, background
-from .subjects import pattern_matches
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -145,7 +145,7 @@ class Subscriptions:
         if sub is not None and (sub.kind != "topic" or sub.added <= since):
             return True
         return any(
-            w.added <= since and pattern_matches(w.subject, subject)
+            w.added <= since and matches(w.subject, subject)  # NATS subjects match as topics do
             for w in self._wildcards.values()
         )
 
