@@ -269,8 +269,17 @@ async def test_start_without_broker_then_up(tmp_path: Path) -> None:
         broker.stop()
 
 
+async def heartbeats_after(backplane: NatsBackplane, count: int = 2) -> None:
+    """Wait until ``backplane`` has heard ``count`` more heartbeats from others: its
+    confirmed interests are then known to predate what they publish next."""
+    heard = backplane.stats()["heartbeats"]
+    await eventually(lambda: backplane.stats()["heartbeats"] >= heard + count, timeout=3)
+
+
 async def test_outbox_flushes_on_reconnect(tmp_path: Path) -> None:
-    """What was published while down is sent once the connection is back, then "up"."""
+    """What was published while down is sent once the connection is back, then "up";
+    if it reached the broker before the receiver was back, the loss is reported,
+    even for the very first messages of a stream."""
     broker = Broker(tmp_path)
     broker.start()
     a = NatsBackplane(servers=[broker.url], namespace="test", **FAST)
@@ -279,24 +288,61 @@ async def test_outbox_flushes_on_reconnect(tmp_path: Path) -> None:
     try:
         await a.start(host_a)
         await b.start(host_b)
-        await b.add_interest("t")
-        # b has seen the stream (its baseline: see docs/reliability.md, "Loss is visible").
-        a.publish("t", "before")
-        await eventually(lambda: len(host_b.deliveries) == 1, timeout=3)
+        assert await b.add_interest("t")
+        await heartbeats_after(b)
         broker.kill()
         await eventually(lambda: not a.is_up and not b.is_up)
-        a.publish("t", "while down")
+        a.publish("t", "while down")  # the stream's first message
         assert a.stats()["queued"] == 1
         broker.start()
         await eventually(lambda: a.is_up and b.is_up, timeout=5)
         assert a.stats()["queued"] == 0
-        assert a.stats()["published"] == 2
+        assert a.stats()["published"] == 1
         # The two reconnect on their own: a's flush may reach the broker
         # before b is back, and is then lost, but never silently.
         a.publish("t", "after")
-        await eventually(lambda: len(host_b.deliveries) + host_b.missed["a"] == 3, timeout=3)
+        await eventually(lambda: len(host_b.deliveries) + host_b.missed["a"] == 2, timeout=3)
         assert host_b.deliveries[-1] == ("t", "after", "a")
         assert host_a.kinds() == ["up", "down", "up"]
+    finally:
+        await a.close()
+        await b.close()
+        broker.stop()
+
+
+async def test_a_streams_first_messages_lost_are_reported(tmp_path: Path) -> None:
+    """The broker drops this server's subscription (a permissions reload) before another
+    server's first publishes to the topic: once delivery resumes, every message is
+    either received or reported missed, the first ones included."""
+    broker = Broker(tmp_path, _TWO_USERS.format(deny=""))
+    broker.start()
+    a = NatsBackplane(servers=[broker.url], namespace="test", user="a", password="pa", **FAST)
+    b = NatsBackplane(servers=[broker.url], namespace="test", user="b", password="pb", **FAST)
+    host_a, host_b = FakeHost("a"), FakeHost("b")
+    try:
+        await a.start(host_a)
+        await b.start(host_b)
+        assert await b.add_interest("x")
+        await heartbeats_after(b)
+        broker.reload(
+            _TWO_USERS.format(deny=', permissions: { subscribe: { deny: ["test.t.>"] } }')
+        )
+        await eventually(lambda: host_b.errors, timeout=5)
+        sent = 0
+        for _ in range(5):  # lost for certain: b has no subscription at the broker
+            a.publish("x", sent)
+            sent += 1
+        await eventually(lambda: a.stats()["published"] == sent)
+        broker.reload(_TWO_USERS.format(deny=""))
+        began = time.monotonic()
+        while not host_b.deliveries:
+            assert time.monotonic() - began < 5, "delivery never resumed"
+            a.publish("x", sent)
+            sent += 1
+            await asyncio.sleep(0.05)
+        await eventually(lambda: len(host_b.deliveries) + host_b.missed["a"] == sent)
+        assert host_b.missed["a"] >= 5
+        assert b.stats()["missed"] == host_b.missed["a"]
     finally:
         await a.close()
         await b.close()

@@ -50,6 +50,10 @@ class ClusterOwner(Owner, Protocol):
 
     def forget_origin(self, server: str) -> None: ...
 
+    def heard(self, server: str, beat: int) -> None:
+        """A heartbeat numbered ``beat`` came from ``server``."""
+        ...
+
 
 class Cluster:
     """Members, and the calls and surveys this server waits on.
@@ -73,8 +77,8 @@ class Cluster:
     async def on_heartbeat(self, msg: Msg) -> None:
         owner = self.owner
         try:
-            items = read(msg.data, 5)
-            kind, server, epoch, interval = items[1:5]
+            items = read(msg.data, 6)
+            kind, server, epoch, interval, beat = items[1:6]
             if not isinstance(server, str):
                 raise ValueError("heartbeat without a server id")
             if server == self.members.own:
@@ -84,6 +88,7 @@ class Cluster:
                 return
             now = asyncio.get_running_loop().time()
             change = self.members.beat(server, int(epoch), float(interval), now)
+            owner.heard(server, int(beat))
         except (ValueError, TypeError) as exc:
             owner.malformed(exc)
             return

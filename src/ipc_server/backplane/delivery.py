@@ -8,15 +8,25 @@ is a loss, never a message it did not want; per-origin numbering could not
 tell the two apart. The receiver keeps, per (origin, topic), the epoch and the
 last number seen:
 
-- a new epoch (or a stream it does not know): start there, nothing missed;
 - a number at or below the last: a duplicate (two of its subscriptions matched
   the subject), dropped;
 - a number past the next one: ``seq - last - 1`` messages missed, reported as
   a gap, unless this server stopped being interested in the topic in the
-  meantime (``Tracker`` asks its owner).
+  meantime (``Tracker`` asks its owner);
+- a new epoch (or a stream it does not know) starting past 1: the numbers
+  before it were missed if this server must have had them, else it starts
+  there. It must have had them when its interest was at the broker before the
+  stream began. Heartbeats say when: each carries the origin's count of
+  heartbeats, and each publish the count when its stream began (``start``).
+  The origin sent that heartbeat, then the stream, on one connection, in
+  order; so if this server's interest was confirmed by the broker before that
+  heartbeat arrived, the broker routed the whole stream to it. (Confirmed
+  before the heartbeat *before* that one, to leave no race between a
+  confirmation and a heartbeat read just ahead of it.)
 
 Both tables are bounded (least recently used streams are forgotten); a
-forgotten stream starts again, as a new one does.
+forgotten stream starts again, as a new one does, and is never counted from
+its start.
 """
 
 from __future__ import annotations
@@ -24,11 +34,12 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Generic, NamedTuple, TypeVar
+from typing import NamedTuple
 
 __all__ = ["Outbox", "Queued", "Sequencer", "Tracker"]
 
-K = TypeVar("K")
+Key = tuple[str, str]
+"""A stream: (origin, subject)."""
 
 
 class Sequencer:
@@ -45,72 +56,121 @@ class Sequencer:
         # a random base in the high bits, a counter in the low ones.
         self._next_epoch = random.getrandbits(30) << 32
         self._streams: dict[str, list[int]] = {}
+        self.beats = 0
+        """Heartbeats this server sent so far (the owner counts them)."""
 
-    def next(self, topic: str) -> tuple[int, int]:
-        """``(epoch, seq)`` for the next publish to ``topic``."""
+    def next(self, topic: str) -> tuple[int, int, int]:
+        """``(epoch, seq, start)`` for the next publish to ``topic``; ``start`` is
+        ``beats`` when the stream began."""
         streams = self._streams
         stream = streams.pop(topic, None)
         if stream is None:
             if len(streams) >= self.limit:
                 del streams[next(iter(streams))]
             self._next_epoch += 1
-            stream = [self._next_epoch, 0]
+            stream = [self._next_epoch, 0, self.beats]
         stream[1] += 1
         streams[topic] = stream  # last in the dict: the most recently used
-        return stream[0], stream[1]
+        return stream[0], stream[1], stream[2]
 
     def __len__(self) -> int:
         return len(self._streams)
 
 
-class Tracker(Generic[K]):
+class Tracker:
     """What a receiving server knows of each stream: drops duplicates, counts gaps.
 
     Args:
-        limit: Streams kept; past it the least recently updated is forgotten.
-        covered: ``covered(key, since)`` tells whether an interest of this
-            server that matches the stream's subject has existed since the
-            interest clock read ``since``. Asked only when a hole is seen
-            after an interest was removed.
+        limit: Streams kept, and origins whose heartbeats are kept; past it
+            the least recently updated is forgotten.
+        covered: ``covered(subject, since)`` tells whether an interest of this
+            server that matches ``subject`` has existed since the interest
+            clock read ``since``.
 
-    The owner ticks ``clock`` when it adds an interest and ``removals`` when
-    it removes one; a hole with no removal since the last message is a loss.
+    The owner ticks ``clock`` when it adds an interest, ``removals`` when it
+    removes one, and sets ``confirmed`` to the clock the broker confirmed
+    last; it calls ``heard`` for each heartbeat.
     """
 
-    def __init__(self, limit: int, covered: Callable[[K, int], bool]) -> None:
+    def __init__(self, limit: int, covered: Callable[[str, int], bool]) -> None:
         self.limit = limit
         self.covered = covered
         self.clock = 0
         self.removals = 0
-        # key -> [epoch, last seq, clock at the last message, removals then]
-        self._streams: dict[K, list[int]] = {}
+        self.confirmed = 0
+        # key -> [epoch, last seq, clock at the last message, removals then, start]
+        self._streams: dict[Key, list[int]] = {}
+        # origin -> [beat, clock] pairs: every message the origin sent after
+        # that heartbeat reached the broker after this server's interests up
+        # to that clock; the first and the last such pair, then the confirmed
+        # clock at the last heartbeat, and the floor: streams that began at or
+        # before it may have been forgotten here, so are never counted whole.
+        self._heard: dict[str, list[int]] = {}
 
-    def accept(self, key: K, epoch: int, seq: int) -> int | None:
+    def heard(self, origin: str, beat: int) -> None:
+        """A heartbeat numbered ``beat`` from ``origin``."""
+        record = self._record(origin)
+        if beat > record[2]:
+            proven = record[4]  # confirmed at the heartbeat before: no race
+            if record[1] == 0:
+                record[0], record[1] = beat, proven
+            record[2], record[3] = beat, proven
+        record[4] = self.confirmed
+
+    def accept(self, key: Key, epoch: int, seq: int, start: int = -1) -> int | None:
         """None for a duplicate (drop it); else how many messages of the stream
-        were missed just before this one (0 when none)."""
+        were missed just before this one (0 when none). ``start``: the origin's
+        heartbeat count when the stream began."""
         streams = self._streams
         stream = streams.pop(key, None)
         if stream is None or stream[0] != epoch:
             if stream is None and len(streams) >= self.limit:
-                del streams[next(iter(streams))]
-            streams[key] = [epoch, seq, self.clock, self.removals]
-            return 0
+                old_key = next(iter(streams))
+                record = self._record(old_key[0])
+                record[5] = max(record[5], streams.pop(old_key)[4])
+            streams[key] = [epoch, seq, self.clock, self.removals, start]
+            return seq - 1 if seq > 1 and self._whole(key, start) else 0
         streams[key] = stream
         last = stream[1]
         if seq <= last:
             return None
         missed = seq - last - 1
-        if missed and stream[3] != self.removals and not self.covered(key, stream[2]):
+        if missed and stream[3] != self.removals and not self.covered(key[1], stream[2]):
             missed = 0  # not interested all along: the hole is not a loss
         stream[1] = seq
         stream[2] = self.clock
         stream[3] = self.removals
         return missed
 
-    def forget(self, match: Callable[[K], bool]) -> None:
-        """Forget the streams whose key satisfies ``match`` (an origin that left)."""
-        for key in [key for key in self._streams if match(key)]:
+    def _whole(self, key: Key, start: int) -> bool:
+        """Whether this server must have had the stream of ``key`` since its first
+        message (it began at the origin's heartbeat ``start``)."""
+        record = self._heard.get(key[0])
+        if record is None or start <= record[5]:
+            return False
+        if start >= record[2]:
+            since = record[3]
+        elif start >= record[0]:
+            since = record[1]
+        else:
+            return False
+        return since > 0 and self.covered(key[1], since)
+
+    def _record(self, origin: str) -> list[int]:
+        heard = self._heard
+        record = heard.pop(origin, None)
+        if record is None:
+            if len(heard) >= self.limit:
+                del heard[next(iter(heard))]
+            record = [-1, 0, -1, 0, 0, -1]
+        heard[origin] = record
+        return record
+
+    def forget(self, origin: str) -> None:
+        """Forget the streams and heartbeats of ``origin`` (it left)."""
+        for key in [key for key in self._streams if key[0] == origin]:
             del self._streams[key]
+        self._heard.pop(origin, None)
 
     def __len__(self) -> int:
         return len(self._streams)

@@ -13,12 +13,15 @@ keep the local clients waiting.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .serving import Owner
+from .wire import read_publish
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
+    from .delivery import Tracker
     from .subscriptions import Sub
 
 __all__ = ["BATCH", "Inbound"]
@@ -27,19 +30,30 @@ BATCH = 256
 """Messages delivered before the handler yields to the loop."""
 
 
+class InboundOwner(Owner, Protocol):
+    """What ``Inbound`` needs from its backplane, beyond what ``Serving`` does."""
+
+    def event(self, kind: str, info: dict[str, Any]) -> None:
+        """Emit the server's ``backplane`` event."""
+        ...
+
+    def report(self, exc: BaseException) -> None:
+        """Report ``exc`` on the server's ``error`` event."""
+        ...
+
+
 class Inbound:
-    """Hands each message from the broker on; tells when to yield.
+    """Hands each message from the broker on, past the tracker; tells when to yield.
 
     Args:
-        take: Where a topic's (or a broadcast's) message goes.
-        take_group: Where a worker group's message goes.
+        owner: The backplane.
+        tracker: Where sequence numbers are checked.
     """
 
-    def __init__(
-        self, take: Callable[[str, bytes], None], take_group: Callable[[str, bytes, Sub], None]
-    ) -> None:
-        self._take = take
-        self._take_group = take_group
+    def __init__(self, owner: InboundOwner, tracker: Tracker) -> None:
+        self._owner = owner
+        self._tracker = tracker
+        self._own = owner.envelopes.origin
         self._count = 0
 
     def put(self, msg: Msg, sub: Sub | None) -> bool:
@@ -54,3 +68,53 @@ class Inbound:
             self._count = 0
             return True
         return False
+
+    def _take(self, subject: str, data: bytes) -> None:
+        owner = self._owner
+        subjects = owner.subjects
+        broadcast = subject == subjects.broadcast
+        try:
+            published = read_publish(data)
+            topic = "" if broadcast else subjects.topic_of(subject)
+        except ValueError as exc:  # ProtocolError is a ValueError too
+            owner.malformed(exc)
+            return
+        origin, message = published.origin, published.message
+        if origin == self._own:
+            return
+        missed = self._tracker.accept(
+            (origin, subject), published.epoch, published.seq, published.start
+        )
+        if missed is None:
+            owner.count("duplicates")
+            return
+        if missed:
+            owner.count("gaps")
+            owner.count("missed", missed)
+            owner.event("gap", {"origin": origin, "topic": topic, "missed": missed})
+        owner.count("received")
+        try:
+            if broadcast:
+                owner.host.deliver_broadcast(message, origin)
+            else:
+                owner.host.deliver_remote(topic, message, origin)
+        except Exception as exc:
+            owner.report(exc)
+
+    def _take_group(self, subject: str, data: bytes, sub: Sub) -> None:
+        # The broker chose this server among the group's: this server's own
+        # publishes included, unless its groups were served when it published.
+        owner = self._owner
+        try:
+            published = read_publish(data)
+            topic = owner.subjects.topic_of(subject)
+        except ValueError as exc:
+            owner.malformed(exc)
+            return
+        if published.served:
+            return
+        owner.count("received_group")
+        try:
+            owner.host.deliver_group(topic, sub.name, sub.group, published.message)
+        except Exception as exc:
+            owner.report(exc)

@@ -32,7 +32,7 @@ from .link import Credentials, Link, background, cancel_all, nats_available
 from .serving import Serving
 from .subjects import Subjects, escape_token, redact_url
 from .subscriptions import Sub, Subscriptions
-from .wire import BEAT, BYE, HELLO, Envelopes, read_publish
+from .wire import BEAT, BYE, HELLO, Envelopes
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -43,10 +43,10 @@ logger = logging.getLogger("ipc_server.backplane")
 
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
-_ENVELOPE_ROOM = 20  # a publish envelope's epoch and seq take at most this many bytes
+_ENVELOPE_ROOM = 30  # a publish envelope's epoch, seq, flag and start take at most this many bytes
 _BATCH = 256  # messages handled before yielding to the loop
 _COUNTER_NAMES = (
-    "published received received_group duplicates gaps missed reconnects refused calls_sent "
+    "published received received_group duplicates gaps missed reconnects refused heartbeats calls_sent "
     "calls_served surveys_sent surveys_answered"
 )
 _COUNTERS = _COUNTER_NAMES.split()
@@ -140,7 +140,7 @@ class NatsBackplane(Backplane):
         self._max_remote_calls = max_remote_calls
         self._outbox = Outbox(outbox_bytes, outbox_seconds)
         self._sequencer = Sequencer(max_streams)
-        self._tracker: Tracker[tuple[str, str]] = Tracker(max_streams, self._covered)
+        self._tracker = Tracker(max_streams, self._covered)
         self._subs = Subscriptions({}, (inbound_limit, inbound_bytes))
         self._inbound_bytes = inbound_bytes
         self._state = "new"  # new, down, restoring, up, closed
@@ -199,7 +199,7 @@ class NatsBackplane(Backplane):
             ("broadcast", subjects.broadcast),
         ):
             subs.add(kind, kind, subject)
-        self._inbox = Inbound(self._take, self._take_group)
+        self._inbox = Inbound(self, self._tracker)
         self._tasks = [
             loop.create_task(self._supervise(), name="backplane connection"),
             loop.create_task(self._send(), name="backplane sender"),
@@ -307,7 +307,7 @@ class NatsBackplane(Backplane):
         # Every subscription on this connection (those added meanwhile
         # included), then make sure the broker has them all.
         await self._subs.restore(link, gen)
-        if not await link.confirm(max(self._confirm_timeout, len(self._subs) / 5000)):
+        if not await self._confirm(link, max(self._confirm_timeout, len(self._subs) / 5000)):
             link.drop("the broker did not confirm the subscriptions in time")
             return
         await self._direct(HELLO)
@@ -346,7 +346,7 @@ class NatsBackplane(Backplane):
         if self._down_reported:
             return
         self._down_reported = True
-        self._event("down", {"reason": reason, "queued": len(self._outbox)})
+        self.event("down", {"reason": reason, "queued": len(self._outbox)})
 
     def _check_up(self) -> None:
         if self._state == "restoring" and self._sending and self._outbox.removed >= self._up_target:
@@ -355,7 +355,7 @@ class NatsBackplane(Backplane):
             self._down_reported = False
             self._cluster.restored()
             self._up_event.set()
-            self._event(
+            self.event(
                 "up",
                 {
                     "server": link.url if link else "",
@@ -389,7 +389,7 @@ class NatsBackplane(Backplane):
         if denied is not None:
             self._denied(link, denied.group(1))
         elif "permissions violation" in text:
-            self._report(IPCError(f"the broker refused: {text}"))
+            self.report(IPCError(f"the broker refused: {text}"))
         else:
             logger.debug("broker connection: %s", _describe(exc))
 
@@ -397,7 +397,7 @@ class NatsBackplane(Backplane):
         # The broker removed (or refused) a subscription while the connection
         # lives on: a deaf subscription. It is subscribed again until it holds.
         if self._subs.denied(subject, link, self._confirm_timeout, self._reconnect_max):
-            self._report(
+            self.report(
                 IPCError(
                     f"the broker removed this server's subscription to {subject!r} "
                     "(permissions violation); subscribing again"
@@ -436,8 +436,8 @@ class NatsBackplane(Backplane):
                 )
             )
             return False
-        epoch, seq = self._sequencer.next(topic)
-        payload = envelopes.publish(epoch, seq, body, not groups)
+        epoch, seq, start = self._sequencer.next(topic)
+        payload = envelopes.publish(epoch, seq, body, not groups, start)
         self._outbox.put(subject, payload, self._loop.time())
         if self._sending:
             self._wake_sender.set()
@@ -445,7 +445,7 @@ class NatsBackplane(Backplane):
 
     def _refuse(self, exc: BaseException) -> None:
         self._counts["refused"] += 1
-        self._report(exc)
+        self.report(exc)
 
     async def _send(self) -> None:
         outbox = self._outbox
@@ -460,7 +460,7 @@ class NatsBackplane(Backplane):
                     break
                 if self._barrier:
                     waiters, self._barrier = self._barrier, []
-                    ok = await link.confirm(self._confirm_timeout)
+                    ok = await self._confirm(link, self._confirm_timeout)
                     for waiter in waiters:
                         if not waiter.done():
                             waiter.set_result(ok)
@@ -487,7 +487,9 @@ class NatsBackplane(Backplane):
         link = self._link
         if link is None or not link.connected:
             return
-        payload = self._envelopes.heartbeat(kind, self._session_epoch, self._heartbeat)
+        self._sequencer.beats += 1
+        beat = self._sequencer.beats
+        payload = self._envelopes.heartbeat(kind, self._session_epoch, self._heartbeat, beat)
         try:
             await link.publish(self._subjects.heartbeat, payload)
         except Exception as exc:
@@ -535,8 +537,16 @@ class NatsBackplane(Backplane):
             if not waiter.done():
                 waiter.set_result(result)
 
-    def _covered(self, key: tuple[str, str], since: int) -> bool:
-        return self._subs.covered(key[1], since)
+    async def _confirm(self, link: Link, timeout: float) -> bool:
+        """``link.confirm``, and the interests it confirmed are the tracker's to know."""
+        clock = self._subs.clock  # every interest up to it is written (subscribe writes at once)
+        ok = await link.confirm(timeout)
+        if ok:
+            self._tracker.confirmed = max(self._tracker.confirmed, clock)
+        return ok
+
+    def _covered(self, subject: str, since: int) -> bool:
+        return self._subs.covered(subject, since)
 
     # -- what arrives ---------------------------------------------------------
 
@@ -547,51 +557,6 @@ class NatsBackplane(Backplane):
     async def _on_group(self, msg: Msg, sub: Sub) -> None:
         if self._inbox.put(msg, sub):
             await asyncio.sleep(0)
-
-    def _take(self, subject: str, data: bytes) -> None:
-        broadcast = subject == self._subjects.broadcast
-        try:
-            origin, epoch, seq, message, _ = read_publish(data)
-            topic = "" if broadcast else self._subjects.topic_of(subject)
-        except ValueError as exc:  # ProtocolError is a ValueError too
-            self._malformed(exc)
-            return
-        if origin == self._id:
-            return
-        missed = self._tracker.accept((origin, subject), epoch, seq)
-        counts = self._counts
-        if missed is None:
-            counts["duplicates"] += 1
-            return
-        if missed:
-            counts["gaps"] += 1
-            counts["missed"] += missed
-            self._event("gap", {"origin": origin, "topic": topic, "missed": missed})
-        counts["received"] += 1
-        try:
-            if broadcast:
-                self._host.deliver_broadcast(message, origin)
-            else:
-                self._host.deliver_remote(topic, message, origin)
-        except Exception as exc:
-            self._report(exc)
-
-    def _take_group(self, subject: str, data: bytes, sub: Sub) -> None:
-        # The broker chose this server among the group's: this server's own
-        # publishes included, unless its groups were served when it published.
-        try:
-            _, _, _, message, served = read_publish(data)
-            topic = self._subjects.topic_of(subject)
-        except ValueError as exc:
-            self._malformed(exc)
-            return
-        if served:
-            return
-        self._counts["received_group"] += 1
-        try:
-            self._host.deliver_group(topic, sub.name, sub.group, message)
-        except Exception as exc:
-            self._report(exc)
 
     async def _beat(self) -> None:
         while True:
@@ -641,8 +606,8 @@ class NatsBackplane(Backplane):
     def max_payload(self) -> int:
         return self._max_payload
 
-    def count(self, name: str) -> None:
-        self._counts[name] += 1
+    def count(self, name: str, n: int = 1) -> None:
+        self._counts[name] += n
 
     async def answer(self, reply: str, payload: bytes) -> None:
         """Publish an answer on ``reply`` over the current connection, if any."""
@@ -665,17 +630,21 @@ class NatsBackplane(Backplane):
         await self._direct(kind)
 
     def forget_origin(self, server: str) -> None:
-        self._tracker.forget(lambda key: key[0] == server)
+        self._tracker.forget(server)
+
+    def heard(self, server: str, beat: int) -> None:
+        self._counts["heartbeats"] += 1
+        self._tracker.heard(server, beat)
 
     # -- reporting ----------------------------------------------------------------
 
-    def _event(self, kind: str, info: dict[str, Any]) -> None:
+    def event(self, kind: str, info: dict[str, Any]) -> None:
         try:
             self._host.backplane_event(kind, info)
         except Exception as exc:
-            self._report(exc)
+            self.report(exc)
 
-    def _report(self, exc: BaseException) -> None:
+    def report(self, exc: BaseException) -> None:
         try:
             self._host.report(exc)
         except Exception:
@@ -684,7 +653,7 @@ class NatsBackplane(Backplane):
     def _malformed(self, exc: BaseException) -> None:
         held = self._throttle.allow()
         if held is not None:
-            self._report(IPCError(f"a malformed message from the broker was dropped: {exc}"))
+            self.report(IPCError(f"a malformed message from the broker was dropped: {exc}"))
 
     def _log_warning(self, text: str, *args: Any) -> None:
         held = self._throttle.allow()

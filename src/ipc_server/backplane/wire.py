@@ -4,17 +4,20 @@ Each NATS message of the backplane carries one msgpack array whose first item
 is the envelope version (1). Its other items, by subject:
 
 ================ ===========================================================
-topic            ``[1, origin, epoch, seq, message]``, or with a sixth item
-                 ``true`` when the origin gave the message to its own worker
-                 groups already (its broker was down): other servers' worker
-                 groups then drop it, so a group gets it once
+topic            ``[1, origin, epoch, seq, message, served, start]``:
+                 ``served`` is true when the origin gave the message to its
+                 own worker groups already (its broker was down), so other
+                 servers' worker groups drop it and a group gets it once;
+                 ``start`` is the origin's count of heartbeats sent when the
+                 stream (this epoch of the topic) began (see ``delivery``)
 service          ``[1, origin, timeout, data]`` (the reply subject on the
                  NATS message says where to answer)
 survey           ``[1, origin, timeout, data]``
 answer           ``[1, ACK, server]`` (a worker took the call),
                  ``[1, OK, server, value]``, ``[1, ERR, server, type, text]``,
                  ``[1, ANSWERS, server, [answer, ...]]``
-heartbeat        ``[1, BEAT | HELLO | BYE, server, epoch, interval]``
+heartbeat        ``[1, BEAT | HELLO | BYE, server, epoch, interval, beat]``
+                 (``beat``: this heartbeat's number, from 1, per server)
 cancellation     ``[1, reply]`` (sent to ``<ns>.r.<worker>.k``)
 ================ ===========================================================
 
@@ -28,7 +31,7 @@ their type (a JSON client's keys are strings anyway).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -45,6 +48,7 @@ __all__ = [
     "OK",
     "VERSION",
     "Envelopes",
+    "Published",
     "read",
     "read_publish",
 ]
@@ -57,8 +61,7 @@ ACK, OK, ERR, ANSWERS = 0, 1, 2, 3
 BEAT, HELLO, BYE = 0, 1, 2
 """Kinds of heartbeat: alive; alive and answer me at once (after connecting); leaving."""
 
-_PUBLISH_HEAD = b"\x95\x01"  # fixarray of 5, then the version
-_PUBLISH_HEAD_SERVED = b"\x96\x01"  # fixarray of 6: the groups were served at the origin
+_PUBLISH_HEAD = b"\x97\x01"  # fixarray of 7, then the version
 
 
 def read(data: bytes, least: int) -> list[Any]:
@@ -76,18 +79,36 @@ def read(data: bytes, least: int) -> list[Any]:
     return items
 
 
-def read_publish(data: bytes) -> tuple[str, int, int, Any, bool]:
-    """``(origin, epoch, seq, message, served)`` of a published message (``served``:
-    the origin's worker groups had it already).
+class Published(NamedTuple):
+    """A published message as it crossed the broker."""
+
+    origin: str
+    epoch: int
+    seq: int
+    message: Any
+    served: bool
+    """The origin's worker groups had it already."""
+    start: int
+    """The origin's heartbeat count when the stream began."""
+
+
+def read_publish(data: bytes) -> Published:
+    """The published message in ``data``.
 
     Raises:
         ProtocolError: ``data`` is not a well-formed publish envelope.
     """
-    items = read(data, 5)
-    _, origin, epoch, seq, message = items[:5]
-    if not isinstance(origin, str) or type(epoch) is not int or type(seq) is not int or seq < 1:
+    items = read(data, 7)
+    _, origin, epoch, seq, message, served, start = items[:7]
+    if (
+        not isinstance(origin, str)
+        or type(epoch) is not int
+        or type(seq) is not int
+        or seq < 1
+        or type(start) is not int
+    ):
         raise ProtocolError("malformed publish envelope")
-    return origin, epoch, seq, message, len(items) > 5 and items[5] is True
+    return Published(origin, epoch, seq, message, served is True, start)
 
 
 class Envelopes:
@@ -101,19 +122,17 @@ class Envelopes:
         self.origin = origin
         self._pack: Callable[[Any], bytes] = msgpack_packer().pack
         self._publish_head = _PUBLISH_HEAD + self._pack(origin)
-        self._served_head = _PUBLISH_HEAD_SERVED + self._pack(origin)
 
     def body(self, message: Any) -> bytes:
         """``message`` alone, encoded; the first step of a publish (it may fail)."""
         return self._pack(message)
 
-    def publish(self, epoch: int, seq: int, body: bytes, served: bool = False) -> bytes:
+    def publish(self, epoch: int, seq: int, body: bytes, served: bool, start: int) -> bytes:
         """A publish envelope around a ``body`` from ``body()`` (``served``: this
-        server's worker groups had it already)."""
+        server's worker groups had it already; ``start``: see ``Published``)."""
         pack = self._pack
-        if served:
-            return b"".join((self._served_head, pack(epoch), pack(seq), body, b"\xc3"))
-        return b"".join((self._publish_head, pack(epoch), pack(seq), body))
+        flag = b"\xc3" if served else b"\xc2"
+        return b"".join((self._publish_head, pack(epoch), pack(seq), body, flag, pack(start)))
 
     def request(self, timeout: float | None, data: Any) -> bytes:
         """A call to a service or a survey: who asks, how long it waits, and what."""
@@ -132,8 +151,8 @@ class Envelopes:
     def answers(self, answers: list[Any]) -> bytes:
         return self._pack([VERSION, ANSWERS, self.origin, answers])
 
-    def heartbeat(self, kind: int, epoch: int, interval: float) -> bytes:
-        return self._pack([VERSION, kind, self.origin, epoch, interval])
+    def heartbeat(self, kind: int, epoch: int, interval: float, beat: int) -> bytes:
+        return self._pack([VERSION, kind, self.origin, epoch, interval, beat])
 
     def cancel(self, reply: str) -> bytes:
         return self._pack([VERSION, reply])
