@@ -155,13 +155,18 @@ class HandshakeError(IPCError):
 class NoRespondersError(IPCError):
     """A ``call()`` named a service that no worker serves (raised at once, not a timeout).
 
+    Args:
+        service: The service's name.
+        message: What to say instead of "no worker serves ..." (why nobody
+            took it: the broker is unreachable, say).
+
     Attributes:
         service: The service's name.
     """
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, message: str | None = None) -> None:
         self.service = service
-        super().__init__(f"no worker serves {service!r}")
+        super().__init__(message or f"no worker serves {service!r}")
 
 
 class RemoteError(IPCError):

@@ -360,7 +360,7 @@ def read_error(packet: dict[str, Any]) -> IPCError | None:
     message = str(error.get("message", ""))
     if error.get("ipc") is True:
         if kind == "NoRespondersError":
-            return NoRespondersError(str(error.get("service", "")))
+            return NoRespondersError(str(error.get("service", "")), message or None)
         if kind == "RequestTimeoutError":
             timeout = error.get("timeout")
             seconds = float(timeout) if isinstance(timeout, (int, float)) else 0.0

@@ -50,10 +50,12 @@ def test_sequencer_numbers_each_topic_and_stamps_its_start() -> None:
     sequencer.beats = 3
     assert sequencer.next("a") == (first[0], 2, 0)  # the stream began before beat 3
     other = sequencer.next("b")
-    assert other[1:] == (1, 3) and other[0] != first[0]
+    assert other[1:] == (1, 3)
+    assert other[0] != first[0]
     sequencer.next("c")  # past the limit: "a", the least recently used, is forgotten
     again = sequencer.next("a")
-    assert again[1:] == (1, 3) and again[0] not in (first[0], other[0])
+    assert again[1:] == (1, 3)
+    assert again[0] not in (first[0], other[0])
 
 
 def test_holes_and_duplicates(tracker: Tracker, interests: Interests) -> None:
@@ -157,5 +159,6 @@ def test_outbox_bounds() -> None:
     outbox.put("s", b"x" * 11, 0.7)  # never fits
     assert outbox.dropped == 2
     outbox.expire(1.55)  # the one from 0.5 is too old
-    assert [item.payload for item in (outbox.pop(),)] == [b"abc"]
-    assert not outbox and outbox.removed == 4
+    assert outbox.pop().payload == b"abc"
+    assert not outbox
+    assert outbox.removed == 4

@@ -102,6 +102,9 @@ async def test_starts_down_and_comes_up(folder: Path) -> None:
             await eventually(lambda: got == [1])
             with pytest.raises(NoRespondersError, match="unreachable"):
                 await a.call("svc", 1)
+            with pytest.raises(NoRespondersError, match="unreachable") as raised:
+                await local.call("svc", 1)  # the reason crosses the wire too
+            assert raised.value.service == "svc"
             broker.start()
             try:
                 await eventually(lambda: [k for k, _ in events] == ["down", "up"], timeout=10)

@@ -13,16 +13,7 @@ from __future__ import annotations
 import abc
 from typing import Any, Protocol
 
-from ..errors import NoRespondersError
-
-__all__ = ["Backplane", "BackplaneHost", "no_responders"]
-
-
-def no_responders(service: str, text: str) -> NoRespondersError:
-    """``NoRespondersError`` for ``service`` that says ``text`` (why nobody took it)."""
-    error = NoRespondersError(service)
-    error.args = (text,)
-    return error
+__all__ = ["Backplane", "BackplaneHost"]
 
 
 class BackplaneHost(Protocol):

@@ -18,7 +18,6 @@ from ..errors import (
     NoRespondersError,
     RequestTimeoutError,
 )
-from .base import no_responders
 from .link import Link, background
 from .members import EXPIRY, Members
 from .pending import Call, Pending, Survey
@@ -142,7 +141,7 @@ class Cluster:
     # -- calls and surveys --------------------------------------------------------
 
     def _unreachable(self, service: str, detail: str) -> NoRespondersError:
-        return no_responders(
+        return NoRespondersError(
             service, f"no worker for service {service!r} on this server, and {detail}"
         )
 

@@ -16,8 +16,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..errors import ConnectionClosedError, RemoteError, RequestTimeoutError
-from .base import no_responders
+from ..errors import (
+    ConnectionClosedError,
+    NoRespondersError,
+    RemoteError,
+    RequestTimeoutError,
+)
 from .wire import ACK, ANSWERS, ERR, OK
 
 __all__ = ["Call", "Pending", "Survey", "remote_error"]
@@ -27,7 +31,7 @@ def remote_error(type_name: str, text: str) -> BaseException:
     """The error a caller gets for an ``ERR`` answer: the library's own type
     when the worker raised one the caller knows, else ``RemoteError``."""
     if type_name == "NoRespondersError":
-        return no_responders("", text)
+        return NoRespondersError("", text)
     return RemoteError(type_name, text)
 
 
@@ -113,7 +117,7 @@ class Pending:
         call = self.calls.get(token)
         if call is not None and not call.future.done():
             call.future.set_exception(
-                no_responders(
+                NoRespondersError(
                     call.service,
                     f"no worker for service {call.service!r} on any server of namespace "
                     f"{namespace!r}",
