@@ -381,20 +381,27 @@ async def restart(broker: Broker, folder: str, topics: int) -> float:
     return round(elapsed, 3)
 
 
-async def main(quick: bool, folder: str) -> dict[str, Any]:
+MEASURES = ("rtt", "throughput", "fanout", "restart")
+
+
+async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> dict[str, Any]:
     broker = Broker()
     broker.start()
     rtts, volume, fan = (500, 5_000, 5_000) if quick else (10_000, 200_000, 50_000)
     results: dict[str, Any] = {"sent": volume}
     try:
-        results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts)
-        results["rtt_raw"] = await rtt_raw(broker.url, rtts)
-        results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
-        results["throughput_raw"] = await throughput_raw(broker.url, volume)
-        results["fanout_off"] = await fanout(None, folder, fan)
-        results["fanout_on"] = await fanout(broker.url, folder, fan)
-        results["restart_10"] = await restart(broker, folder, 10)
-        results["restart_10000"] = await restart(broker, folder, 10_000)
+        if "rtt" in only:
+            results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts)
+            results["rtt_raw"] = await rtt_raw(broker.url, rtts)
+        if "throughput" in only:
+            results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
+            results["throughput_raw"] = await throughput_raw(broker.url, volume)
+        if "fanout" in only:
+            results["fanout_off"] = await fanout(None, folder, fan)
+            results["fanout_on"] = await fanout(broker.url, folder, fan)
+        if "restart" in only:
+            results["restart_10"] = await restart(broker, folder, 10)
+            results["restart_10000"] = await restart(broker, folder, 10_000)
     finally:
         broker.kill()
         shutil.rmtree(folder, ignore_errors=True)
@@ -402,26 +409,47 @@ async def main(quick: bool, folder: str) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any]) -> str:
-    ours, raw = results["rtt_ours"], results["rtt_raw"]
-    tp_ours, tp_raw, sent = results["throughput_ours"], results["throughput_raw"], results["sent"]
-    lines = [
-        f"cross-host round trip   ours p50 {ours['p50_us']:>8} µs  p99 {ours['p99_us']:>8} µs",
-        f"                        raw  p50 {raw['p50_us']:>8} µs  p99 {raw['p99_us']:>8} µs",
-        f"throughput              ours {tp_ours['per_s']:>9,} msg/s"
-        f" ({sent - tp_ours['received']:,} of {sent:,} lost)"
-        f"   raw {tp_raw['per_s']:>9,} msg/s ({sent - tp_raw['received']:,} lost)"
-        f"   ({tp_ours['per_s'] / tp_raw['per_s']:.2f}x)",
-        f"local fan-out           off  {results['fanout_off']:>9,} deliveries/s"
-        f"   on {results['fanout_on']:>9,}   ({results['fanout_on'] / results['fanout_off']:.2f}x)",
-        f"broker restart -> first delivery   10 topics {results['restart_10']} s"
-        f"   10,000 topics {results['restart_10000']} s",
-    ]
+    lines = []
+    if "rtt_ours" in results:
+        ours, raw = results["rtt_ours"], results["rtt_raw"]
+        lines += [
+            f"cross-host round trip   ours p50 {ours['p50_us']:>8} µs  p99 {ours['p99_us']:>8} µs",
+            f"                        raw  p50 {raw['p50_us']:>8} µs  p99 {raw['p99_us']:>8} µs",
+        ]
+    if "throughput_ours" in results:
+        tp_ours, tp_raw, sent = (
+            results["throughput_ours"],
+            results["throughput_raw"],
+            results["sent"],
+        )
+        lines.append(
+            f"throughput              ours {tp_ours['per_s']:>9,} msg/s"
+            f" ({sent - tp_ours['received']:,} of {sent:,} lost)"
+            f"   raw {tp_raw['per_s']:>9,} msg/s ({sent - tp_raw['received']:,} lost)"
+            f"   ({tp_ours['per_s'] / tp_raw['per_s']:.2f}x)"
+        )
+    if "fanout_on" in results:
+        lines.append(
+            f"local fan-out           off  {results['fanout_off']:>9,} deliveries/s"
+            f"   on {results['fanout_on']:>9,}"
+            f"   ({results['fanout_on'] / results['fanout_off']:.2f}x)"
+        )
+    if "restart_10" in results:
+        lines.append(
+            f"broker restart -> first delivery   10 topics {results['restart_10']} s"
+            f"   10,000 topics {results['restart_10000']} s"
+        )
     return "\n".join(lines)
 
 
 def run() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backplane")
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke test)")
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASURES),
+        help=f"comma-separated measures to run (default: all of {','.join(MEASURES)})",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -430,7 +458,11 @@ def run() -> None:
         return
     # A short folder: a Unix socket path has ~100 bytes.
     folder = tempfile.mkdtemp(prefix="bpb", dir="/tmp" if os.path.isdir("/tmp") else None)
-    results = asyncio.run(main(args.quick, folder))
+    only = tuple(name for name in args.only.split(",") if name)
+    unknown = set(only) - set(MEASURES)
+    if unknown:
+        parser.error(f"unknown measures: {', '.join(sorted(unknown))}")
+    results = asyncio.run(main(args.quick, folder, only))
     results["quick"] = args.quick
     results["python"] = sys.version.split()[0]
     print(report(results))

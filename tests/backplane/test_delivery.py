@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ipc_server.backplane.delivery import Outbox, Sequencer, Tracker
+from ipc_server.backplane.delivery import Outbox, Queued, Sequencer, Tracker, runs
 
 
 class Interests:
@@ -150,15 +150,72 @@ def test_an_origin_that_left_is_forgotten(tracker: Tracker, interests: Interests
     assert tracker.accept(("o", "s"), 1, 5, start=2) == 0
 
 
+def queued(subject: str, body: bytes, at: float = 0.0, seq: int = 1, **fields: object) -> Queued:
+    values: dict[str, object] = {"epoch": 1, "start": 0, "served": True, **fields}
+    return Queued(subject, body, at, seq=seq, **values)  # type: ignore[arg-type]
+
+
 def test_outbox_bounds() -> None:
     outbox = Outbox(max_bytes=10, max_seconds=1.0)
-    outbox.put("s", b"12345", 0.0)
-    outbox.put("s", b"67890", 0.5)
-    outbox.put("s", b"abc", 0.6)  # pushes the oldest out
+    outbox.put(queued("s", b"12345", 0.0, 1))
+    outbox.put(queued("s", b"67890", 0.5, 2))
+    outbox.put(queued("s", b"abc", 0.6, 3))  # pushes the oldest out
     assert (len(outbox), outbox.size, outbox.dropped, outbox.peak) == (2, 8, 1, 10)
-    outbox.put("s", b"x" * 11, 0.7)  # never fits
+    outbox.put(queued("s", b"x" * 11, 0.7, 4))  # never fits
     assert outbox.dropped == 2
     outbox.expire(1.55)  # the one from 0.5 is too old
-    assert outbox.pop().payload == b"abc"
+    assert [item.body for item in outbox.take(5)] == [b"abc"]
     assert not outbox
     assert outbox.removed == 4
+
+
+def test_outbox_takes_and_puts_back_in_order() -> None:
+    outbox = Outbox(max_bytes=100, max_seconds=1.0)
+    for seq in range(1, 6):
+        outbox.put(queued("s", b"m%d" % seq, seq=seq))
+    taken = outbox.take(3)
+    assert [item.seq for item in taken] == [1, 2, 3]
+    assert (len(outbox), outbox.size, outbox.removed) == (2, 4, 3)
+    outbox.push_back(taken[1:])
+    assert [item.seq for item in outbox.take(10)] == [2, 3, 4, 5]
+    assert (outbox.size, outbox.removed) == (0, 5)  # each left once
+
+
+def test_runs_group_each_stream_in_order() -> None:
+    items = [
+        queued("a", b"1", seq=1),
+        queued("b", b"1", seq=7),
+        queued("a", b"2", seq=2),
+        queued("a", b"3", seq=3, served=False),  # served differs: a new run
+        queued("b", b"2", seq=8),
+        queued("a", b"4", seq=4, served=False),
+        queued("a", b"1", seq=1, epoch=2),  # a new epoch: a new run
+        queued("b", b"3", seq=10),  # a hole (one was dropped): a new run
+    ]
+    got = [[(item.subject, item.seq) for item in run] for run in runs(items, 100)]
+    assert got == [
+        [("a", 1), ("a", 2)],
+        [("a", 3), ("a", 4)],
+        [("b", 7), ("b", 8)],
+        [("a", 1)],
+        [("b", 10)],
+    ]
+    # Each subject's messages keep their order across its runs.
+    for subject in ("a", "b"):
+        seen = [(i.epoch, i.seq) for run in runs(items, 100) for i in run if i.subject == subject]
+        assert seen == [(i.epoch, i.seq) for i in items if i.subject == subject]
+
+
+def test_runs_are_bounded_in_bytes_but_never_empty() -> None:
+    items = [queued("a", b"x" * 40, seq=seq) for seq in range(1, 6)]
+    assert [len(run) for run in runs(items, 100)] == [2, 2, 1]
+    assert [len(run) for run in runs(items, 10)] == [1] * 5
+
+
+def test_a_run_counts_as_its_messages(tracker: Tracker, interests: Interests) -> None:
+    interests.add(tracker, "s")
+    key = ("o", "s")
+    assert tracker.accept(key, 1, 1, count=3) == 0
+    assert tracker.accept(key, 1, 1, count=3) is None  # the same run twice
+    assert tracker.accept(key, 1, 4, count=2) == 0
+    assert tracker.accept(key, 1, 8, count=1) == 2

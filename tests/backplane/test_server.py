@@ -147,7 +147,8 @@ async def test_stats_and_the_gap_event(broker: Broker, folder: Path) -> None:
         assert gaps
         assert {info["origin"] for info in gaps} == {a.server_id}
         assert sum(info["missed"] for info in gaps) == b.stats()["backplane"]["missed"]
-        assert b.stats()["backplane"]["dropped"] >= b.stats()["backplane"]["missed"]
+        # Each broker message dropped held one or more of a's messages.
+        assert 1 <= b.stats()["backplane"]["dropped"] <= b.stats()["backplane"]["missed"]
 
 
 async def test_cluster_broadcast(broker: Broker, folder: Path) -> None:

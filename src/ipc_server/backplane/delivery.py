@@ -36,7 +36,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["Outbox", "Queued", "Sequencer", "Tracker"]
+__all__ = ["Outbox", "Queued", "Sequencer", "Tracker", "runs"]
 
 Key = tuple[str, str]
 """A stream: (origin, subject)."""
@@ -117,10 +117,11 @@ class Tracker:
             record[2], record[3] = beat, proven
         record[4] = self.confirmed
 
-    def accept(self, key: Key, epoch: int, seq: int, start: int = -1) -> int | None:
+    def accept(self, key: Key, epoch: int, seq: int, start: int = -1, count: int = 1) -> int | None:
         """None for a duplicate (drop it); else how many messages of the stream
         were missed just before this one (0 when none). ``start``: the origin's
-        heartbeat count when the stream began."""
+        heartbeat count when the stream began; ``count``: messages numbered from
+        ``seq`` on that came together."""
         streams = self._streams
         stream = streams.pop(key, None)
         if stream is None or stream[0] != epoch:
@@ -128,7 +129,7 @@ class Tracker:
                 old_key = next(iter(streams))
                 record = self._record(old_key[0])
                 record[5] = max(record[5], streams.pop(old_key)[4])
-            streams[key] = [epoch, seq, self.clock, self.removals, start]
+            streams[key] = [epoch, seq + count - 1, self.clock, self.removals, start]
             return seq - 1 if seq > 1 and self._whole(key, start) else 0
         streams[key] = stream
         last = stream[1]
@@ -137,7 +138,7 @@ class Tracker:
         missed = seq - last - 1
         if missed and stream[3] != self.removals and not self.covered(key[1], stream[2]):
             missed = 0  # not interested all along: the hole is not a loss
-        stream[1] = seq
+        stream[1] = seq + count - 1
         stream[2] = self.clock
         stream[3] = self.removals
         return missed
@@ -180,20 +181,55 @@ class Queued(NamedTuple):
     """One message waiting in the outbox."""
 
     subject: str
-    payload: bytes
+    body: bytes
+    """The message alone, encoded."""
     at: float
     """Loop time it was queued."""
+    epoch: int
+    seq: int
+    start: int
+    """The origin's heartbeat count when the stream began (see ``Tracker``)."""
+    served: bool
+    """This server's worker groups had it already."""
+
+
+def runs(items: list[Queued], max_bytes: int) -> list[list[Queued]]:
+    """``items`` (in queue order) as runs that each go out as one envelope: messages of
+    one stream (subject and epoch) with consecutive numbers and the same ``served``,
+    at most ``max_bytes`` of bodies (or one message). Each subject's messages stay in
+    order, run after run; different subjects may change places."""
+    done: list[list[Queued]] = []
+    open_runs: dict[str, tuple[list[Queued], int]] = {}
+    for item in items:
+        current = open_runs.get(item.subject)
+        if current is not None:
+            run, size = current
+            last = run[-1]
+            size += len(item.body)
+            if (
+                item.seq == last.seq + 1
+                and item.epoch == last.epoch
+                and item.served is last.served
+                and size <= max_bytes
+            ):
+                run.append(item)
+                open_runs[item.subject] = (run, size)
+                continue
+            done.append(run)
+        open_runs[item.subject] = ([item], len(item.body))
+    done.extend(run for run, _ in open_runs.values())
+    return done
 
 
 class Outbox:
     """Cross-host messages waiting to be handed to the broker, bounded in bytes and age.
 
     Args:
-        max_bytes: Payload bytes it holds at most; a message that would pass
+        max_bytes: Body bytes it holds at most; a message that would pass
             it pushes out the oldest ones.
         max_seconds: Age past which a waiting message is dropped.
 
-    Messages leave from the head, in order: ``expire(now)`` then ``pop()``.
+    Messages leave from the head, in order: ``expire(now)`` then ``take(n)``.
     Every message dropped is counted in ``dropped``.
     """
 
@@ -208,9 +244,9 @@ class Outbox:
         """How many messages left it, sent or dropped (a position in its stream)."""
         self._queue: deque[Queued] = deque()
 
-    def put(self, subject: str, payload: bytes, now: float) -> None:
+    def put(self, item: Queued) -> None:
         """Queue a message; the oldest ones go if it would not fit."""
-        size = len(payload)
+        size = len(item.body)
         queue = self._queue
         if size > self.max_bytes:
             self.dropped += 1
@@ -218,7 +254,7 @@ class Outbox:
             return
         while queue and self.size + size > self.max_bytes:
             self._drop()
-        queue.append(Queued(subject, payload, now))
+        queue.append(item)
         self.size += size
         if self.size > self.peak:
             self.peak = self.size
@@ -230,22 +266,23 @@ class Outbox:
         while queue and queue[0].at < oldest:
             self._drop()
 
-    def pop(self) -> Queued:
-        """The oldest message (``IndexError`` when empty)."""
-        item = self._queue.popleft()
-        self.size -= len(item.payload)
-        self.removed += 1
-        return item
+    def take(self, count: int) -> list[Queued]:
+        """Up to ``count`` of the oldest messages, oldest first."""
+        queue = self._queue
+        taken = [queue.popleft() for _ in range(min(count, len(queue)))]
+        self.size -= sum(len(item.body) for item in taken)
+        self.removed += len(taken)
+        return taken
 
-    def push_back(self, item: Queued) -> None:
-        """Put a message that could not be sent back at the head."""
-        self._queue.appendleft(item)
-        self.size += len(item.payload)
-        self.removed -= 1
+    def push_back(self, items: list[Queued]) -> None:
+        """Put messages that could not be sent back at the head, in this order."""
+        self._queue.extendleft(reversed(items))
+        self.size += sum(len(item.body) for item in items)
+        self.removed -= len(items)
 
     def _drop(self) -> None:
         item = self._queue.popleft()
-        self.size -= len(item.payload)
+        self.size -= len(item.body)
         self.dropped += 1
         self.removed += 1
 

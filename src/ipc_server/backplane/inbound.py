@@ -1,15 +1,15 @@
 """What arrives from the broker, on its way to this server's connections.
 
-nats-py's reader hands each message to the pending queue of its
-subscription, bounded by ``inbound_limit`` messages and ``inbound_bytes``
-bytes (past them it drops and reports a slow consumer, counted here; the
-receivers see the hole as a gap), so a busy server never stalls the broker
-reader. Each subscription's task then calls its handler, which delivers
-here at once: delivery only buffers (a slow client is the output layer's
-business), so no further queue and no task hop are needed. Every ``BATCH``
-messages the handler yields to the loop, so a burst from the broker cannot
-keep the local clients waiting.
-"""
+nats-py's reader hands each broker message (an envelope of one or more of a
+server's messages) to the pending queue of its subscription, bounded by
+``inbound_limit`` broker messages and ``inbound_bytes`` bytes (past them it
+drops and reports a slow consumer, counted by the backplane; this server
+sees the hole as a gap), so a busy server never stalls the broker reader.
+Each subscription's task then calls its handler, which delivers here at
+once: delivery only buffers (a slow client is the output layer's business),
+so no further queue and no task hop are needed. Every ``BATCH`` messages the
+handler yields to the loop, so a burst from the broker cannot keep the local
+clients waiting."""
 
 from __future__ import annotations
 
@@ -60,16 +60,16 @@ class Inbound:
         """Deliver ``msg`` (that came by worker group subscription ``sub``, if any);
         True when the caller should yield to the loop now."""
         if sub is None:
-            self._take(msg.subject, msg.data)
+            self._count += self._take(msg.subject, msg.data)
         else:
-            self._take_group(msg.subject, msg.data, sub)
-        self._count += 1
+            self._count += self._take_group(msg.subject, msg.data, sub)
         if self._count >= BATCH:
             self._count = 0
             return True
         return False
 
-    def _take(self, subject: str, data: bytes) -> None:
+    def _take(self, subject: str, data: bytes) -> int:
+        """Deliver the messages of a topic's envelope; how many it held."""
         owner = self._owner
         subjects = owner.subjects
         broadcast = subject == subjects.broadcast
@@ -78,30 +78,35 @@ class Inbound:
             topic = "" if broadcast else subjects.topic_of(subject)
         except ValueError as exc:  # ProtocolError is a ValueError too
             owner.malformed(exc)
-            return
-        origin, message = published.origin, published.message
+            return 1
+        origin, messages = published.origin, published.messages
         if origin == self._own:
-            return
+            return 1
+        count = len(messages)
         missed = self._tracker.accept(
-            (origin, subject), published.epoch, published.seq, published.start
+            (origin, subject), published.epoch, published.seq, published.start, count
         )
         if missed is None:
-            owner.count("duplicates")
-            return
+            owner.count("duplicates", count)
+            return count
         if missed:
             owner.count("gaps")
             owner.count("missed", missed)
             owner.event("gap", {"origin": origin, "topic": topic, "missed": missed})
-        owner.count("received")
-        try:
-            if broadcast:
-                owner.host.deliver_broadcast(message, origin)
-            else:
-                owner.host.deliver_remote(topic, message, origin)
-        except Exception as exc:
-            owner.report(exc)
+        owner.count("received", count)
+        host = owner.host
+        for message in messages:
+            try:
+                if broadcast:
+                    host.deliver_broadcast(message, origin)
+                else:
+                    host.deliver_remote(topic, message, origin)
+            except Exception as exc:
+                owner.report(exc)
+        return count
 
-    def _take_group(self, subject: str, data: bytes, sub: Sub) -> None:
+    def _take_group(self, subject: str, data: bytes, sub: Sub) -> int:
+        """Deliver the messages of a worker group's envelope; how many it held."""
         # The broker chose this server among the group's: this server's own
         # publishes included, unless its groups were served when it published.
         owner = self._owner
@@ -110,11 +115,15 @@ class Inbound:
             topic = owner.subjects.topic_of(subject)
         except ValueError as exc:
             owner.malformed(exc)
-            return
+            return 1
+        messages = published.messages
         if published.served:
-            return
-        owner.count("received_group")
-        try:
-            owner.host.deliver_group(topic, sub.name, sub.group, published.message)
-        except Exception as exc:
-            owner.report(exc)
+            return len(messages)
+        owner.count("received_group", len(messages))
+        host = owner.host
+        for message in messages:
+            try:
+                host.deliver_group(topic, sub.name, sub.group, message)
+            except Exception as exc:
+                owner.report(exc)
+        return len(messages)

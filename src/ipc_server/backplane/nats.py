@@ -26,7 +26,7 @@ from ..errors import IPCError, MessageTooLargeError
 from ..events import Throttle
 from .base import Backplane, BackplaneHost
 from .cluster import Cluster, quietly
-from .delivery import Outbox, Sequencer, Tracker
+from .delivery import Outbox, Queued, Sequencer, Tracker, runs
 from .inbound import Inbound
 from .link import Credentials, Link, background, cancel_all, nats_available
 from .serving import Serving
@@ -43,8 +43,9 @@ logger = logging.getLogger("ipc_server.backplane")
 
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
-_ENVELOPE_ROOM = 30  # a publish envelope's epoch, seq, flag and start take at most this many bytes
+_ENVELOPE_ROOM = 32  # a one-message envelope's epoch, seq, list head, flag and start fit in it
 _BATCH = 256  # messages handled before yielding to the loop
+_RUN_BYTES = 64 << 10  # message bytes sent together in one envelope at most
 _COUNTER_NAMES = (
     "published received received_group duplicates gaps missed reconnects refused heartbeats calls_sent "
     "calls_served surveys_sent surveys_answered"
@@ -71,8 +72,9 @@ class NatsBackplane(Backplane):
         outbox_bytes: The outbox's bound in bytes while the broker is down:
             messages past it are dropped (oldest first) and counted.
         outbox_seconds: The outbox's bound in age: older messages are dropped too.
-        inbound_limit: Messages each subscription's inbound queue holds; past
-            it, messages are dropped and counted (and receivers see the gap).
+        inbound_limit: Broker messages each subscription's inbound queue holds
+            (each carries one or more of a server's messages); past it, they
+            are dropped and counted (and this server sees the gap).
         inbound_bytes: Bytes each subscription's inbound queue holds, likewise.
         ping_interval: The liveness probe's period: a connection whose probe
             stays unanswered for twice this long is dropped and redialled.
@@ -437,8 +439,7 @@ class NatsBackplane(Backplane):
             )
             return False
         epoch, seq, start = self._sequencer.next(topic)
-        payload = envelopes.publish(epoch, seq, body, not groups, start)
-        self._outbox.put(subject, payload, self._loop.time())
+        self._outbox.put(Queued(subject, body, self._loop.time(), epoch, seq, start, not groups))
         if self._sending:
             self._wake_sender.set()
         return True
@@ -466,21 +467,31 @@ class NatsBackplane(Backplane):
                             waiter.set_result(ok)
                     continue
                 outbox.expire(loop.time())
-                sent = 0
-                while outbox and sent < _BATCH and not self._barrier:
-                    item = outbox.pop()
-                    try:
-                        await link.publish(item.subject, item.payload)
-                    except Exception:
-                        outbox.push_back(item)  # not written: the connection is gone
-                        link.drop("the broker connection closed while sending")
-                        break
-                    sent += 1
+                sent = await self._send_some(link)
                 counts["published"] += sent
                 self._check_up()
                 if not outbox and not self._barrier:
                     break
                 await asyncio.sleep(0)
+
+    async def _send_some(self, link: Link) -> int:
+        """Hand up to ``_BATCH`` messages from the outbox to the broker, each run of
+        one stream as one envelope; how many were written."""
+        batches = runs(self._outbox.take(_BATCH), min(self._max_payload, _RUN_BYTES) - 512)
+        envelopes = self._envelopes
+        sent = 0
+        for i, run in enumerate(batches):
+            first = run[0]
+            bodies = [item.body for item in run]
+            payload = envelopes.publish(first.epoch, first.seq, bodies, first.served, first.start)
+            try:
+                await link.publish(first.subject, payload)
+            except Exception:  # not written: the connection is gone
+                self._outbox.push_back([item for left in batches[i:] for item in left])
+                link.drop("the broker connection closed while sending")
+                break
+            sent += len(run)
+        return sent
 
     async def _direct(self, kind: int) -> None:
         """Send a heartbeat of ``kind`` now, past the outbox."""

@@ -4,12 +4,14 @@ Each NATS message of the backplane carries one msgpack array whose first item
 is the envelope version (1). Its other items, by subject:
 
 ================ ===========================================================
-topic            ``[1, origin, epoch, seq, message, served, start]``:
-                 ``served`` is true when the origin gave the message to its
-                 own worker groups already (its broker was down), so other
-                 servers' worker groups drop it and a group gets it once;
-                 ``start`` is the origin's count of heartbeats sent when the
-                 stream (this epoch of the topic) began (see ``delivery``)
+topic            ``[1, origin, epoch, seq, [message, ...], served, start]``:
+                 one or more messages of one stream, numbered from ``seq``
+                 on (what the outbox held of it, sent as one); ``served``
+                 is true when the origin gave them to its own worker groups
+                 already (its broker was down), so other servers' worker
+                 groups drop them and a group gets each once; ``start`` is
+                 the origin's count of heartbeats sent when the stream (this
+                 epoch of the topic) began (see ``delivery``)
 service          ``[1, origin, timeout, data]`` (the reply subject on the
                  NATS message says where to answer)
 survey           ``[1, origin, timeout, data]``
@@ -85,9 +87,10 @@ class Published(NamedTuple):
     origin: str
     epoch: int
     seq: int
-    message: Any
+    """The first message's number; the others follow it."""
+    messages: list[Any]
     served: bool
-    """The origin's worker groups had it already."""
+    """The origin's worker groups had them already."""
     start: int
     """The origin's heartbeat count when the stream began."""
 
@@ -99,16 +102,18 @@ def read_publish(data: bytes) -> Published:
         ProtocolError: ``data`` is not a well-formed publish envelope.
     """
     items = read(data, 7)
-    _, origin, epoch, seq, message, served, start = items[:7]
+    _, origin, epoch, seq, messages, served, start = items[:7]
     if (
         not isinstance(origin, str)
         or type(epoch) is not int
         or type(seq) is not int
         or seq < 1
+        or type(messages) is not list
+        or not messages
         or type(start) is not int
     ):
         raise ProtocolError("malformed publish envelope")
-    return Published(origin, epoch, seq, message, served is True, start)
+    return Published(origin, epoch, seq, messages, served is True, start)
 
 
 class Envelopes:
@@ -120,19 +125,32 @@ class Envelopes:
 
     def __init__(self, origin: str) -> None:
         self.origin = origin
-        self._pack: Callable[[Any], bytes] = msgpack_packer().pack
+        packer = msgpack_packer()
+        self._pack: Callable[[Any], bytes] = packer.pack
+        self._array: Callable[[int], bytes] = packer.pack_array_header
         self._publish_head = _PUBLISH_HEAD + self._pack(origin)
 
     def body(self, message: Any) -> bytes:
         """``message`` alone, encoded; the first step of a publish (it may fail)."""
         return self._pack(message)
 
-    def publish(self, epoch: int, seq: int, body: bytes, served: bool, start: int) -> bytes:
-        """A publish envelope around a ``body`` from ``body()`` (``served``: this
-        server's worker groups had it already; ``start``: see ``Published``)."""
+    def publish(self, epoch: int, seq: int, bodies: list[bytes], served: bool, start: int) -> bytes:
+        """A publish envelope around ``bodies`` from ``body()``, numbered from ``seq``
+        on (``served``: this server's worker groups had them already; ``start``:
+        see ``Published``)."""
         pack = self._pack
         flag = b"\xc3" if served else b"\xc2"
-        return b"".join((self._publish_head, pack(epoch), pack(seq), body, flag, pack(start)))
+        return b"".join(
+            (
+                self._publish_head,
+                pack(epoch),
+                pack(seq),
+                self._array(len(bodies)),
+                *bodies,
+                flag,
+                pack(start),
+            )
+        )
 
     def request(self, timeout: float | None, data: Any) -> bytes:
         """A call to a service or a survey: who asks, how long it waits, and what."""
