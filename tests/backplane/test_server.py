@@ -323,3 +323,23 @@ def test_the_blocking_server_takes_scope(broker: Broker, folder: Path) -> None:
         wait_for(lambda: got == ["everywhere"], "the broadcast crosses to b")
         replies = [reply for _, reply in a.survey("jobs?", timeout=5, scope="cluster")]
         assert replies == ["b has jobs?"]
+
+
+async def test_a_server_restarts_with_its_backplane(broker: Broker, folder: Path) -> None:
+    """close() then start() again: the backplane comes back up, and publishes cross
+    hosts both ways as before, with no gap reported for the time it was closed."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with server(folder, "a", broker.url, events) as a, server(folder, "b", broker.url) as b:
+        async with client(folder, "b") as on_b:
+            await cross(a, on_b, "first")
+        await a.close()
+        await b.publish("while-closed", 1)
+        await a.start()
+        assert a.stats()["backplane"]["up"] == 1
+        assert [kind for kind, _ in events] == ["up", "up"]
+        async with client(folder, "b") as on_b, client(folder, "a") as on_a:
+            await cross(a, on_b, "again")
+            await cross(b, on_a, "back")
+            await cross(a, on_b, "first")  # the stream a numbered before it closed goes on
+        assert b.stats()["backplane"]["gaps"] == 0
+        assert a.stats()["backplane"]["gaps"] == 0

@@ -170,8 +170,13 @@ class NatsBackplane(Backplane):
     # -- lifecycle --------------------------------------------------------
 
     async def start(self, host: BackplaneHost) -> None:
-        if self._state != "new":
-            raise RuntimeError("a NatsBackplane is started once")
+        if self._state not in ("new", "closed"):
+            raise RuntimeError("the backplane is started already")
+        # Started again after close() (the server restarted): what this server
+        # knew of the others starts over; its own numbering goes on.
+        self._tracker = Tracker(self._max_streams, self._covered)
+        self._barrier = []
+        self._connected_once = self._down_reported = False
         self._host = host
         self._id = server_id = str(host.server_id)
         self._loop = loop = asyncio.get_running_loop()
