@@ -1,7 +1,8 @@
 """The backplane's figures: servers on two "hosts" (processes) through a real nats-server.
 
-    python -m benchmarks.backplane            # a few minutes at most
-    python -m benchmarks.backplane --quick    # small counts: a smoke test, not a measurement
+    python -m benchmarks.backplane                 # a few minutes at most
+    python -m benchmarks.backplane --loop uvloop   # every process on uvloop
+    python -m benchmarks.backplane --quick         # small counts: a smoke test, not a measurement
 
 Measured in one run, against the same broker:
 
@@ -10,8 +11,10 @@ Measured in one run, against the same broker:
   ``pong`` back; median and p99 of the time until the first client has it.
   That is two broker hops and four local ones (each client's publish is a
   request to its server, and each delivery a message to a client); server B
-  and its client are processes of their own. The
-  ``raw`` line is the same ping-pong between two plain nats-py processes.
+  and its client are processes of their own. The ``raw`` line is the same
+  ping-pong between two plain nats-py processes; the ``local`` line the same
+  ping-pong through one server and no broker (its four local hops alone).
+  The target is raw + local + 50 µs.
 - ``throughput``: server A publishes N messages of the ~200-byte payload as
   fast as its outbox drains; a client of server B (each in a process of its
   own) counts them, until all
@@ -45,14 +48,17 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from ipc_server import IPCClient, IPCServer  # noqa: E402
 from ipc_server.backplane import NatsBackplane  # noqa: E402
+
+T = TypeVar("T")
 
 PAYLOAD = {"id": 12345, "name": "benchmark", "tags": ["a", "b", "c"], "values": list(range(20))}
 PAYLOAD["text"] = "x" * (200 - len(json.dumps(PAYLOAD)))
@@ -244,28 +250,51 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 async def rtt_ours(url: str, folder: str, count: int) -> dict[str, float]:
     far = os.path.join(folder, "b")
     async with Child("host", url, far), Child("echo", url, far):
-        server = IPCServer(path=os.path.join(folder, "a"), backplane=_backplane(url))
+        return await _ping_pong(os.path.join(folder, "a"), _backplane(url), count)
+
+
+async def rtt_local(folder: str, count: int) -> dict[str, float]:
+    """The same ping-pong through one server, no broker: its local round trips alone."""
+    path = os.path.join(folder, "l")
+    server = IPCServer(path=path)
+    await server.start()
+    try:
+        async with Child("echo", "", path):
+            return await _ping_pong(path, None, count, server)
+    finally:
+        await server.close()
+
+
+async def _ping_pong(
+    path: str, backplane: NatsBackplane | None, count: int, server: IPCServer | None = None
+) -> dict[str, float]:
+    """Publish ``ping`` as a client of the server at ``path`` (started here unless given)
+    and time each ``pong``."""
+    own = server is None
+    if server is None:
+        server = IPCServer(path=path, backplane=backplane)
         await server.start()
-        client = IPCClient(path=os.path.join(folder, "a"))
-        await client.connect()
-        waiter: asyncio.Future[Any] | None = None
+    client = IPCClient(path=path)
+    await client.connect()
+    waiter: asyncio.Future[Any] | None = None
 
-        def on_pong(message: Any) -> None:
-            if waiter is not None and not waiter.done():
-                waiter.set_result(message)
+    def on_pong(message: Any) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
 
-        client.on("pong", on_pong)
-        await client.subscribe("pong")
-        loop = asyncio.get_running_loop()
-        samples = []
-        for i in range(count + count // 10):
-            waiter = loop.create_future()
-            began = time.perf_counter()
-            await client.publish("ping", PAYLOAD)
-            await asyncio.wait_for(waiter, 10)
-            if i >= count // 10:  # the first tenth warms up
-                samples.append(time.perf_counter() - began)
-        await client.close()
+    client.on("pong", on_pong)
+    await client.subscribe("pong")
+    loop = asyncio.get_running_loop()
+    samples = []
+    for i in range(count + count // 10):
+        waiter = loop.create_future()
+        began = time.perf_counter()
+        await client.publish("ping", PAYLOAD)
+        await asyncio.wait_for(waiter, 10)
+        if i >= count // 10:  # the first tenth warms up
+            samples.append(time.perf_counter() - began)
+    await client.close()
+    if own:
         await server.close()
     return _percentiles(samples)
 
@@ -393,6 +422,7 @@ async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> di
         if "rtt" in only:
             results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts)
             results["rtt_raw"] = await rtt_raw(broker.url, rtts)
+            results["rtt_local"] = await rtt_local(folder, rtts)
         if "throughput" in only:
             results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
             results["throughput_raw"] = await throughput_raw(broker.url, volume)
@@ -411,10 +441,15 @@ async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> di
 def report(results: dict[str, Any]) -> str:
     lines = []
     if "rtt_ours" in results:
-        ours, raw = results["rtt_ours"], results["rtt_raw"]
+        ours, raw, local = results["rtt_ours"], results["rtt_raw"], results["rtt_local"]
+        target = raw["p50_us"] + local["p50_us"] + 50
         lines += [
             f"cross-host round trip   ours p50 {ours['p50_us']:>8} µs  p99 {ours['p99_us']:>8} µs",
             f"                        raw  p50 {raw['p50_us']:>8} µs  p99 {raw['p99_us']:>8} µs",
+            f"                        local p50 {local['p50_us']:>7} µs  p99 {local['p99_us']:>8} µs"
+            "  (the same ping-pong through one server, no broker)",
+            f"                        target: raw + local + 50 µs = {target:.0f} µs"
+            f" (ours {ours['p50_us'] / target:.2f}x of it)",
         ]
     if "throughput_ours" in results:
         tp_ours, tp_raw, sent = (
@@ -442,6 +477,18 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_LOOP = "IPC_SERVER_BENCH_LOOP"
+
+
+def _run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, on uvloop if this run asked for it."""
+    if os.environ.get(_LOOP) == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backplane")
     parser.add_argument("--quick", action="store_true", help="small counts (a smoke test)")
@@ -450,11 +497,17 @@ def run() -> None:
         default=",".join(MEASURES),
         help=f"comma-separated measures to run (default: all of {','.join(MEASURES)})",
     )
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="the event loop of every process, ours and raw nats-py's (default: asyncio)",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         role, url, path, count = args.child
-        asyncio.run(_child(role, url, path, int(count)))
+        _run(_child(role, url, path, int(count)))
         return
     # A short folder: a Unix socket path has ~100 bytes.
     folder = tempfile.mkdtemp(prefix="bpb", dir="/tmp" if os.path.isdir("/tmp") else None)
@@ -462,8 +515,10 @@ def run() -> None:
     unknown = set(only) - set(MEASURES)
     if unknown:
         parser.error(f"unknown measures: {', '.join(sorted(unknown))}")
-    results = asyncio.run(main(args.quick, folder, only))
+    os.environ[_LOOP] = args.loop  # the children run on it too
+    results = _run(main(args.quick, folder, only))
     results["quick"] = args.quick
+    results["loop"] = args.loop
     results["python"] = sys.version.split()[0]
     print(report(results))
     out = ROOT / "benchmarks" / "results"
