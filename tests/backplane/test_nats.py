@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,28 @@ from ipc_server.backplane.subjects import MAX_SUBJECT_BYTES
 from .broker import Broker, free_port
 from .conftest import FAST, Start
 from .peer import FakeHost
+
+Pair = tuple[NatsBackplane, FakeHost, NatsBackplane, FakeHost]
+
+
+@contextlib.asynccontextmanager
+async def pair(broker: Broker, users: bool = False) -> AsyncIterator[Pair]:
+    """Backplanes ``a`` and ``b`` started on ``broker`` (started here, stopped after),
+    with their hosts; with ``users``, as the users of ``_TWO_USERS``."""
+    broker.start()
+    made: list[NatsBackplane] = []
+    hosts: list[FakeHost] = []
+    try:
+        for name in ("a", "b"):
+            options: dict[str, Any] = {"user": name, "password": f"p{name}"} if users else {}
+            made.append(NatsBackplane(servers=[broker.url], namespace="test", **options, **FAST))
+            hosts.append(FakeHost(name))
+            await made[-1].start(hosts[-1])
+        yield made[0], hosts[0], made[1], hosts[1]
+    finally:
+        for backplane in made:
+            await backplane.close()
+        broker.stop()
 
 
 async def test_publish_reaches_the_other_server_only(backplanes: Start) -> None:
@@ -180,14 +204,7 @@ async def test_publish_to_a_wildcard_is_refused(backplanes: Start) -> None:
 
 async def test_oversize_is_reported_and_not_sent(tmp_path: Path) -> None:
     """Past the broker's max_payload a publish is reported, not sent, and leaves no gap."""
-    broker = Broker(tmp_path, "max_payload: 4096")
-    broker.start()
-    a = NatsBackplane(servers=[broker.url], namespace="test", **FAST)
-    b = NatsBackplane(servers=[broker.url], namespace="test", **FAST)
-    host_a, host_b = FakeHost("a"), FakeHost("b")
-    try:
-        await a.start(host_a)
-        await b.start(host_b)
+    async with pair(Broker(tmp_path, "max_payload: 4096")) as (a, host_a, b, host_b):
         await b.add_interest("t")
         a.publish("t", "x" * 3000)
         a.publish("t", "x" * 5000)
@@ -199,10 +216,6 @@ async def test_oversize_is_reported_and_not_sent(tmp_path: Path) -> None:
         assert isinstance(error, MessageTooLargeError)
         assert error.option == "max_payload"
         assert error.limit == 4096
-    finally:
-        await a.close()
-        await b.close()
-        broker.stop()
 
 
 async def test_subscribe_then_publish_race(backplanes: Start) -> None:
@@ -281,13 +294,7 @@ async def test_outbox_flushes_on_reconnect(tmp_path: Path) -> None:
     if it reached the broker before the receiver was back, the loss is reported,
     even for the very first messages of a stream."""
     broker = Broker(tmp_path)
-    broker.start()
-    a = NatsBackplane(servers=[broker.url], namespace="test", **FAST)
-    b = NatsBackplane(servers=[broker.url], namespace="test", **FAST)
-    host_a, host_b = FakeHost("a"), FakeHost("b")
-    try:
-        await a.start(host_a)
-        await b.start(host_b)
+    async with pair(broker) as (a, host_a, b, host_b):
         assert await b.add_interest("t")
         await heartbeats_after(b)
         broker.kill()
@@ -304,10 +311,6 @@ async def test_outbox_flushes_on_reconnect(tmp_path: Path) -> None:
         await eventually(lambda: len(host_b.deliveries) + host_b.missed["a"] == 2, timeout=3)
         assert host_b.deliveries[-1] == ("t", "after", "a")
         assert host_a.kinds() == ["up", "down", "up"]
-    finally:
-        await a.close()
-        await b.close()
-        broker.stop()
 
 
 async def test_a_streams_first_messages_lost_are_reported(tmp_path: Path) -> None:
@@ -315,13 +318,7 @@ async def test_a_streams_first_messages_lost_are_reported(tmp_path: Path) -> Non
     server's first publishes to the topic: once delivery resumes, every message is
     either received or reported missed, the first ones included."""
     broker = Broker(tmp_path, _TWO_USERS.format(deny=""))
-    broker.start()
-    a = NatsBackplane(servers=[broker.url], namespace="test", user="a", password="pa", **FAST)
-    b = NatsBackplane(servers=[broker.url], namespace="test", user="b", password="pb", **FAST)
-    host_a, host_b = FakeHost("a"), FakeHost("b")
-    try:
-        await a.start(host_a)
-        await b.start(host_b)
+    async with pair(broker, users=True) as (a, _, b, host_b):
         assert await b.add_interest("x")
         await heartbeats_after(b)
         broker.reload(
@@ -343,10 +340,6 @@ async def test_a_streams_first_messages_lost_are_reported(tmp_path: Path) -> Non
         await eventually(lambda: len(host_b.deliveries) + host_b.missed["a"] == sent)
         assert host_b.missed["a"] >= 5
         assert b.stats()["missed"] == host_b.missed["a"]
-    finally:
-        await a.close()
-        await b.close()
-        broker.stop()
 
 
 async def test_services_one_worker_per_call(backplanes: Start) -> None:
@@ -453,13 +446,7 @@ async def test_deaf_subscription_is_detected_and_recovered(tmp_path: Path) -> No
     """The broker drops a subscription while the connection lives (a permissions reload):
     reported once, subscribed again until it holds, and delivery resumes."""
     broker = Broker(tmp_path, _TWO_USERS.format(deny=""))
-    broker.start()
-    try:
-        a = NatsBackplane(servers=[broker.url], namespace="test", user="a", password="pa", **FAST)
-        b = NatsBackplane(servers=[broker.url], namespace="test", user="b", password="pb", **FAST)
-        host_a, host_b = FakeHost("a"), FakeHost("b")
-        await a.start(host_a)
-        await b.start(host_b)
+    async with pair(broker, users=True) as (a, _, b, host_b):
         assert await b.add_interest("x")
         a.publish("x", 0)
         await eventually(lambda: len(host_b.deliveries) == 1)
@@ -478,10 +465,6 @@ async def test_deaf_subscription_is_detected_and_recovered(tmp_path: Path) -> No
             await asyncio.sleep(0.05)
         await eventually(lambda: b.stats()["resubscribed"] == 1)
         assert len(host_b.errors) <= 2, "one report per episode (two if a retry raced the reload)"
-        await a.close()
-        await b.close()
-    finally:
-        broker.stop()
 
 
 _FENCED = """authorization { users = [
