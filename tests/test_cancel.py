@@ -131,3 +131,88 @@ async def test_compressed_connections_carry_credit_and_cancel_notices(sock_path:
     finally:
         await within(client.close())
         await within(server.close())
+
+
+def raw_client(path: str, hello: dict[str, Any]) -> tuple[socket.socket, dict[str, Any]]:
+    """A socket to ``path`` that sent ``IPC`` and the CONNECTION ``hello`` (its ``d``), and
+    read the answer; the answer's ``d``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(10)
+    sock.connect(path)
+    sock.sendall(b"IPC" + frame(json.dumps({"t": 0, "d": hello}).encode()))
+    decoder = FrameDecoder()
+    while True:
+        bodies = decoder.feed(sock.recv(65536))
+        if bodies:
+            return sock, json.loads(bytes(bodies[0]))["d"]
+
+
+def requests_read(sock: socket.socket, count: int) -> list[dict[str, Any]]:
+    """Read ``count`` REQUEST packets and answer each with ``None``: the packets."""
+    decoder = FrameDecoder()
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        for body in decoder.feed(chunk):
+            packet = json.loads(bytes(body))
+            if packet["t"] == 2:
+                got.append(packet)
+                sock.sendall(frame(json.dumps({"t": 3, "d": None, "n": packet["n"]}).encode()))
+    return got
+
+
+@pytest.mark.parametrize("said", [True, False], ids=["said", "silent"])
+async def test_how_long_requests_without_a_deadline_wait(sock_path: str, said: bool) -> None:
+    """A client that says, in its CONNECTION packet, how long its requests without "dl"
+    wait gets them that deadline; the server says its own, and leaves "dl" out of its
+    requests with that timeout. To a peer that said nothing, every timeout travels."""
+    server = IPCServer(path=sock_path)
+    deadlines: dict[str, float | None] = {}
+
+    async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
+        deadlines[request] = respond.deadline
+        await respond(None)
+
+    server.on("request", handler)
+    await within(server.start())
+    hello: dict[str, Any] = {"id": None, "features": ["cancel"]}
+    if said:
+        hello["dl"] = 7.0
+    sock, agreed = await asyncio.to_thread(raw_client, sock_path, hello)
+    try:
+        assert agreed.get("dl") == ([7.0, 10.0] if said else None)
+        before = asyncio.get_running_loop().time()
+        sock.sendall(
+            raw_packet(2, "plain", "1")
+            + frame(json.dumps({"t": 2, "d": "forever", "n": "2", "dl": None}).encode())
+            + frame(json.dumps({"t": 2, "d": "timed", "n": "3", "dl": 2.0}).encode())
+        )
+        await within(asyncio.to_thread(answers, sock, 3))
+        after = asyncio.get_running_loop().time()
+        plain, timed = deadlines["plain"], deadlines["timed"]
+        if said:
+            assert plain is not None
+            assert before + 7.0 <= plain <= after + 7.0
+        else:
+            assert plain is None
+        assert deadlines["forever"] is None
+        assert timed is not None
+        assert before + 2.0 <= timed <= after + 2.0
+        (conn,) = server.connections
+        asked = asyncio.gather(conn.request("usual"), conn.request("short", 3.0))
+        forever = conn.request("forever", None)
+        got = await within(asyncio.to_thread(requests_read, sock, 3))
+        await within(asked)
+        await within(forever)
+        by_data = {packet["d"]: packet for packet in got}
+        assert ("dl" in by_data["usual"]) is not said
+        assert by_data["short"]["dl"] == 3.0
+        if said:
+            assert "dl" in by_data["forever"]
+            assert by_data["forever"]["dl"] is None
+        else:
+            assert "dl" not in by_data["forever"]
+    finally:
+        sock.close()
+        await within(server.close())

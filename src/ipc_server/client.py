@@ -144,7 +144,7 @@ class _ClientProtocol(Endpoint):
             self._fatal(exc)
             return
         self._codec.configure(messagepack=agreement.messagepack, compress=agreement.compress)
-        self._agreed(agreement.features)
+        self._agreed(agreement.features, agreement.timeouts)
         self._handshaken = True
         if not self.ready.done():
             self.ready.set_result(agreement)

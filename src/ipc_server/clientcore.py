@@ -35,7 +35,7 @@ from .errors import (
     ProtocolError,
 )
 from .events import EventEmitter, Tasks, Throttle, shorten
-from .options import RETRY_BASE, ClientOptions
+from .options import RETRY_BASE, ClientOptions, check_timeout
 from .packets import (
     GROUPS,
     SERVE,
@@ -334,7 +334,13 @@ class ClientCore(ClientOptions, EventEmitter):
 
     def _hello(self) -> bytes:
         """This client's CONNECTION packet (its payload, and its id once it has one)."""
-        return hello(self._payload, self.id, compress=self.compress, codec=self.codec)
+        return hello(
+            self._payload,
+            self.id,
+            compress=self.compress,
+            codec=self.codec,
+            timeout=check_timeout(self.request_timeout),
+        )
 
     def _admitted(self, agreement: Agreement) -> list[tuple[Any, dict[str, Any] | None]]:
         """The server answered: record its answer; return the requests that restore what

@@ -25,12 +25,7 @@ from typing import Any, cast
 from mypy_extensions import mypyc_attr
 
 from .codecs import DEFAULT_MAX_PACKET_OBJECTS, PacketCodec
-from .errors import (
-    ConnectionClosedError,
-    IPCError,
-    MessageTooLargeError,
-    ProtocolError,
-)
+from .errors import ConnectionClosedError, IPCError, MessageTooLargeError, ProtocolError
 from .events import Tasks, all_done, shorten
 from .extensions import Extensions
 from .options import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_QUEUED, DEFAULT_TIMEOUT, check_timeout
@@ -217,6 +212,8 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
         loads = self._codec.loads
         plain = self._codec.plain_size  # longer bodies may hold too many objects: decode counts
         skip = self._skip
+        implied = self._peer_implied  # a plain request's deadline, in seconds from now
+        deadline: Any = None  # then in loop time: one clock read for all of this read
         for body in bodies:
             if self._halted:
                 self._held.append(body)  # this one and the rest wait (see _read_bodies)
@@ -242,8 +239,13 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
                             if self._closing or n in skip:
                                 continue  # after END (or on its way), or cancelled: not run
                             respond = Responder(self, n)
-                            if len(packet) > 3 and self._on_extension(packet, n, respond):
-                                continue
+                            if len(packet) > 3:
+                                if self._on_extension(packet, n, respond):
+                                    continue
+                            elif implied is not None:
+                                if deadline is None:
+                                    deadline = self.loop.time() + implied
+                                respond.deadline = deadline
                             try:
                                 self._on_request(packet.get("d"), respond)
                             except Exception as exc:
@@ -343,8 +345,11 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
         if self._closing or n in self._skip:
             return  # after END (or on its way) no request is run (packets.FEATURES: retry)
         respond = Responder(self, n)
-        if len(packet) > 3 and self._on_extension(packet, n, respond):
-            return
+        if len(packet) > 3:
+            if self._on_extension(packet, n, respond):
+                return
+        elif self._peer_implied is not None:
+            respond.deadline = self.loop.time() + self._peer_implied
         try:
             self._on_request(d, respond)
         except Exception as exc:  # e.g. a published message too deep to encode

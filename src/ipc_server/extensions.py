@@ -45,6 +45,8 @@ class Extensions:
     features: frozenset[str]
     remote_errors: bool
     _cancel: bool
+    _implied: Any
+    _peer_implied: Any
     _codec: PacketCodec
     _transport: asyncio.Transport | None
     _aborted: bool
@@ -144,11 +146,19 @@ class Extensions:
             if t == MESSAGE and n.__class__ is str and packet.get("x") == CANCEL:
                 self._skip.add(n)
 
-    def _agreed(self, features: frozenset[str]) -> None:
-        """The CONNECTION exchange is over: the extensions both ends announced."""
+    def _agreed(
+        self,
+        features: frozenset[str],
+        timeouts: tuple[float | None, float | None] | None = None,
+    ) -> None:
+        """The CONNECTION exchange is over: the extensions both ends announced, and
+        ``timeouts``, how long requests without ``"dl"`` wait: this end's, the peer's
+        (None: not said, every timeout travels)."""
         self.features = features
         self.remote_errors = "errors" in features
-        self._cancel = CANCEL in features
+        self._cancel = cancel = CANCEL in features
+        if cancel and timeouts is not None:
+            self._implied, self._peer_implied = timeouts
 
     def extended_request(
         self, data: Any, fields: dict[str, Any], timeout: float | None

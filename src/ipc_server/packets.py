@@ -39,6 +39,7 @@ __all__ = [
     "LAST",
     "MAX_WINDOW",
     "MESSAGE",
+    "NO_DEADLINE",
     "PING",
     "PONG",
     "PUBSUB_KEYS",
@@ -66,6 +67,7 @@ __all__ = [
     "error_fields",
     "extension_packet",
     "hello",
+    "implied",
     "loss",
     "publish_request",
     "published_topic",
@@ -151,23 +153,48 @@ worker group. ``services``: ``"x": "serve"``/``"unserve"`` register a worker,
 ``"x": "call"`` with ``"s": name`` calls one. ``streams``: ``"x": "stream"``
 asks for an answer in items, with a credit window. ``cancel``: a requester
 that gives up sends a cancel notice, and a REQUEST may carry ``"dl"``, the
-seconds its requester waits.
+seconds its requester waits; each end says in its CONNECTION packet how long
+its requests without ``"dl"`` wait (``implied``), so a request with the usual
+timeout needs none.
 """
 
 
 # ---------------------------------------------------------------------- CONNECTION
 
 
-def hello(payload: Any, client_id: str | None, *, compress: bool, codec: CodecName) -> bytes:
-    """The client's CONNECTION packet, framed (always JSON, uncompressed)."""
+def hello(
+    payload: Any,
+    client_id: str | None,
+    *,
+    compress: bool,
+    codec: CodecName,
+    timeout: float | None = None,
+) -> bytes:
+    """The client's CONNECTION packet, framed (always JSON, uncompressed). ``timeout``:
+    how long this client's requests that carry no ``"dl"`` wait (None: forever)."""
     d = {
         "extras": payload,
         "id": client_id,
         "compress": compress,
         "messagepack": codec == "msgpack",
         "features": list(FEATURES),
+        "dl": timeout,
     }
     return frame(json_dumps({"t": CONNECTION, "d": d}))
+
+
+NO_DEADLINE: dict[str, Any] = {"dl": None}
+"""The fields of a request that waits forever, to a peer whose implied deadline is not."""
+
+
+def implied(value: Any) -> tuple[bool, float | None]:
+    """Read an implied deadline (``"dl"`` of a CONNECTION packet): ``(valid, seconds)``,
+    seconds None for forever."""
+    if value is None:
+        return True, None
+    if value.__class__ in (int, float) and 0 < value < 1e12:
+        return True, float(value)
+    return False, None
 
 
 class Hello(NamedTuple):
@@ -181,6 +208,8 @@ class Hello(NamedTuple):
     messagepack: bool
     features: tuple[str, ...]
     """The extensions both ends know (ours that the client announced)."""
+    timeout: tuple[bool, float | None]
+    """Whether the client said how long its requests without ``"dl"`` wait, and how long."""
 
 
 def read_hello(t: int, d: Any) -> Hello:
@@ -201,18 +230,36 @@ def read_hello(t: int, d: Any) -> Hello:
         claimed = str(cid)  # net-ipc peers may send a number
     asked = d.get("features")
     features = tuple(f for f in FEATURES if isinstance(asked, list) and f in asked)
+    timeout = implied(d["dl"]) if "dl" in d else (False, None)
     return Hello(
-        d.get("extras"), claimed, bool(d.get("compress")), bool(d.get("messagepack")), features
+        d.get("extras"),
+        claimed,
+        bool(d.get("compress")),
+        bool(d.get("messagepack")),
+        features,
+        timeout,
     )
 
 
 def answer(
-    conn_id: str, *, compress: bool, messagepack: bool, features: tuple[str, ...], nonce: Any
+    conn_id: str,
+    *,
+    compress: bool,
+    messagepack: bool,
+    features: tuple[str, ...],
+    nonce: Any,
+    timeouts: tuple[float | None, float | None] | None = None,
 ) -> bytes:
-    """The server's CONNECTION answer, framed (JSON, uncompressed): what it agreed to."""
+    """The server's CONNECTION answer, framed (JSON, uncompressed): what it agreed to.
+
+    ``timeouts``: how long the client's requests without ``"dl"`` wait (as the
+    client said), then the server's; sent as ``"dl": [client's, server's]``.
+    """
     d: dict[str, Any] = {"id": conn_id, "compress": compress, "messagepack": messagepack}
     if features:
         d["features"] = list(features)
+    if timeouts is not None:
+        d["dl"] = list(timeouts)
     packet: dict[str, Any] = {"t": CONNECTION, "d": d}
     if nonce is not None:
         packet["n"] = nonce
@@ -230,6 +277,9 @@ class Agreement(NamedTuple):
     """Whether the server announced the ``errors`` extension."""
     features: frozenset[str]
     """The extensions both ends know (ours that the server announced)."""
+    timeouts: tuple[float | None, float | None] | None = None
+    """How long this client's requests without ``"dl"`` wait, as the server takes
+    them, then the server's; None when it did not say (then every timeout travels)."""
 
 
 def read_answer(t: int, d: Any) -> Agreement:
@@ -245,8 +295,19 @@ def read_answer(t: int, d: Any) -> Agreement:
         raise ProtocolError(f"expected the CONNECTION answer, got packet type {t}")
     announced = d.get("features")
     features = frozenset(f for f in FEATURES if isinstance(announced, list) and f in announced)
+    timeouts = None
+    pair = d.get("dl")
+    if type(pair) is list and len(pair) == 2:
+        (mine_ok, mine), (theirs_ok, theirs) = implied(pair[0]), implied(pair[1])
+        if mine_ok and theirs_ok:
+            timeouts = (mine, theirs)
     return Agreement(
-        d, bool(d.get("messagepack")), bool(d.get("compress")), "errors" in features, features
+        d,
+        bool(d.get("messagepack")),
+        bool(d.get("compress")),
+        "errors" in features,
+        features,
+        timeouts,
     )
 
 

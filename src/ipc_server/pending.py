@@ -23,7 +23,7 @@ from .codecs import Encoded, PacketCodec
 from .errors import ConnectionClosedError, RequestTimeoutError
 from .future import Pending
 from .options import check_timeout
-from .packets import PING, REQUEST, cancel_notice, read_error
+from .packets import NO_DEADLINE, PING, REQUEST, cancel_notice, read_error
 from .streams import StreamReader
 
 __all__ = ["Entry", "Extended", "Pending", "RequestTable", "Unanswered"]
@@ -65,6 +65,10 @@ class RequestTable:
         # The peer announced ``cancel``: requests carry their timeout ("dl"), and one given
         # up on (cancelled, timed out) is followed by a cancel notice.
         self._cancel = False
+        # How long a request without "dl" waits (the CONNECTION exchange says; floats or
+        # None, typed Any as _last_deadline is): ours, as the peer takes them, and the peer's.
+        self._implied: Any = None
+        self._peer_implied: Any = None
 
     # Methods of writes.Writes, which comes before this one in Endpoint's bases, so these
     # never run (a stub, not an annotation: a compiled trait would make that an attribute).
@@ -108,8 +112,12 @@ class RequestTable:
                 if self._cancel and seconds is not None:
                     fields = {**fields, "dl": seconds}
                 packet = self._codec.encode_parts(t, data.data, nonce, fields)
-            elif self._cancel and seconds is not None and t == REQUEST:
-                packet = self._codec.encode_parts(t, data, nonce, None, seconds)
+            elif self._cancel and t == REQUEST and seconds != self._implied:
+                # Not the timeout the peer takes a request without "dl" to have.
+                if seconds is None:
+                    packet = self._codec.encode_parts(t, data, nonce, NO_DEADLINE)
+                else:
+                    packet = self._codec.encode_parts(t, data, nonce, None, seconds)
             else:
                 packet = self._codec.encode_parts(t, data, nonce)
         except Exception as exc:

@@ -35,6 +35,7 @@ from .options import (
     check_timeout,
 )
 from .packets import (
+    CANCEL,
     GROUPS,
     PUBSUB_KEYS,
     SERVICE_REQUESTS,
@@ -294,6 +295,8 @@ class IPCConnection(Endpoint):
             self._hs_timer = None
         compress = hello.compress and server.compress
         messagepack = hello.messagepack and server.codec == "msgpack"
+        said, theirs = hello.timeout  # how long its requests without "dl" wait
+        implied = said and CANCEL in hello.features
         self._write(
             answer(
                 self.id,
@@ -301,11 +304,12 @@ class IPCConnection(Endpoint):
                 messagepack=messagepack,
                 features=hello.features,
                 nonce=n,
+                timeouts=(theirs, DEFAULT_TIMEOUT) if implied else None,
             )
         )
         self._codec.configure(messagepack=messagepack, compress=compress)
         self._decoder.limit(server.max_message_size)
-        self._agreed(frozenset(hello.features))
+        self._agreed(frozenset(hello.features), (DEFAULT_TIMEOUT, theirs) if implied else None)
         self._handshaken = True
         self.connected_at = time.time()
         if not server._may_claim(self.id):

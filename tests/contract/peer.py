@@ -105,7 +105,7 @@ class Peer:
         """A message to every client; returns how many got it."""
         return self.server.broadcast(data)
 
-    def request_client(self, data: Any, timeout: float = 5.0) -> Any:
+    def request_client(self, data: Any, timeout: float | None = 5.0) -> Any:
         """Request the first connected client; its answer."""
 
         async def ask() -> Any:

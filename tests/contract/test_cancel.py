@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from ipc_server import IPCConnection, RequestTimeoutError
+from ipc_server.options import DEFAULT_TIMEOUT
 
 from .adapters import AsyncioClient, Front
 from .peer import Peer
@@ -208,6 +209,25 @@ def test_the_caller_timeout_is_the_handler_deadline(front: Front, server: Peer) 
     assert 1.5 < left <= 2.0
     assert client.request({"cmd": "deadline"}, timeout=None) is None
     assert list(client.stream({"cmd": "stream_deadline"}, timeout=2.0)) == [None]
+
+
+def test_the_usual_timeout_is_the_deadline_without_travelling(front: Front, server: Peer) -> None:
+    """A request with the requester's usual timeout carries no "dl" (the CONNECTION exchange
+    said how long such requests wait) and its handler has the deadline all the same, both
+    ways; one that waits forever still has none."""
+
+    def handler(request: Any, respond: Any) -> None:
+        deadline = respond.deadline
+        respond(None if deadline is None else deadline - time.monotonic())
+
+    server.commands["deadline"] = deadline_left
+    client = front.connected()
+    left = client.request({"cmd": "deadline"})  # the client's request_timeout: 10 s
+    assert 9.0 < left <= 10.0
+    client.on("request", handler)
+    left = server.request_client("x", timeout=DEFAULT_TIMEOUT)  # the server's usual one
+    assert 9.0 < left <= 10.0
+    assert server.request_client("x", timeout=None) is None
 
 
 def test_the_caller_timeout_reaches_the_worker(front: Front, server: Peer) -> None:

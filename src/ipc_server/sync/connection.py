@@ -33,6 +33,7 @@ from ..options import DEFAULT_TIMEOUT
 from ..packets import (
     CALL,
     CANCEL,
+    NO_DEADLINE,
     PING,
     PONG,
     REQUEST,
@@ -135,6 +136,9 @@ class Connection(ReadRoles, PacketDispatcher):
         self.on_request = on_request
         self.on_call = on_call
         self.cancel = CANCEL in self.features  # requests carry "dl"; given up: a cancel notice
+        # How long a request without "dl" waits: ours (as the server takes them), the server's.
+        timeouts = opened.agreement.timeouts
+        self.implied, self.peer_implied = timeouts if self.cancel and timeouts else (None, None)
         self.on_lost = on_lost
         self.report = report
         self.pending: dict[str, Waiter] = {}
@@ -248,6 +252,8 @@ class Connection(ReadRoles, PacketDispatcher):
             if packet.get("x") == CALL and SERVICES in self.features:
                 self.on_call(self, packet.get("s"), d, n, deadline)
                 return
+        elif self.peer_implied is not None:
+            deadline = _monotonic() + self.peer_implied
         self.on_request(self, d, n, deadline)
 
     def _on_ping(self, d: Any, n: str) -> None:
@@ -516,8 +522,11 @@ class Connection(ReadRoles, PacketDispatcher):
             lead = self.take_role(w)
         done = False
         notify = self.cancel and t == REQUEST  # a peer that takes "dl" and cancel notices
-        if notify and seconds is not None:
-            fields = {"dl": seconds} if fields is None else {**fields, "dl": seconds}
+        if notify and fields is not None:
+            if seconds is not None:
+                fields = {**fields, "dl": seconds}
+        elif notify and seconds != self.implied:  # not what a request without "dl" waits
+            fields = NO_DEADLINE if seconds is None else {"dl": seconds}
         sent = False
         try:
             if t == PING:
