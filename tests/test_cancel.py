@@ -23,18 +23,23 @@ def cancel_notice(n: str) -> bytes:
     return frame(json.dumps({"t": 1, "n": n, "x": "cancel"}).encode())
 
 
-def answers(sock: socket.socket, count: int) -> dict[str, Any]:
-    """Read ``count`` RESPONSE packets: nonce -> data."""
+def packets_read(sock: socket.socket, t: int, count: int) -> list[dict[str, Any]]:
+    """Read until ``count`` packets of type ``t`` came: those packets."""
     decoder = FrameDecoder()
-    got: dict[str, Any] = {}
+    got: list[dict[str, Any]] = []
     while len(got) < count:
         chunk = sock.recv(65536)
         assert chunk, "the server closed the connection"
         for body in decoder.feed(chunk):
             packet = json.loads(bytes(body))
-            if packet["t"] == 3:
-                got[packet["n"]] = packet["d"]
+            if packet["t"] == t:
+                got.append(packet)
     return got
+
+
+def answers(sock: socket.socket, count: int) -> dict[str, Any]:
+    """Read ``count`` RESPONSE packets: nonce -> data."""
+    return {packet["n"]: packet["d"] for packet in packets_read(sock, 3, count)}
 
 
 async def test_a_held_request_whose_cancel_notice_was_read_never_runs(sock_path: str) -> None:
@@ -66,34 +71,6 @@ async def test_a_held_request_whose_cancel_notice_was_read_never_runs(sock_path:
         got = await within(asyncio.to_thread(answers, sock, 2))
         assert got == {"a": "a", "c": "c"}
         assert seen == ["a", "c"]  # "b" never reached a listener
-    finally:
-        sock.close()
-        await within(server.close())
-
-
-async def test_the_deadline_travels_as_a_relative_time(sock_path: str) -> None:
-    """ "dl" (seconds) becomes respond.deadline on the server's loop clock; a request
-    without it, or from a peer that announced no features, has none."""
-    server = IPCServer(path=sock_path)
-    deadlines: dict[str, float | None] = {}
-
-    async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
-        deadlines[request] = respond.deadline
-        await respond(None)
-
-    server.on("request", handler)
-    await within(server.start())
-    sock = await asyncio.to_thread(raw_peer, sock_path)
-    try:
-        before = asyncio.get_running_loop().time()
-        timed = frame(json.dumps({"t": 2, "d": "timed", "n": "1", "dl": 5.0}).encode())
-        sock.sendall(timed + raw_packet(2, "plain", "2"))
-        await within(asyncio.to_thread(answers, sock, 2))
-        after = asyncio.get_running_loop().time()
-        timed_deadline = deadlines["timed"]
-        assert timed_deadline is not None
-        assert before + 5.0 <= timed_deadline <= after + 5.0
-        assert deadlines["plain"] is None
     finally:
         sock.close()
         await within(server.close())
@@ -149,24 +126,18 @@ def raw_client(path: str, hello: dict[str, Any]) -> tuple[socket.socket, dict[st
 
 def requests_read(sock: socket.socket, count: int) -> list[dict[str, Any]]:
     """Read ``count`` REQUEST packets and answer each with ``None``: the packets."""
-    decoder = FrameDecoder()
-    got: list[dict[str, Any]] = []
-    while len(got) < count:
-        chunk = sock.recv(65536)
-        assert chunk, "the server closed the connection"
-        for body in decoder.feed(chunk):
-            packet = json.loads(bytes(body))
-            if packet["t"] == 2:
-                got.append(packet)
-                sock.sendall(frame(json.dumps({"t": 3, "d": None, "n": packet["n"]}).encode()))
+    got = packets_read(sock, 2, count)
+    for packet in got:
+        sock.sendall(frame(json.dumps({"t": 3, "d": None, "n": packet["n"]}).encode()))
     return got
 
 
 @pytest.mark.parametrize("said", [True, False], ids=["said", "silent"])
 async def test_how_long_requests_without_a_deadline_wait(sock_path: str, said: bool) -> None:
-    """A client that says, in its CONNECTION packet, how long its requests without "dl"
-    wait gets them that deadline; the server says its own, and leaves "dl" out of its
-    requests with that timeout. To a peer that said nothing, every timeout travels."""
+    """ "dl" (seconds) becomes respond.deadline on the server's loop clock. A client that
+    says, in its CONNECTION packet, how long its requests without "dl" wait gets them that
+    deadline; the server says its own, and leaves "dl" out of its requests with that
+    timeout. To a peer that said nothing, every timeout travels (and none is implied)."""
     server = IPCServer(path=sock_path)
     deadlines: dict[str, float | None] = {}
 
