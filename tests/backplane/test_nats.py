@@ -218,6 +218,29 @@ async def test_oversize_is_reported_and_not_sent(tmp_path: Path) -> None:
         assert error.limit == 4096
 
 
+async def test_a_broker_that_takes_less_refuses_not_redials(tmp_path: Path) -> None:
+    """A message queued while the broker was down, too big for the broker that comes back
+    (a smaller max_payload): refused and reported when the outbox flushes, the connection
+    kept (no redial loop), and the receiver sees the hole."""
+    broker = Broker(tmp_path)
+    async with pair(broker) as (a, host_a, b, host_b):
+        assert await b.add_interest("t")
+        a.publish("t", "first")
+        await eventually(lambda: len(host_b.deliveries) == 1)
+        broker.kill()
+        await eventually(lambda: not a.is_up)
+        a.publish("t", "x" * 10_000)  # fits the broker that was
+        broker.config = "max_payload: 4096"
+        broker.start()
+        await eventually(lambda: a.is_up and b.is_up, timeout=5)
+        await eventually(lambda: a.stats()["refused"] == 1)
+        assert any("payload" in str(error).lower() for error in host_a.errors)
+        a.publish("t", "after")
+        await eventually(lambda: host_b.deliveries[-1] == ("t", "after", "a"), timeout=3)
+        assert host_b.missed["a"] == 1
+        assert a.stats()["reconnects"] == 1
+
+
 async def test_subscribe_then_publish_race(backplanes: Start) -> None:
     """add_interest() is True only once the broker has it: 1,000 of 1,000 publishes right after arrive."""
     a, _ = await backplanes("a")

@@ -43,12 +43,11 @@ logger = logging.getLogger("ipc_server.backplane")
 
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
-_ENVELOPE_ROOM = 32  # a one-message envelope's epoch, seq, list head, flag and start fit in it
 _BATCH = 256  # messages handled before yielding to the loop
 _RUN_BYTES = 64 << 10  # message bytes sent together in one envelope at most
 _COUNTER_NAMES = (
-    "published received received_group duplicates gaps missed reconnects refused heartbeats calls_sent "
-    "calls_served surveys_sent surveys_answered"
+    "published received received_group duplicates gaps missed reconnects refused heartbeats "
+    "calls_sent calls_served surveys_sent surveys_answered"
 )
 _COUNTERS = _COUNTER_NAMES.split()
 
@@ -435,7 +434,7 @@ class NatsBackplane(Backplane):
             what = f"on topic {topic[:80]!r}" if topic else "broadcast"
             self._refuse(TypeError(f"a message {what} cannot cross hosts: {exc}"))
             return False
-        size = len(body) + len(subject) + _ENVELOPE_ROOM + 40
+        size = len(body) + envelopes.overhead  # the subject is not in the payload
         if size > self._max_payload:
             self._refuse(
                 MessageTooLargeError(
@@ -482,8 +481,9 @@ class NatsBackplane(Backplane):
     async def _send_some(self, link: Link) -> int:
         """Hand up to ``_BATCH`` messages from the outbox to the broker, each run of
         one stream as one envelope; how many were written."""
-        batches = runs(self._outbox.take(_BATCH), min(self._max_payload, _RUN_BYTES) - 512)
         envelopes = self._envelopes
+        budget = min(self._max_payload, _RUN_BYTES) - envelopes.overhead
+        batches = runs(self._outbox.take(_BATCH), budget)
         sent = 0
         for i, run in enumerate(batches):
             first = run[0]
@@ -491,7 +491,10 @@ class NatsBackplane(Backplane):
             payload = envelopes.publish(first.epoch, first.seq, bodies, first.served, first.start)
             try:
                 await link.publish(first.subject, payload)
-            except Exception:  # not written: the connection is gone
+            except Exception as exc:
+                if link.connected:  # refused, not lost (a broker with a smaller max_payload)
+                    self._refuse(exc)  # the receivers see the hole
+                    continue
                 self._outbox.push_back([item for left in batches[i:] for item in left])
                 link.drop("the broker connection closed while sending")
                 break

@@ -129,6 +129,9 @@ class Envelopes:
         self._pack: Callable[[Any], bytes] = packer.pack
         self._array: Callable[[int], bytes] = packer.pack_array_header
         self._publish_head = _PUBLISH_HEAD + self._pack(origin)
+        self.overhead = len(self._publish_head) + 33
+        """A publish envelope's bytes beyond its bodies, at most (epoch, seq and start
+        take 9 bytes each at most, the list head 5, the flag 1)."""
 
     def body(self, message: Any) -> bytes:
         """``message`` alone, encoded; the first step of a publish (it may fail)."""
