@@ -24,8 +24,10 @@ from collections import Counter
 from typing import Any
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+    here = os.path.dirname(__file__)
+    sys.path[:0] = [os.path.join(here, "..", "..", "src"), os.path.join(here, "..")]
 
+from backplane.peer import say, serve_commands
 from ipc_server import IPCServer
 from ipc_server.backplane import NatsBackplane
 
@@ -49,32 +51,11 @@ class _Host:
         else:
             self.events.append([kind, info.get("reason", "")])
 
-    def say(self, line: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(line, default=repr) + "\n")
-        sys.stdout.flush()
-
     async def run(self) -> None:
         await self.server.start()
-        self.say({"event": "ready", "server_id": self.server.server_id, "up": self.backplane.is_up})
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        tasks: set[asyncio.Task[None]] = set()
-        while line := await reader.readline():
-            command = json.loads(line)
-            if command["op"] == "quit":
-                break
-            task = loop.create_task(self.answer(command))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        say({"event": "ready", "server_id": self.server.server_id, "up": self.backplane.is_up})
+        await serve_commands(self.do)
         await self.server.close()
-
-    async def answer(self, command: dict[str, Any]) -> None:
-        try:
-            result = await self.do(command)
-        except Exception as exc:
-            result = {"error": type(exc).__name__, "text": str(exc)}
-        self.say({"id": command["id"], "result": result})
 
     async def do(self, command: dict[str, Any]) -> Any:
         op = command["op"]

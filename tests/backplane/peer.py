@@ -23,6 +23,7 @@ import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 if __name__ == "__main__":
@@ -110,6 +111,36 @@ def _error(exc: BaseException) -> dict[str, str]:
     return {"error": type(exc).__name__, "text": str(exc)}
 
 
+def say(line: dict[str, Any]) -> None:
+    """One JSON line on stdout, for the test that runs this process."""
+    sys.stdout.write(json.dumps(line, default=repr) + "\n")
+    sys.stdout.flush()
+
+
+async def serve_commands(do: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
+    """Answer the JSON commands on stdin, one a line, each as it comes (they run at once),
+    with ``{"id": ..., "result": ...}``; until ``{"op": "quit"}`` or the end of stdin."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(command: dict[str, Any]) -> None:
+        try:
+            result = await do(command)
+        except Exception as exc:
+            result = _error(exc)
+        say({"id": command["id"], "result": result})
+
+    while line := await reader.readline():
+        command = json.loads(line)
+        if command["op"] == "quit":
+            return
+        task = loop.create_task(answer(command))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+
 class _Peer:
     def __init__(self, config: dict[str, Any]) -> None:
         self.host = FakeHost(config["server_id"], keep=False)
@@ -118,32 +149,11 @@ class _Peer:
         )
         self.sent: Counter[str] = Counter()
 
-    def say(self, line: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(line) + "\n")
-        sys.stdout.flush()
-
     async def run(self) -> None:
         await self.backplane.start(self.host)
-        self.say({"event": "ready", "up": self.backplane.is_up})
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-        tasks: set[asyncio.Task[None]] = set()
-        while line := await reader.readline():
-            command = json.loads(line)
-            if command["op"] == "quit":
-                break
-            task = loop.create_task(self.answer(command))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        say({"event": "ready", "up": self.backplane.is_up})
+        await serve_commands(self.do)
         await self.backplane.close()
-
-    async def answer(self, command: dict[str, Any]) -> None:
-        try:
-            result = await self.do(command)
-        except Exception as exc:
-            result = _error(exc)
-        self.say({"id": command["id"], "result": result})
 
     async def do(self, command: dict[str, Any]) -> Any:
         backplane, host, op = self.backplane, self.host, command["op"]
@@ -191,7 +201,7 @@ class _Peer:
 
     async def _tell_started(self) -> None:
         await self.host.started.wait()
-        self.say({"event": "call_started"})
+        say({"event": "call_started"})
 
     async def publish(self, topics: list[str], count: int, pace: bool) -> int:
         backplane = self.backplane
