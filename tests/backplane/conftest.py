@@ -173,28 +173,41 @@ class Peer:
 Spawn = Callable[..., Awaitable[Peer]]
 
 
+async def launch(
+    script: Path, name: str, broker: Broker, options: dict[str, Any], **config: Any
+) -> Peer:
+    """``script`` (``peer.py`` or ``host.py``) in a process of its own, on ``broker``
+    (``options``: the backplane's, ``url`` and ``namespace`` among them), once ready."""
+    config = {
+        **config,
+        "url": options.pop("url", broker.url),
+        "namespace": options.pop("namespace", "test"),
+        "options": {**FAST, **options},
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        json.dumps(config),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    peer = Peer(process, name)
+    try:
+        await peer.event("ready", timeout=15)
+    except BaseException:
+        await peer.stop()
+        raise
+    return peer
+
+
 @pytest.fixture
 async def peers(broker: Broker) -> AsyncIterator[Spawn]:
     """``await spawn(server_id, **options)``: a backplane in its own process, ready."""
     made: list[Peer] = []
 
     async def spawn(server_id: str, **options: Any) -> Peer:
-        config = {
-            "server_id": server_id,
-            "url": options.pop("url", broker.url),
-            "namespace": options.pop("namespace", "test"),
-            "options": {**FAST, **options},
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(PEER),
-            json.dumps(config),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        peer = Peer(process, server_id)
+        peer = await launch(PEER, server_id, broker, options, server_id=server_id)
         made.append(peer)
-        await peer.event("ready", timeout=15)
         return peer
 
     try:
@@ -212,23 +225,9 @@ async def hosts(broker: Broker) -> AsyncIterator[Spawn]:
 
     async def spawn(name: str, **options: Any) -> Peer:
         path = os.path.join(folder, name)
-        config = {
-            "path": path,
-            "url": options.pop("url", broker.url),
-            "namespace": options.pop("namespace", "test"),
-            "options": {**FAST, **options},
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HOST),
-            json.dumps(config),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-        )
-        peer = Peer(process, name)
+        peer = await launch(HOST, name, broker, options, path=path)
         peer.path = path
         made.append(peer)
-        await peer.event("ready", timeout=15)
         return peer
 
     try:

@@ -145,17 +145,21 @@ class Cluster:
             service, f"no worker for service {service!r} on this server, and {detail}"
         )
 
+    def _request(self, data: Any, timeout: float | None, what: str) -> bytes:
+        """The envelope of a call or survey, within the broker's ``max_payload``."""
+        owner = self.owner
+        payload = owner.envelopes.request(timeout or None, data)
+        if len(payload) > owner.max_payload:
+            raise MessageTooLargeError(len(payload), owner.max_payload, what, option="max_payload")
+        return payload
+
     async def call(self, service: str, data: Any, timeout: float | None) -> Any:
         owner = self.owner
         subject = owner.subjects.service(service)
         link = owner.up_link
         if link is None:
             raise self._unreachable(service, f"the broker is unreachable ({owner.down_reason})")
-        payload = owner.envelopes.request(timeout or None, data)
-        if len(payload) > owner.max_payload:
-            raise MessageTooLargeError(
-                len(payload), owner.max_payload, "cross-host call", option="max_payload"
-            )
+        payload = self._request(data, timeout, "cross-host call")
         loop = asyncio.get_running_loop()
         pending = self.pending
         token = pending.token()
@@ -194,11 +198,7 @@ class Cluster:
         if link is None:
             reason = f"the broker is unreachable ({owner.down_reason})"
             return [(server, ConnectionClosedError(reason)) for server in others]
-        payload = owner.envelopes.request(timeout or None, data)
-        if len(payload) > owner.max_payload:
-            raise MessageTooLargeError(
-                len(payload), owner.max_payload, "cross-host survey", option="max_payload"
-            )
+        payload = self._request(data, timeout, "cross-host survey")
         loop = asyncio.get_running_loop()
         pending = self.pending
         token = pending.token()
