@@ -219,3 +219,16 @@ def test_a_run_counts_as_its_messages(tracker: Tracker, interests: Interests) ->
     assert tracker.accept(key, 1, 1, count=3) is None  # the same run twice
     assert tracker.accept(key, 1, 4, count=2) == 0
     assert tracker.accept(key, 1, 8, count=1) == 2
+
+
+def test_heartbeats_are_kept_for_a_bounded_number_of_origins(interests: Interests) -> None:
+    """Past ``limit`` origins heard, the least recently heard is forgotten: its streams are
+    then never counted from their start (nothing proves them any more)."""
+    tracker = Tracker(2, interests.covered)
+    interests.add(tracker, "s")
+    confirmed(tracker, interests)
+    for origin in ("a", "b", "c"):
+        tracker.heard(origin, 1)
+        tracker.heard(origin, 2)
+    assert tracker.accept(("a", "s"), 1, 4, start=2) == 0  # "a" was forgotten
+    assert tracker.accept(("c", "s"), 1, 4, start=2) == 3
