@@ -15,6 +15,9 @@ Measured in one run, against the same broker:
   ping-pong between two plain nats-py processes; the ``local`` line the same
   ping-pong through one server and no broker (its four local hops alone).
   The target is raw + local + 50 µs.
+  Each line also gives the CPU each of its processes spent per round trip
+  (user and system time from ``/proc/<pid>/stat``, Linux), the broker's
+  included.
 - ``throughput``: server A publishes N messages of the ~200-byte payload as
   fast as its outbox drains; a client of server B (each in a process of its
   own) counts them, until all
@@ -213,6 +216,10 @@ class Child:
         self.args = [sys.executable, "-m", "benchmarks.backplane", "--child", role, url, path]
         self.args.append(str(count))
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     async def __aenter__(self) -> Child:
         self.process = await asyncio.create_subprocess_exec(
             *self.args, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT)
@@ -239,6 +246,40 @@ class Child:
 # ---------------------------------------------------------------------- the measures
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, float]:
+    """Seconds of CPU (user + system, every thread) each process has used, where
+    ``/proc`` tells (Linux); else nothing."""
+    used = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return {}
+        used[name] = (int(fields[11]) + int(fields[12])) / _TICK
+    return used
+
+
+class _CpuMeter:
+    """CPU per round trip of each process, from the end of the warm-up to the last."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.before: dict[str, float] = {}
+
+    def start(self) -> None:
+        self.before = _cpu(self.pids)
+
+    def per_round_trip(self, count: int) -> dict[str, float]:
+        after = _cpu(self.pids)
+        if not after or not self.before:
+            return {}
+        return {k: round((after[k] - self.before[k]) / count * 1e6, 1) for k in after}
+
+
 def _percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {
@@ -247,27 +288,34 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def rtt_ours(url: str, folder: str, count: int) -> dict[str, float]:
+async def rtt_ours(url: str, folder: str, count: int, broker: int) -> dict[str, Any]:
     far = os.path.join(folder, "b")
-    async with Child("host", url, far), Child("echo", url, far):
-        return await _ping_pong(os.path.join(folder, "a"), _backplane(url), count)
+    async with Child("host", url, far) as host, Child("echo", url, far) as echo:
+        pids = {"server A and its client": os.getpid(), "server B": host.pid}
+        pids.update({"client B": echo.pid, "broker": broker})
+        return await _ping_pong(os.path.join(folder, "a"), _backplane(url), count, pids=pids)
 
 
-async def rtt_local(folder: str, count: int) -> dict[str, float]:
+async def rtt_local(folder: str, count: int) -> dict[str, Any]:
     """The same ping-pong through one server, no broker: its local round trips alone."""
     path = os.path.join(folder, "l")
     server = IPCServer(path=path)
     await server.start()
     try:
-        async with Child("echo", "", path):
-            return await _ping_pong(path, None, count, server)
+        async with Child("echo", "", path) as echo:
+            pids = {"the server and client A": os.getpid(), "client B": echo.pid}
+            return await _ping_pong(path, None, count, server, pids)
     finally:
         await server.close()
 
 
 async def _ping_pong(
-    path: str, backplane: NatsBackplane | None, count: int, server: IPCServer | None = None
-) -> dict[str, float]:
+    path: str,
+    backplane: NatsBackplane | None,
+    count: int,
+    server: IPCServer | None = None,
+    pids: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Publish ``ping`` as a client of the server at ``path`` (started here unless given)
     and time each ``pong``."""
     own = server is None
@@ -286,23 +334,29 @@ async def _ping_pong(
     await client.subscribe("pong")
     loop = asyncio.get_running_loop()
     samples = []
+    meter = _CpuMeter(pids or {})
     for i in range(count + count // 10):
+        if i == count // 10:  # the first tenth warms up
+            meter.start()
         waiter = loop.create_future()
         began = time.perf_counter()
         await client.publish("ping", PAYLOAD)
         await asyncio.wait_for(waiter, 10)
-        if i >= count // 10:  # the first tenth warms up
+        if i >= count // 10:
             samples.append(time.perf_counter() - began)
+    cpu = meter.per_round_trip(count)
     await client.close()
     if own:
         await server.close()
-    return _percentiles(samples)
+    return {**_percentiles(samples), "cpu_us": cpu}
 
 
-async def rtt_raw(url: str, count: int) -> dict[str, float]:
+async def rtt_raw(url: str, count: int, broker: int) -> dict[str, Any]:
     import nats
 
-    async with Child("echo-raw", url):
+    async with Child("echo-raw", url) as echo:
+        meter = _CpuMeter({"the pinging process": os.getpid(), "the echo": echo.pid})
+        meter.pids["broker"] = broker
         nc = await nats.connect(url)
         waiter: asyncio.Future[Any] | None = None
 
@@ -316,14 +370,17 @@ async def rtt_raw(url: str, count: int) -> dict[str, float]:
         loop = asyncio.get_running_loop()
         samples = []
         for i in range(count + count // 10):
+            if i == count // 10:
+                meter.start()
             waiter = loop.create_future()
             began = time.perf_counter()
             await nc.publish("raw.ping", body)
             await asyncio.wait_for(waiter, 10)
             if i >= count // 10:
                 samples.append(time.perf_counter() - began)
+        cpu = meter.per_round_trip(count)
         await nc.close()
-    return _percentiles(samples)
+    return {**_percentiles(samples), "cpu_us": cpu}
 
 
 def _rate(done: list[str], began: float) -> dict[str, float]:
@@ -420,8 +477,9 @@ async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> di
     results: dict[str, Any] = {"sent": volume}
     try:
         if "rtt" in only:
-            results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts)
-            results["rtt_raw"] = await rtt_raw(broker.url, rtts)
+            assert broker.process is not None
+            results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts, broker.process.pid)
+            results["rtt_raw"] = await rtt_raw(broker.url, rtts, broker.process.pid)
             results["rtt_local"] = await rtt_local(folder, rtts)
         if "throughput" in only:
             results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
@@ -451,6 +509,13 @@ def report(results: dict[str, Any]) -> str:
             f"                        target: raw + local + 50 µs = {target:.0f} µs"
             f" (ours {ours['p50_us'] / target:.2f}x of it)",
         ]
+        for name, figure in (("ours", ours), ("raw", raw), ("local", local)):
+            cpu = figure.get("cpu_us") or {}
+            if cpu:
+                each = ", ".join(f"{who} {us:.0f}" for who, us in cpu.items())
+                lines.append(
+                    f"    CPU per round trip, {name:<5} {sum(cpu.values()):>5.0f} µs ({each})"
+                )
     if "throughput_ours" in results:
         tp_ours, tp_raw, sent = (
             results["throughput_ours"],
