@@ -100,19 +100,20 @@ def category(obj: str) -> str:
     return "other"
 
 
-def perf_map(pid: int) -> dict[int, str]:
+def perf_map(pid: int, folder: Path = Path("/tmp")) -> dict[int, str]:
     """Trampoline address -> ``qualified name:file`` of the Python function it enters."""
     names: dict[int, str] = {}
-    with open(f"/tmp/perf-{pid}.map", encoding="utf-8") as lines:
+    with open(folder / f"perf-{pid}.map", encoding="utf-8") as lines:
         for line in lines:
             address, _size, name = line.rstrip("\n").split(" ", 2)
             names[int(address, 16)] = name.removeprefix("py::")
     return names
 
 
-def function_costs(callgrind_out: Path, pid: int) -> dict[str, int]:
-    """Instructions of each Python function of a ``-X perf`` run, with what it called."""
-    names = perf_map(pid)
+def function_costs(callgrind_out: Path, pid: int, folder: Path = Path("/tmp")) -> dict[str, int]:
+    """Instructions of each Python function of a ``-X perf`` run, with what it called
+    (``folder``: where the run wrote its perf map)."""
+    names = perf_map(pid, folder)
     ids: dict[str, str] = {}
     costs: defaultdict[str, int] = defaultdict(int)
     function = ""
