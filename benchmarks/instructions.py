@@ -295,10 +295,11 @@ class Setup:
         env.pop("IPC_SERVER_COMPILE", None)
         return env
 
-    def command(self, workload: str, n: int) -> list[str]:
+    def command(self, workload: str, n: int, perf: bool = False) -> list[str]:
+        """The measured process's command line (``perf``: with ``-X perf``)."""
         return [
             self.python,
-            *(["-X", "perf"] if self.functions else []),
+            *(["-X", "perf"] if perf else []),
             "-m",
             "benchmarks.instructions",
             "--child",
@@ -361,7 +362,7 @@ class Setup:
             "--tool=callgrind",
             *threads,
             f"--callgrind-out-file={out_file}{pid}",
-            *self.command(workload, n),
+            *self.command(workload, n, perf=self.functions),
         ]
         done = self.run(cmd, timeout=1800)
         if done.returncode != 0:
