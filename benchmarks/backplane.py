@@ -136,6 +136,10 @@ async def _child(role: str, url: str, path: str, count: int) -> None:
             await asyncio.sleep(1.0)
         say("done", seen(), repr(last[0]))
 
+    if role in ("relay-bare", "echo-bare"):
+        from benchmarks.backplane_bare import serve_child
+
+        await serve_child(role, url, path, say)
     if role == "echo-raw" or role == "sink-raw":
         import nats
 
@@ -294,6 +298,21 @@ async def rtt_ours(url: str, folder: str, count: int, broker: int) -> dict[str, 
         pids = {"server A and its client": os.getpid(), "server B": host.pid}
         pids.update({"client B": echo.pid, "broker": broker})
         return await _ping_pong(os.path.join(folder, "a"), _backplane(url), count, pids=pids)
+
+
+async def rtt_bare(url: str, folder: str, count: int, broker: int) -> dict[str, Any]:
+    """The same round trip with nothing but nats-py and a bare framed socket
+    (``benchmarks/backplane_bare.py``): the least this layout costs."""
+    from benchmarks.backplane_bare import rtt_bare as measure
+
+    def meter(pids: dict[str, int]) -> _CpuMeter:
+        return _CpuMeter({**pids, "broker": broker})
+
+    def child(role: str, url: str, path: str) -> Child:
+        return Child(role, url, path)
+
+    got = await measure(url, folder, count, PAYLOAD, child, meter)
+    return {**_percentiles(got["samples"]), "cpu_us": got["cpu_us"]}
 
 
 async def rtt_local(folder: str, count: int) -> dict[str, Any]:
@@ -481,6 +500,7 @@ async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> di
             results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts, broker.process.pid)
             results["rtt_raw"] = await rtt_raw(broker.url, rtts, broker.process.pid)
             results["rtt_local"] = await rtt_local(folder, rtts)
+            results["rtt_bare"] = await rtt_bare(broker.url, folder, rtts, broker.process.pid)
         if "throughput" in only:
             results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
             results["throughput_raw"] = await throughput_raw(broker.url, volume)
@@ -509,7 +529,15 @@ def report(results: dict[str, Any]) -> str:
             f"                        target: raw + local + 50 µs = {target:.0f} µs"
             f" (ours {ours['p50_us'] / target:.2f}x of it)",
         ]
-        for name, figure in (("ours", ours), ("raw", raw), ("local", local)):
+        bare = results.get("rtt_bare")
+        if bare is not None:
+            lines.append(
+                f"                        bare p50 {bare['p50_us']:>8} µs  p99 {bare['p99_us']:>8} µs"
+                "  (the same four processes with nothing but nats-py and bare frames:"
+                f" {bare['p50_us'] / target:.2f}x the target)"
+            )
+        figures = [("ours", ours), ("raw", raw), ("local", local)]
+        for name, figure in figures + ([("bare", bare)] if bare is not None else []):
             cpu = figure.get("cpu_us") or {}
             if cpu:
                 each = ", ".join(f"{who} {us:.0f}" for who, us in cpu.items())
