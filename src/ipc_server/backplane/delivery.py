@@ -198,6 +198,8 @@ def runs(items: list[Queued], max_bytes: int) -> list[list[Queued]]:
     one stream (subject and epoch) with consecutive numbers and the same ``served``,
     at most ``max_bytes`` of bodies (or one message). Each subject's messages stay in
     order, run after run; different subjects may change places."""
+    if len(items) == 1:  # the usual case outside bursts: one message, one envelope
+        return [items]
     done: list[list[Queued]] = []
     open_runs: dict[str, tuple[list[Queued], int]] = {}
     for item in items:
@@ -269,8 +271,13 @@ class Outbox:
     def take(self, count: int) -> list[Queued]:
         """Up to ``count`` of the oldest messages, oldest first."""
         queue = self._queue
-        taken = [queue.popleft() for _ in range(min(count, len(queue)))]
-        self.size -= sum(len(item.body) for item in taken)
+        if len(queue) <= count:  # all of it (one message, outside bursts)
+            taken = list(queue)
+            queue.clear()
+            self.size = 0
+        else:
+            taken = [queue.popleft() for _ in range(count)]
+            self.size -= sum(len(item.body) for item in taken)
         self.removed += len(taken)
         return taken
 

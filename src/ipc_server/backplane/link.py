@@ -203,8 +203,10 @@ class Link:
             pending_bytes_limit=limit[1],
         )
 
-    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
-        await self.client.publish(subject, payload, reply=reply)
+    def publish(self, subject: str, payload: bytes, reply: str = "") -> Awaitable[None]:
+        """Hand ``payload`` to the broker on ``subject``; await it (nats-py's own
+        coroutine, not one wrapped around it: this is once per message)."""
+        return self.client.publish(subject, payload, reply=reply)
 
     async def confirm(self, timeout: float) -> bool:
         """True once the broker has processed everything sent before this call
