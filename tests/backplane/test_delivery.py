@@ -210,6 +210,7 @@ def test_runs_are_bounded_in_bytes_but_never_empty() -> None:
     items = [queued("a", b"x" * 40, seq=seq) for seq in range(1, 6)]
     assert [len(run) for run in runs(items, 100)] == [2, 2, 1]
     assert [len(run) for run in runs(items, 10)] == [1] * 5
+    assert runs(items[:1], 10) == [items[:1]]  # one message alone: its own run, over budget too
 
 
 def test_a_run_counts_as_its_messages(tracker: Tracker, interests: Interests) -> None:
