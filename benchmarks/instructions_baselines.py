@@ -229,12 +229,7 @@ def pyzmq_main(workload: str, n: int, warmup: int, subscribers: int, batch: int)
                 left -= m
 
     elif workload == "gather_plain":
-        router = ctx.socket(zmq.ROUTER)
-        router.sndhwm = router.rcvhwm = zmq_impl.UNLIMITED
-        router.bind(url)
-        dealer = ctx.socket(zmq.DEALER)
-        dealer.sndhwm = dealer.rcvhwm = zmq_impl.UNLIMITED
-        dealer.connect(url)
+        router, dealer = _router_dealer(zmq, ctx, url)
 
         def run(k: int) -> None:
             send, recv = dealer.send, dealer.recv
@@ -292,12 +287,7 @@ async def pyzmq_asyncio_main(
     sockdir = tempfile.mkdtemp(prefix="ipci", dir="/tmp")
     url = zmq_impl._url(sockdir)
     ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.sndhwm = router.rcvhwm = zmq_impl.UNLIMITED
-    router.bind(url)
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.sndhwm = dealer.rcvhwm = zmq_impl.UNLIMITED
-    dealer.connect(url)
+    router, dealer = _router_dealer(zmq, ctx, url)
     waiters: deque[asyncio.Future[Any]] = deque()
 
     async def serve() -> None:  # zmq_impl's asyncio server
@@ -348,3 +338,17 @@ def child(system: str, workload: str, n: int, use_uvloop: bool, **sizes: int) ->
         run_loop(lambda: pyzmq_asyncio_main(workload, n, **sizes), use_uvloop)
     else:
         raise ValueError(f"unknown system {system}")
+
+
+def _router_dealer(zmq: Any, ctx: Any, url: str) -> tuple[Any, Any]:
+    """A ROUTER bound at ``url`` and a DEALER connected to it, unlimited high-water marks
+    (zmq_impl's gather pair), from ``ctx`` (blocking or ``zmq.asyncio``)."""
+    from benchmarks.impl import zmq_impl
+
+    router = ctx.socket(zmq.ROUTER)
+    router.sndhwm = router.rcvhwm = zmq_impl.UNLIMITED
+    router.bind(url)
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.sndhwm = dealer.rcvhwm = zmq_impl.UNLIMITED
+    dealer.connect(url)
+    return router, dealer
