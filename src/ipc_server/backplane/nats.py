@@ -22,13 +22,14 @@ import ssl as ssl_module
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import IPCError, MessageTooLargeError
+from ..errors import IPCError
 from ..events import Throttle
 from .base import Backplane, BackplaneHost
 from .cluster import Cluster, quietly
-from .delivery import Outbox, Queued, Sequencer, Tracker, runs
+from .delivery import Outbox, Sequencer, Tracker
 from .inbound import Inbound
 from .link import Credentials, Link, background, cancel_all, nats_available
+from .sender import Sender
 from .serving import Serving
 from .subjects import Subjects, escape_token, redact_url
 from .subscriptions import Sub, Subscriptions
@@ -43,8 +44,6 @@ logger = logging.getLogger("ipc_server.backplane")
 
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
-_BATCH = 256  # messages handled before yielding to the loop
-_RUN_BYTES = 64 << 10  # message bytes sent together in one envelope at most
 _COUNTER_NAMES = (
     "published received received_group duplicates gaps missed reconnects refused heartbeats "
     "calls_sent calls_served surveys_sent surveys_answered"
@@ -52,7 +51,7 @@ _COUNTER_NAMES = (
 _COUNTERS = _COUNTER_NAMES.split()
 
 
-class NatsBackplane(Backplane):
+class NatsBackplane(Sender, Backplane):
     """A backplane on a NATS broker (or cluster).
 
     Args:
@@ -425,81 +424,6 @@ class NatsBackplane(Backplane):
     def broadcast(self, message: Any) -> None:
         if self._state not in ("new", "closed"):
             self._queue("", self._subjects.broadcast, message, False)
-
-    def _queue(self, topic: str, subject: str, message: Any, groups: bool) -> bool:
-        envelopes = self._envelopes
-        try:
-            body = envelopes.body(message)
-        except (TypeError, ValueError, OverflowError) as exc:
-            what = f"on topic {topic[:80]!r}" if topic else "broadcast"
-            self._refuse(TypeError(f"a message {what} cannot cross hosts: {exc}"))
-            return False
-        size = len(body) + envelopes.overhead  # the subject is not in the payload
-        if size > self._max_payload:
-            self._refuse(
-                MessageTooLargeError(
-                    size, self._max_payload, "cross-host message", option="max_payload"
-                )
-            )
-            return False
-        epoch, seq, start = self._sequencer.next(topic)
-        self._outbox.put(Queued(subject, body, self._loop.time(), epoch, seq, start, not groups))
-        if self._sending:
-            self._wake_sender.set()
-        return True
-
-    def _refuse(self, exc: BaseException) -> None:
-        self._counts["refused"] += 1
-        self.report(exc)
-
-    async def _send(self) -> None:
-        outbox = self._outbox
-        counts = self._counts
-        loop = self._loop
-        while True:
-            await self._wake_sender.wait()
-            self._wake_sender.clear()
-            while self._sending:
-                link = self._link
-                if link is None:
-                    break
-                if self._barrier:
-                    waiters, self._barrier = self._barrier, []
-                    ok = await self._confirm(link, self._confirm_timeout)
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(ok)
-                    continue
-                outbox.expire(loop.time())
-                sent = await self._send_some(link)
-                counts["published"] += sent
-                self._check_up()
-                if not outbox and not self._barrier:
-                    break
-                await asyncio.sleep(0)
-
-    async def _send_some(self, link: Link) -> int:
-        """Hand up to ``_BATCH`` messages from the outbox to the broker, each run of
-        one stream as one envelope; how many were written."""
-        envelopes = self._envelopes
-        budget = min(self._max_payload, _RUN_BYTES) - envelopes.overhead
-        batches = runs(self._outbox.take(_BATCH), budget)
-        sent = 0
-        for i, run in enumerate(batches):
-            first = run[0]
-            bodies = [item.body for item in run]
-            payload = envelopes.publish(first.epoch, first.seq, bodies, first.served, first.start)
-            try:
-                await link.publish(first.subject, payload)
-            except Exception as exc:
-                if link.connected:  # refused, not lost (a broker with a smaller max_payload)
-                    self._refuse(exc)  # the receivers see the hole
-                    continue
-                self._outbox.push_back([item for left in batches[i:] for item in left])
-                link.drop("the broker connection closed while sending")
-                break
-            sent += len(run)
-        return sent
 
     async def _direct(self, kind: int) -> None:
         """Send a heartbeat of ``kind`` now, past the outbox."""

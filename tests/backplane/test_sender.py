@@ -1,0 +1,118 @@
+"""How a message leaves: at once when nothing waits ahead of it, else with the outbox,
+in order either way (``backplane.sender``, ``Link.publish_now``)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import nats
+import pytest
+
+from helpers import eventually
+from ipc_server.backplane.link import Link
+from ipc_server.backplane.wire import read_publish
+
+from .broker import Broker
+from .conftest import Start
+
+
+class _Client:
+    """A stand-in for nats-py's client: its publish waits on ``gate`` when one is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+        self.gate: asyncio.Future[None] | None = None
+        self.fail: Exception | None = None
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self.sent.append((subject, payload))
+        if self.gate is not None:
+            await self.gate
+        if self.fail is not None:
+            raise self.fail
+
+
+def _link(client: _Client) -> Link:
+    return Link(client, "nats://test", asyncio.Event())  # type: ignore[arg-type]
+
+
+async def test_publish_now_finishes_at_once_when_nats_py_does_not_wait() -> None:
+    client = _Client()
+    assert _link(client).publish_now("s", b"x") is None
+    assert client.sent == [("s", b"x")]
+
+
+async def test_publish_now_hands_back_the_rest_when_nats_py_waits() -> None:
+    loop = asyncio.get_running_loop()
+    client = _Client()
+    client.gate = loop.create_future()
+    rest = _link(client).publish_now("s", b"x")
+    assert rest is not None
+    assert client.sent == [("s", b"x")]
+    task = asyncio.ensure_future(rest)
+    await asyncio.sleep(0.01)
+    assert not task.done()  # still waiting, as nats-py would
+    client.gate.set_result(None)
+    await asyncio.wait_for(task, 2)
+
+
+async def test_publish_now_raises_what_nats_py_raises() -> None:
+    client = _Client()
+    client.fail = ConnectionError("gone")
+    with pytest.raises(ConnectionError):
+        _link(client).publish_now("s", b"x")
+    client.gate = asyncio.get_running_loop().create_future()
+    rest = _link(client).publish_now("s", b"y")
+    assert rest is not None
+    client.gate.set_result(None)
+    with pytest.raises(ConnectionError):
+        await rest
+
+
+async def test_cancelled_rest_cancels_what_it_waits_for() -> None:
+    client = _Client()
+    gate = client.gate = asyncio.get_running_loop().create_future()
+    rest = _link(client).publish_now("s", b"x")
+    assert rest is not None
+    task = asyncio.ensure_future(rest)
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert gate.cancelled()
+
+
+async def test_first_message_leaves_at_once_the_rest_as_one_run(
+    backplanes: Start, broker: Broker
+) -> None:
+    """A lone publish is in nats-py's buffer when ``publish`` returns (no task hop);
+    a burst in the same turn follows it in one envelope; order holds across both."""
+    a, _ = await backplanes("a")
+    b, host_b = await backplanes("b")
+    assert await b.add_interest("burst") is True
+    watcher = await nats.connect(broker.url)
+    envelopes: list[Any] = []
+
+    async def seen(msg: Any) -> None:
+        envelopes.append(read_publish(msg.data))
+
+    await watcher.subscribe("test.t.burst", cb=seen)
+    await watcher.flush()
+    try:
+        await eventually(lambda: a.stats()["up"] == 1)
+        await asyncio.sleep(0)  # a fresh turn of the loop
+        a.publish("burst", 0)
+        link = a._link
+        assert link is not None
+        assert link.client.pending_data_size > 0  # in nats-py's buffer already
+        for i in range(1, 100):
+            a.publish("burst", i)
+        await eventually(lambda: len(host_b.deliveries) == 100)
+        assert [message for _, message, _ in host_b.deliveries] == list(range(100))
+        await eventually(lambda: sum(len(e.messages) for e in envelopes) == 100)
+        assert [len(e.messages) for e in envelopes] == [1, 99]
+        assert [e.seq for e in envelopes] == [1, 2]
+        assert a.stats()["published"] == 100
+    finally:
+        await watcher.close()
