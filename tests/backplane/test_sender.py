@@ -4,6 +4,7 @@ in order either way (``backplane.sender``, ``Link.publish_now``)."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import nats
@@ -116,3 +117,27 @@ async def test_first_message_leaves_at_once_the_rest_as_one_run(
         assert a.stats()["published"] == 100
     finally:
         await watcher.close()
+
+
+async def test_a_late_pong_leaves_the_connection_listening(
+    backplanes: Start, broker: Broker
+) -> None:
+    """A PING given up on while the broker stalls, answered once it resumes, does not
+    stop nats-py's reader: the server goes on hearing (before, the late PONG broke
+    the reader, and the connection stayed deaf: nats-py's flush then returns at
+    once without a PING, so the liveness probe never saw it)."""
+    a, _ = await backplanes("a", ping_interval=30.0)
+    b, host_b = await backplanes("b", ping_interval=30.0)
+    assert await b.add_interest("late") is True
+    link, process = b._link, broker.process
+    assert link is not None
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        assert await link.probe(0.2) is False  # not answered in time
+    finally:
+        process.send_signal(signal.SIGCONT)
+    a.publish("late", 1)
+    await eventually(lambda: len(host_b.deliveries) == 1, timeout=5.0)
+    assert await link.probe(5.0) is True
+    assert b.stats()["reconnects"] == 0

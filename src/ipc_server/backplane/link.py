@@ -14,6 +14,15 @@ first waits until the pending buffer is empty (the SUB's bytes have been handed
 to the socket), then flushes: the broker answers a connection's PING only
 after everything that came before it on that connection, so the PONG proves
 the subscription is in place.
+
+PINGs (``confirm``, ``probe``): nats-py's ``flush(timeout)`` leaves the future
+of a PING it gave up on in its queue of PINGs to answer, and the late PONG
+then makes its reader stop for good (setting a result on that cancelled
+future raises, and the reader ends on any unexpected error): a connection
+that looks alive and hears nothing. So nats-py is never given a timeout that
+can pass while the connection lives: each PING waits in a task of its own
+for as long as the connection does, and the caller stops waiting at its own
+bound without cancelling it.
 """
 
 from __future__ import annotations
@@ -103,6 +112,7 @@ class Link:
         self.url = url
         self.lost = lost
         self.reason = "the broker connection was lost"
+        self._pings: set[asyncio.Task[Any]] = set()
 
     @classmethod
     async def dial(
@@ -236,29 +246,36 @@ class Link:
                 return False
             spins += 1
             await asyncio.sleep(0 if spins < 64 else 0.001)
-        flush: Any = client.flush  # typed int, takes any positive number of seconds
-        try:
-            await flush(timeout=max(deadline - loop.time(), 0.001))
-        except Exception:
-            return False
-        return True
+        return await self.probe(max(deadline - loop.time(), 0.001))
 
     async def probe(self, timeout: float) -> bool:
-        """One round trip to the broker (a PING); False if it is not answered in time."""
-        flush: Any = self.client.flush
-        try:
-            await flush(timeout=timeout)
-        except Exception:
-            return False
-        return True
+        """One round trip to the broker (a PING); False if it is not answered in time
+        (the PING is still answered later, harmlessly: see the module's notes)."""
+        ping = asyncio.ensure_future(self.client.flush(timeout=_PING_PATIENCE))
+        self._pings.add(ping)
+        ping.add_done_callback(_settled)
+        ping.add_done_callback(self._pings.discard)
+        done, _ = await asyncio.wait((ping,), timeout=timeout)
+        return bool(done) and not ping.cancelled() and ping.exception() is None
 
     async def close(self, timeout: float = 2.0) -> None:
         """Close the client, waiting at most ``timeout`` (a dead peer can stall a drain)."""
         self.lost.set()
+        for ping in list(self._pings):  # no PONG comes on a closed connection
+            ping.cancel()
         try:
             await asyncio.wait_for(self.client.close(), timeout=timeout)
         except Exception as exc:  # the socket goes with the client; nothing else to do
             logger.debug("closing the broker connection: %s", type(exc).__name__)
+
+
+_PING_PATIENCE = 24 * 3600
+"""nats-py's own bound on a PING: longer than any connection waits for one (see above)."""
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: its caller may have stopped waiting
 
 
 async def _resume(coro: Coroutine[Any, Any, None], paused: Any) -> None:
