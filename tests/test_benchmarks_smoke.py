@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from backplane.broker import nats_server_binary
+
 REPO = Path(__file__).resolve().parent.parent
 SUITE_TIMEOUT = 45  # seconds for the whole quick run of one case
 
@@ -123,3 +125,24 @@ def test_patterns_quick_runs() -> None:
         "stream(), 16 KiB items, window 1024",
     ):
         assert row in out
+
+
+@pytest.mark.skipif(
+    not _has("nats") or nats_server_binary() is None, reason="needs nats-py and nats-server"
+)
+@pytest.mark.skipif(sys.platform == "win32", reason="its bare line uses Unix sockets")
+def test_backplane_round_trip_quick_runs() -> None:
+    """`python -m benchmarks.backplane --only rtt --quick` gives every line, taking turns."""
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.backplane", "--only", "rtt", "--quick", "--rounds", "3"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT,
+        check=True,
+    ).stdout
+    for line in ("ours p50", "raw  p50", "local p50", "bare p50", "target: raw + local"):
+        assert line in out
+    if sys.platform == "linux":  # the CPU comes from /proc
+        for name in ("ours", "raw", "local", "bare"):
+            assert f"CPU per round trip, {name}" in out
