@@ -19,10 +19,11 @@ PINGs (``confirm``, ``probe``): nats-py's ``flush(timeout)`` leaves the future
 of a PING it gave up on in its queue of PINGs to answer, and the late PONG
 then makes its reader stop for good (setting a result on that cancelled
 future raises, and the reader ends on any unexpected error): a connection
-that looks alive and hears nothing. So nats-py is never given a timeout that
-can pass while the connection lives: each PING waits in a task of its own
-for as long as the connection does, and the caller stops waiting at its own
-bound without cancelling it.
+that looks alive and hears nothing until nats-py's own PINGs go unanswered
+twice (its flush returns at once from then on). So nats-py is never given a
+timeout that can pass while the connection lives: each PING waits in a task
+of its own for as long as the connection does, and the caller stops waiting
+at its own bound without cancelling it.
 """
 
 from __future__ import annotations
