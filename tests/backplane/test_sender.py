@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 from typing import Any
 
 import nats
@@ -32,6 +33,18 @@ class _Client:
             await self.gate
         if self.fail is not None:
             raise self.fail
+
+
+def _stopped(pid: int) -> bool:
+    """Whether process ``pid`` is stopped (SIGSTOP): ``/proc`` on Linux, else ``ps``."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        shown = subprocess.run(
+            ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True
+        )
+        return shown.stdout.strip().startswith("T")
 
 
 def _link(client: _Client) -> Link:
@@ -99,6 +112,8 @@ async def test_first_message_leaves_at_once_the_rest_as_one_run(
         envelopes.append(read_publish(msg.data))
 
     await watcher.subscribe("test.t.burst", cb=seen)
+    # nats-py's flush may write its PING ahead of the SUB still in its buffer
+    await eventually(lambda: watcher.pending_data_size == 0)
     await watcher.flush()
     try:
         await eventually(lambda: a.stats()["up"] == 1)
@@ -134,6 +149,7 @@ async def test_a_late_pong_leaves_the_connection_listening(
     assert process is not None
     process.send_signal(signal.SIGSTOP)
     try:
+        await eventually(lambda: _stopped(process.pid), what="the broker stopped")
         assert await link.probe(0.2) is False  # not answered in time
     finally:
         process.send_signal(signal.SIGCONT)
@@ -141,3 +157,57 @@ async def test_a_late_pong_leaves_the_connection_listening(
     await eventually(lambda: len(host_b.deliveries) == 1, timeout=5.0)
     assert await link.probe(5.0) is True
     assert b.stats()["reconnects"] == 0
+
+
+async def test_a_connection_that_stops_reading_is_dropped(backplanes: Start) -> None:
+    """A connection whose reader is gone has its PINGs "answered" by nats-py's
+    flush (it returns at once then); nats-py's own PINGs every ``ping_interval``
+    go unanswered, and after two the connection is dropped and made again:
+    delivery resumes."""
+    a, _ = await backplanes("a")
+    b, host_b = await backplanes("b")
+    assert await b.add_interest("deaf") is True
+    link = b._link
+    assert link is not None
+    reader = link.client._reading_task
+    assert reader is not None
+    reader.cancel()  # the reader is gone; the socket stays open
+    await eventually(lambda: b.stats()["reconnects"] == 1 and b.is_up, timeout=10.0)
+
+    def heard() -> bool:
+        a.publish("deaf", "again")
+        return len(host_b.deliveries) > 0
+
+    await eventually(heard, timeout=5.0)
+
+
+async def test_a_publish_waiting_on_a_full_buffer_does_not_outlive_its_connection(
+    backplanes: Start, broker: Broker
+) -> None:
+    """The broker stops reading (SIGSTOP) while megabytes are published: nats-py's
+    buffer fills and a publish waits for its writer; the connection is dropped
+    (no PONG) and the broker killed and restarted: the sender goes on, and a
+    publish after the reconnection is delivered (before, the sender waited on
+    the dead connection's writer for ever and nothing left again)."""
+    a, _ = await backplanes("a")
+    b, host_b = await backplanes("b")
+    assert await b.add_interest("big") is True
+    process = broker.process
+    assert process is not None
+    process.send_signal(signal.SIGSTOP)
+    try:
+        chunk = "x" * (256 << 10)
+        for _ in range(64):  # 16 MiB: past the socket buffers and nats-py's 2 MiB
+            a.publish("big", chunk)
+            await asyncio.sleep(0)
+        await eventually(lambda: not a.is_up, timeout=10.0, what="a's connection dropped")
+    finally:
+        process.send_signal(signal.SIGCONT)
+    broker.restart()
+    await eventually(lambda: a.is_up and b.is_up, timeout=15.0)
+
+    def heard() -> bool:
+        a.publish("big", "after")
+        return any(message == "after" for _, message, _ in host_b.deliveries)
+
+    await eventually(heard, timeout=10.0)

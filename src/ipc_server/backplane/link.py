@@ -163,6 +163,12 @@ class Link:
             # nats-py's default is one ping per 2 minutes; the link probes too.
             "ping_interval": ping_interval,
             "max_outstanding_pings": 2,
+            # A publish past pending_size waits for nats-py's writer; without a
+            # bound it waits forever if the connection closes meanwhile (the
+            # writer is cancelled, the wait is never released), and so would
+            # the backplane's sender. Past it, the bytes stay queued and the
+            # publish returns; a dead connection is the probe's to find.
+            "flush_timeout": 2 * ping_interval,
             # A server's own publishes come back: its worker groups' queue
             # subscriptions must be candidates too (the broker picks among all
             # members); the other copies are dropped by their origin.
