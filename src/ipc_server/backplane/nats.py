@@ -1,8 +1,9 @@
 """``NatsBackplane``: servers on several hosts share topics, services and surveys through NATS.
 
-Local first: ``publish`` only queues (the server delivered locally already);
-a sender task hands the queue to the broker while it is up, and the queue is
-the bounded outbox while it is down. Messages from the broker wait in each
+Local first: ``publish`` never waits (the server delivered locally already):
+it hands the message to nats-py at once when nothing waits ahead of it, else
+queues it for the sender task, which hands the queue to the broker while it
+is up; the queue is the bounded outbox while it is down (``sender.Sender``). Messages from the broker wait in each
 subscription's bounded queue (nats-py's), so a busy server never stalls the
 broker reader, and are delivered from there (``inbound.Inbound``). A
 supervisor task owns the connection: dial with jittered backoff and no
