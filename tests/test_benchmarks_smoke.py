@@ -94,6 +94,18 @@ if _has("uvloop"):
     OURS.insert(0, "ours-uvloop")
 
 
+def run_module(module: str, *args: str) -> str:
+    """The output of ``python -m module *args`` run from the repository (it must succeed)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=SUITE_TIMEOUT,
+        check=True,
+    ).stdout
+
+
 def test_quick_baselines(tmp_path: Path) -> None:
     check_every_cell(run_quick(BASELINES, tmp_path), BASELINES)
 
@@ -111,14 +123,7 @@ def test_quick_ours(tmp_path: Path) -> None:
 @pytest.mark.skipif(not _has("uvloop"), reason="uvloop is not installed")
 def test_patterns_quick_runs() -> None:
     """`python -m benchmarks.patterns --quick` measures every row (no timing is checked)."""
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.patterns", "--quick"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT,
-        check=True,
-    ).stdout
+    out = run_module("benchmarks.patterns", "--quick")
     for row in (
         "publish, 10,000 exact",
         "call() round trip",
@@ -133,14 +138,7 @@ def test_patterns_quick_runs() -> None:
 @pytest.mark.skipif(sys.platform == "win32", reason="its bare line uses Unix sockets")
 def test_backplane_round_trip_quick_runs() -> None:
     """`python -m benchmarks.backplane --only rtt --quick` gives every line, taking turns."""
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.backplane", "--only", "rtt", "--quick", "--rounds", "3"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=SUITE_TIMEOUT,
-        check=True,
-    ).stdout
+    out = run_module("benchmarks.backplane", "--only", "rtt", "--quick", "--rounds", "3")
     for line in ("ours p50", "raw  p50", "local p50", "bare p50", "target: raw + local"):
         assert line in out
     if sys.platform == "linux":  # the CPU comes from /proc
