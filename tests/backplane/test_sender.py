@@ -100,7 +100,7 @@ async def test_cancelled_rest_cancels_what_it_waits_for() -> None:
 async def test_first_message_leaves_at_once_the_rest_as_one_run(
     backplanes: Start, broker: Broker
 ) -> None:
-    """A lone publish is in nats-py's buffer when ``publish`` returns (no task hop);
+    """A lone publish is on the socket when ``publish`` returns (no task hop);
     a burst in the same turn follows it in one envelope; order holds across both."""
     a, _ = await backplanes("a")
     b, host_b = await backplanes("b")
@@ -118,10 +118,12 @@ async def test_first_message_leaves_at_once_the_rest_as_one_run(
     try:
         await eventually(lambda: a.stats()["up"] == 1)
         await asyncio.sleep(0)  # a fresh turn of the loop
-        a.publish("burst", 0)
         link = a._link
         assert link is not None
-        assert link.client.pending_data_size > 0  # in nats-py's buffer already
+        before = link.client.stats["out_msgs"]
+        a.publish("burst", 0)
+        assert link.client.stats["out_msgs"] == before + 1  # handed over already...
+        assert link.client.pending_data_size == 0  # ...past nats-py's buffer, to the socket
         for i in range(1, 100):
             a.publish("burst", i)
         await eventually(lambda: len(host_b.deliveries) == 100)
@@ -211,3 +213,33 @@ async def test_a_publish_waiting_on_a_full_buffer_does_not_outlive_its_connectio
         return any(message == "after" for _, message, _ in host_b.deliveries)
 
     await eventually(heard, timeout=10.0)
+
+
+async def test_a_publish_goes_behind_what_nats_py_still_holds(
+    backplanes: Start, broker: Broker
+) -> None:
+    """Written to the socket at once only when nats-py has nothing unsent: else it
+    goes through nats-py's buffer, behind what waits there, in order."""
+    a, _ = await backplanes("a")
+    watcher = await nats.connect(broker.url)
+    subjects: list[str] = []
+
+    async def seen(msg: Any) -> None:
+        subjects.append(msg.subject)
+
+    await watcher.subscribe("test.t.>", cb=seen)
+    await eventually(lambda: watcher.pending_data_size == 0)
+    await watcher.flush()
+    try:
+        await eventually(lambda: a.stats()["up"] == 1)
+        await asyncio.sleep(0)  # a fresh turn of the loop
+        link = a._link
+        assert link is not None
+        await link.client.publish("test.t.first", b"x")  # waits in nats-py's buffer
+        assert link.client.pending_data_size > 0
+        a.publish("second", 1)
+        assert link.client.pending_data_size > len(b"PUB test.t.first  1\r\nx\r\n")  # behind it
+        await eventually(lambda: len(subjects) == 2)
+        assert subjects == ["test.t.first", "test.t.second"]
+    finally:
+        await watcher.close()

@@ -20,7 +20,7 @@ import trustme
 
 from helpers import eventually
 from ipc_server import IPCClient, IPCServer, NoRespondersError
-from ipc_server.backplane import NatsBackplane
+from ipc_server.backplane import NatsBackplane, link
 from node_peer import NodePeers, require_node
 
 from .broker import Broker
@@ -115,8 +115,11 @@ async def test_starts_down_and_comes_up(folder: Path) -> None:
                 broker.stop()
 
 
-async def test_stats_and_the_gap_event(broker: Broker, folder: Path) -> None:
+async def test_stats_and_the_gap_event(
+    broker: Broker, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """stats()["backplane"] has the counters; a server's lost messages are a "gap" event."""
+    monkeypatch.setattr(link, "INLINE_BATCH", 0)  # all through the queue, which holds one
     events: list[tuple[str, dict[str, Any]]] = []
     async with (
         server(folder, "a", broker.url) as a,

@@ -1,15 +1,17 @@
 """What arrives from the broker, on its way to this server's connections.
 
 nats-py's reader hands each broker message (an envelope of one or more of a
-server's messages) to the pending queue of its subscription, bounded by
-``inbound_limit`` broker messages and ``inbound_bytes`` bytes (past them it
-drops and reports a slow consumer, counted by the backplane; this server
-sees the hole as a gap), so a busy server never stalls the broker reader.
-Each subscription's task then calls its handler, which delivers here at
-once: delivery only buffers (a slow client is the output layer's business),
-so no further queue and no task hop are needed. Every ``BATCH`` messages the
-handler yields to the loop, so a burst from the broker cannot keep the local
-clients waiting."""
+server's messages) to the pending queue of its subscription. While that
+queue is empty, the queue hands it on here at once, in the reader, up to
+``link.INLINE_BATCH`` a turn of the loop (``link._Handover``): delivery only
+buffers (a slow client is the output layer's business), so that never stalls
+the reader. Past that, or behind what queued, messages wait in the queue,
+bounded by ``inbound_limit`` broker messages and ``inbound_bytes`` bytes
+(past them nats-py drops and reports a slow consumer, counted by the
+backplane; this server sees the hole as a gap), and each subscription's task
+calls its handler, which delivers here; every ``BATCH`` messages it yields
+to the loop, so a burst from the broker cannot keep the local clients
+waiting."""
 
 from __future__ import annotations
 

@@ -24,6 +24,19 @@ twice (its flush returns at once from then on). So nats-py is never given a
 timeout that can pass while the connection lives: each PING waits in a task
 of its own for as long as the connection does, and the caller stops waiting
 at its own bound without cancelling it.
+
+The way in and out: nats-py hands each message from its reader to a
+subscription's queue, and a task per subscription calls its handler at the
+next turn of the loop; each publish queues its bytes for a writer task that
+writes them at the next turn. A message crossing hosts would wait for two of
+those turns on the way out and in of each server it passes. So, for the
+messages that matter (topics, broadcasts, worker groups), the link hands a
+message on in the reader itself while that subscription's queue is empty,
+up to ``INLINE_BATCH`` a turn (then they queue as before, under the same
+bounds), and writes a publish straight to the socket when nothing is queued
+or unsent ahead of it (else nats-py's way). Both fall back to nats-py's own
+path whenever what they rely on is not as expected (another transport, a
+queue of another shape), so order and bounds never depend on them.
 """
 
 from __future__ import annotations
@@ -47,6 +60,11 @@ __all__ = ["Credentials", "Link", "background", "cancel_all", "nats_available"]
 logger = logging.getLogger("ipc_server.backplane")
 
 MessageHandler = Callable[["Msg"], Awaitable[None]]
+InlineHandler = Callable[["Msg"], None]
+"""Hands a message on in nats-py's reader: must not raise, nor wait."""
+
+INLINE_BATCH = 256
+"""Messages handed on in nats-py's reader in one turn of the loop; the rest queue."""
 
 
 _BACKGROUND: set[asyncio.Task[Any]] = set()
@@ -114,6 +132,10 @@ class Link:
         self.lost = lost
         self.reason = "the broker connection was lost"
         self._pings: set[asyncio.Task[Any]] = set()
+        self._turn = _Turn(asyncio.get_running_loop())
+        # Once connected: the socket's asyncio transport (``_socket_of``) and
+        # nats-py's PUB command builder, to write a publish straight to it.
+        self._direct: tuple[Any, Callable[[str, str, bytes], bytes]] | None = None
 
     @classmethod
     async def dial(
@@ -193,6 +215,11 @@ class Link:
             if isinstance(exc, Exception) and cause is not None and cause is not exc:
                 raise cause from exc  # "no servers" says less than why the last one failed
             raise
+        from nats.protocol.command import pub_cmd
+
+        socket = _socket_of(client)
+        if socket is not None:
+            link._direct = (socket, pub_cmd)
         return link
 
     @property
@@ -210,15 +237,29 @@ class Link:
             self.lost.set()
 
     async def subscribe(
-        self, subject: str, queue: str, handler: MessageHandler, limit: tuple[int, int]
+        self,
+        subject: str,
+        queue: str,
+        handler: MessageHandler,
+        limit: tuple[int, int],
+        inline: InlineHandler | None = None,
     ) -> Subscription:
-        return await self.client.subscribe(
+        """Subscribe ``handler`` (nats-py's way: a task calls it for each message);
+        with ``inline``, what arrives while nothing waits is handed to that instead,
+        in nats-py's reader (see the module's notes)."""
+        sub = await self.client.subscribe(
             subject,
             queue=queue,
             cb=handler,
             pending_msgs_limit=limit[0],
             pending_bytes_limit=limit[1],
         )
+        if inline is not None:
+            # Swapped before the subscription's task first runs (no await since).
+            queue_now = getattr(sub, "_pending_queue", None)
+            if type(queue_now) is _PLAIN_QUEUE and queue_now.empty():
+                sub._pending_queue = _Handover(queue_now.maxsize, sub, inline, self._turn)
+        return sub
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> Awaitable[None]:
         """Hand ``payload`` to the broker on ``subject``; await it (nats-py's own
@@ -229,12 +270,29 @@ class Link:
         """``publish``, begun here and now: None if that finished it, as it nearly
         always does (nats-py only queues the bytes for its writer task); else an
         awaitable that finishes it (nats-py waits for room in its buffer). Saves
-        the sender's task a wake-up per message when nothing waits ahead of it.
+        the sender's task a wake-up per message when nothing waits ahead of it;
+        and when nothing is unsent ahead of it either, it is written to the
+        socket here (saving nats-py's writer task one too).
 
         Raises:
             Exception: What nats-py's publish raises when it begins.
         """
-        coro = self.client.publish(subject, payload)
+        client = self.client
+        direct = self._direct
+        if (
+            direct is not None
+            and not client._pending_data_size  # nothing of nats-py's waits ahead of it
+            and not direct[0].get_write_buffer_size()
+            and client.is_connected
+            and not direct[0].is_closing()
+            and len(payload) <= client.max_payload
+        ):
+            direct[0].write(direct[1](subject, "", payload))
+            stats = client.stats
+            stats["out_msgs"] += 1
+            stats["out_bytes"] += len(payload)
+            return None
+        coro = client.publish(subject, payload)
         try:
             paused = coro.send(None)
         except StopIteration:
@@ -274,6 +332,66 @@ class Link:
             await asyncio.wait_for(self.client.close(), timeout=timeout)
         except Exception as exc:  # the socket goes with the client; nothing else to do
             logger.debug("closing the broker connection: %s", type(exc).__name__)
+
+
+_PLAIN_QUEUE = asyncio.Queue
+"""The queue nats-py gives a subscription (the only one ``_Handover`` stands in for)."""
+
+
+class _Turn:
+    """How many messages were handed on in nats-py's reader this turn of the loop."""
+
+    __slots__ = ("_count", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._count = 0
+
+    def take(self) -> bool:
+        """Whether one more may be handed on now."""
+        count = self._count
+        if count >= INLINE_BATCH:
+            return False
+        if not count:
+            self._loop.call_soon(self._reset)
+        self._count = count + 1
+        return True
+
+    def _reset(self) -> None:
+        self._count = 0
+
+
+class _Handover(asyncio.Queue[Any]):
+    """A subscription's pending queue that hands a message on at once when it is
+    empty (nothing of that subscription waits ahead of it) and the turn allows;
+    else it queues it, under the same bound, for the subscription's task."""
+
+    def __init__(self, maxsize: int, sub: Any, inline: InlineHandler, turn: _Turn) -> None:
+        super().__init__(maxsize)
+        self._sub = sub
+        self._inline = inline
+        self._turn = turn
+
+    def put_nowait(self, item: Msg) -> None:
+        if not self.qsize() and self._turn.take():
+            self._sub._pending_size -= len(item.data)  # nats-py counted it as pending
+            self._inline(item)
+        else:
+            super().put_nowait(item)
+
+
+def _socket_of(client: Client) -> Any:
+    """The asyncio transport under nats-py's plain or TLS TCP connection, if that is
+    what it has (its ``Transport`` wraps a stream writer); else None. (uvloop's
+    transports are not ``asyncio.WriteTransport`` subclasses: asked by duck.)"""
+    writer = getattr(getattr(client, "_transport", None), "_io_writer", None)
+    socket = getattr(writer, "transport", None)
+    if not all(
+        callable(getattr(socket, name, None))
+        for name in ("write", "get_write_buffer_size", "is_closing")
+    ):
+        return None
+    return socket
 
 
 _PING_PATIENCE = 24 * 3600

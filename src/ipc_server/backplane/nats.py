@@ -1,11 +1,14 @@
 """``NatsBackplane``: servers on several hosts share topics, services and surveys through NATS.
 
 Local first: ``publish`` never waits (the server delivered locally already):
-it hands the message to nats-py at once when nothing waits ahead of it, else
-queues it for the sender task, which hands the queue to the broker while it
-is up; the queue is the bounded outbox while it is down (``sender.Sender``). Messages from the broker wait in each
-subscription's bounded queue (nats-py's), so a busy server never stalls the
-broker reader, and are delivered from there (``inbound.Inbound``). A
+it hands the message to nats-py at once when nothing waits ahead of it (to
+the socket, when nothing is unsent there either), else queues it for the
+sender task, which hands the queue to the broker while it is up; the queue
+is the bounded outbox while it is down (``sender.Sender``). Messages from
+the broker are delivered in nats-py's reader while nothing waits ahead of
+them, a bounded number a turn; the rest wait in each subscription's bounded
+queue (nats-py's), so a busy server never stalls the broker reader
+(``inbound.Inbound``, ``link``). A
 supervisor task owns the connection: dial with jittered backoff and no
 attempt limit; on each connection resubscribe every interest and service,
 confirm the broker has them, flush the outbox, then say "up"; a liveness
@@ -73,7 +76,9 @@ class NatsBackplane(Sender, Backplane):
         outbox_seconds: The outbox's bound in age: older messages are dropped too.
         inbound_limit: Broker messages each subscription's inbound queue holds
             (each carries one or more of a server's messages); past it, they
-            are dropped and counted (and this server sees the gap).
+            are dropped and counted (and this server sees the gap). Messages
+            queue only past the 256 delivered in the reader in a turn of the
+            loop, or behind others of their subscription that queued.
         inbound_bytes: Bytes each subscription's inbound queue holds, likewise.
         ping_interval: The liveness probe's period: a connection whose probe
             stays unanswered for twice this long is dropped and redialled.
@@ -197,6 +202,7 @@ class NatsBackplane(Sender, Backplane):
             },
             (self._inbound_limit, self._inbound_bytes),
             self._on_group,
+            self._now,
         )
         for kind, subject in (
             ("heartbeat", subjects.heartbeat),
@@ -501,6 +507,13 @@ class NatsBackplane(Sender, Backplane):
     async def _on_group(self, msg: Msg, sub: Sub) -> None:
         if self._inbox.put(msg, sub):
             await asyncio.sleep(0)
+
+    def _now(self, sub: Sub | None, msg: Msg) -> None:
+        """Deliver ``msg`` in nats-py's reader (see ``link``), which must not fail."""
+        try:
+            self._inbox.put(msg, sub)
+        except Exception as exc:
+            self.report(exc)
 
     async def _beat(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..topics import matches
@@ -31,6 +32,9 @@ logger = logging.getLogger("ipc_server.backplane")
 
 Handler = Callable[["Msg"], Awaitable[None]]
 GroupHandler = Callable[["Msg", "Sub"], Awaitable[None]]
+Inline = Callable[["Sub | None", "Msg"], None]
+"""Delivers a topic's, a broadcast's (no ``Sub``) or a worker group's message at
+once, in nats-py's reader (``Link.subscribe``): must not raise, nor wait."""
 
 
 def key_of(subject: str, queue: str) -> str:
@@ -83,6 +87,9 @@ class Subscriptions:
     Args:
         handlers: The message handler for each kind of ``Sub``.
         limit: nats-py's pending bounds per subscription: messages, bytes.
+        group: The handler of worker groups' messages.
+        inline: What hands topics', broadcasts' and worker groups' messages on
+            at once, when nothing of their subscription waits ahead of them.
     """
 
     def __init__(
@@ -90,9 +97,11 @@ class Subscriptions:
         handlers: dict[str, Handler],
         limit: tuple[int, int],
         group: GroupHandler | None = None,
+        inline: Inline | None = None,
     ) -> None:
         self.handlers = handlers
         self.group_handler = group
+        self.inline = inline
         self.limit = limit
         self.clock = 0
         """Ticks when an interest is added (see ``delivery.Tracker``)."""
@@ -155,10 +164,14 @@ class Subscriptions:
         """Put ``sub`` on connection ``gen`` (unless it is removed meanwhile)."""
         sub.gen = gen  # claimed before the await: no second subscribe meanwhile
         handler = self.handlers.get(sub.kind)
+        inline = self.inline
         if handler is None:
             handler = _bound(self.group_handler, sub)
+            now = None if inline is None else partial(inline, sub)
+        else:
+            now = partial(inline, None) if inline and sub.kind in _INLINE else None
         try:
-            nats_sub = await link.subscribe(sub.subject, sub.queue, handler, self.limit)
+            nats_sub = await link.subscribe(sub.subject, sub.queue, handler, self.limit, now)
         except Exception as exc:
             sub.gen = 0
             logger.debug("subscribe %r: %s", sub.subject, type(exc).__name__)
@@ -219,6 +232,10 @@ class Subscriptions:
                     return
         finally:
             sub.retrying = False
+
+
+_INLINE = frozenset({"topic", "broadcast"})
+"""The kinds with a handler of their own whose messages ``inline`` delivers too."""
 
 
 def _bound(handler: GroupHandler | None, sub: Sub) -> Handler:
