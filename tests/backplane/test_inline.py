@@ -5,6 +5,8 @@ and whole either way (``Link.subscribe``, ``link._Handover``)."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import nats
@@ -130,3 +132,28 @@ async def test_a_queue_of_another_shape_is_left_alone(broker: Broker) -> None:
         assert inline == []
     finally:
         await client.close()
+
+
+async def test_a_closed_connections_subscriptions_need_no_garbage_collector(
+    broker: Broker,
+) -> None:
+    """Handing on keeps no cycle through the subscription: once its connection is
+    closed and forgotten, it goes with its last reference (thousands of them
+    on each reconnect would otherwise wait for the collector)."""
+    client = await nats.connect(broker.url)
+    wire = link.Link(client, broker.url, asyncio.Event())
+
+    async def handler(msg: Any) -> None:
+        pass
+
+    sub = await wire.subscribe("gone", "", handler, (100, 1 << 20), lambda msg: None)
+    assert type(sub._pending_queue).__name__ == "_Handover"
+    gone = weakref.ref(sub)
+    await client.close()
+    gc.collect()
+    gc.disable()
+    try:
+        del sub, wire, client
+        assert gone() is None
+    finally:
+        gc.enable()
