@@ -393,7 +393,8 @@ async def line_local(folder: str) -> AsyncIterator[Line]:
 @contextlib.asynccontextmanager
 async def line_bare(url: str, folder: str, broker: int) -> AsyncIterator[Line]:
     """The same round trip with nothing but nats-py and a bare framed socket
-    (``benchmarks/backplane_bare.py``): the least this layout costs."""
+    (``benchmarks/backplane_bare.py``): the least this layout costs on nats-py's
+    own way of reading and writing."""
     from benchmarks.backplane_bare import bare_round_trip
 
     def child(role: str, url: str, path: str) -> Child:

@@ -4,8 +4,10 @@ in order either way (``backplane.sender``, ``Link.publish_now``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
+import sys
 from typing import Any
 
 import nats
@@ -21,6 +23,9 @@ from .conftest import Start
 
 class _Client:
     """A stand-in for nats-py's client: its publish waits on ``gate`` when one is set."""
+
+    _max_pending_size = 2 << 20  # nats-py's default bound of its buffer
+    pending_data_size = 0
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
@@ -95,6 +100,51 @@ async def test_cancelled_rest_cancels_what_it_waits_for() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert gate.cancelled()
+
+
+class _TimedClient(_Client):
+    """A stand-in whose publish waits under ``asyncio.timeout`` and gives up quietly,
+    as nats-py's does past its buffer's bound (its ``flush_timeout``)."""
+
+    async def publish(self, subject: str, payload: bytes, reply: str = "") -> None:
+        self.sent.append((subject, payload))
+        if sys.version_info >= (3, 11):  # the tests that use it are skipped before
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.05):
+                    await asyncio.get_running_loop().create_future()
+
+
+needs_timeout = pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="asyncio.timeout is Python 3.11+"
+)
+
+
+@needs_timeout
+async def test_a_publish_past_nats_py_bound_is_not_begun_in_the_callers_task() -> None:
+    """asyncio.timeout binds to the task that enters it: begun in the caller, nats-py's
+    wait past its bound would cancel the caller at its deadline."""
+    client = _TimedClient()
+    client.pending_data_size = client._max_pending_size - 10
+    rest = _link(client).publish_now("s", b"x")
+    assert rest is not None
+    assert client.sent == []  # not begun here
+    await asyncio.wait_for(asyncio.ensure_future(rest), 2)
+    assert client.sent == [("s", b"x")]
+    await asyncio.sleep(0.1)  # past the stand-in's deadline: this task goes on
+
+
+@needs_timeout
+async def test_the_rest_lets_its_coroutine_handle_its_own_timeout() -> None:
+    """A wait under asyncio.timeout met while the rest runs: the timeout's cancellation
+    goes into the publish, which handles it; the task finishing it is not cancelled."""
+    client = _TimedClient()
+    client.pending_data_size = client._max_pending_size  # begun by the finishing task
+    rest = _link(client).publish_now("s", b"x")
+    assert rest is not None
+    task = asyncio.ensure_future(rest)
+    await asyncio.wait_for(asyncio.shield(task), 2)
+    assert not task.cancelled()
+    assert client.sent == [("s", b"x")]
 
 
 async def test_first_message_leaves_at_once_the_rest_as_one_run(

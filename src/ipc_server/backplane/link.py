@@ -137,6 +137,7 @@ class Link:
         # Once connected: the socket's asyncio transport (``_socket_of``) and
         # nats-py's PUB command builder, to write a publish straight to it.
         self._direct: tuple[Any, Callable[[str, str, bytes], bytes]] | None = None
+        self._room = _room_of(client)  # again once connected: nats-py sets it then
 
     @classmethod
     async def dial(
@@ -218,6 +219,7 @@ class Link:
             raise
         from nats.protocol.command import pub_cmd
 
+        link._room = _room_of(client)
         socket = _socket_of(client)
         if socket is not None:
             link._direct = (socket, pub_cmd)
@@ -282,7 +284,7 @@ class Link:
         direct = self._direct
         if (
             direct is not None
-            and not client._pending_data_size  # nothing of nats-py's waits ahead of it
+            and not client.pending_data_size  # nothing of nats-py's waits ahead of it
             and not direct[0].get_write_buffer_size()
             and client.is_connected
             and not direct[0].is_closing()
@@ -294,6 +296,13 @@ class Link:
             stats["out_bytes"] += len(payload)
             return None
         coro = client.publish(subject, payload)
+        # Past its buffer's bound nats-py waits for its writer under asyncio.timeout,
+        # which binds to the task that begins the wait (Python 3.12+) and cancels
+        # it at the deadline: not this caller's, so such a publish is begun by the
+        # task that finishes it. (The PUB line: the subject, ASCII, and < 32 bytes.)
+        room = self._room
+        if room is None or client.pending_data_size + len(payload) + len(subject) + 32 > room:
+            return _resume(coro, None)
         try:
             paused = coro.send(None)
         except StopIteration:
@@ -395,6 +404,13 @@ class _Handover(asyncio.Queue[Any]):
             super().put_nowait(item)
 
 
+def _room_of(client: Client) -> int | None:
+    """nats-py's bound of its buffer (None if unknown: then no publish begins in
+    the caller's task, see ``Link.publish_now``)."""
+    size = getattr(client, "_max_pending_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
 def _socket_of(client: Client) -> Any:
     """The asyncio transport under nats-py's plain or TLS TCP connection, if that is
     what it has (its ``Transport`` wraps a stream writer); else None. (uvloop's
@@ -420,21 +436,27 @@ def _settled(task: asyncio.Task[Any]) -> None:
 
 async def _resume(coro: Coroutine[Any, Any, None], paused: Any) -> None:
     """Go on with ``coro``, paused on ``paused`` (what it yielded), as its task would:
-    each time what it waits for is done, resume it, until it returns or raises."""
-    try:
-        while True:
+    each time what it waits for is done, resume it, until it returns or raises. A
+    cancellation of the task running this is thrown into ``coro``, as a task does
+    (``asyncio.timeout`` inside it cancels that task, and expects it so)."""
+    while True:
+        try:
             if paused is None:  # a bare yield: run again at the next turn
                 await asyncio.sleep(0)
             else:
                 await asyncio.wait((paused,))
+        except asyncio.CancelledError as exc:
+            if paused is not None:
+                paused.cancel()
+            try:
+                paused = coro.throw(exc)  # raises it again unless ``coro`` handles it
+            except StopIteration:
+                return
+            continue
+        try:
             paused = coro.send(None)
-    except StopIteration:
-        return
-    except asyncio.CancelledError:
-        if paused is not None:
-            paused.cancel()
-        coro.close()
-        raise
+        except StopIteration:
+            return
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]], patience: float = 5.0) -> None:
