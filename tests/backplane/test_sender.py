@@ -56,6 +56,25 @@ def _link(client: _Client) -> Link:
     return Link(client, "nats://test", asyncio.Event())  # type: ignore[arg-type]
 
 
+async def _watch(url: str, subject: str, cb: Any) -> Any:
+    """A raw nats-py subscriber to ``subject``, its SUB surely at the broker."""
+    watcher = await nats.connect(url)
+    await watcher.subscribe(subject, cb=cb)
+    # nats-py's flush may write its PING ahead of the SUB still in its buffer
+    await eventually(lambda: watcher.pending_data_size == 0)
+    await watcher.flush()
+    return watcher
+
+
+async def _fresh_link(backplane: Any) -> Link:
+    """``backplane``'s link once it is up, at a fresh turn of the loop."""
+    await eventually(lambda: backplane.stats()["up"] == 1)
+    await asyncio.sleep(0)
+    link = backplane._link
+    assert isinstance(link, Link)
+    return link
+
+
 async def test_publish_now_finishes_at_once_when_nats_py_does_not_wait() -> None:
     client = _Client()
     assert _link(client).publish_now("s", b"x") is None
@@ -155,21 +174,14 @@ async def test_first_message_leaves_at_once_the_rest_as_one_run(
     a, _ = await backplanes("a")
     b, host_b = await backplanes("b")
     assert await b.add_interest("burst") is True
-    watcher = await nats.connect(broker.url)
     envelopes: list[Any] = []
 
     async def seen(msg: Any) -> None:
         envelopes.append(read_publish(msg.data))
 
-    await watcher.subscribe("test.t.burst", cb=seen)
-    # nats-py's flush may write its PING ahead of the SUB still in its buffer
-    await eventually(lambda: watcher.pending_data_size == 0)
-    await watcher.flush()
+    watcher = await _watch(broker.url, "test.t.burst", seen)
     try:
-        await eventually(lambda: a.stats()["up"] == 1)
-        await asyncio.sleep(0)  # a fresh turn of the loop
-        link = a._link
-        assert link is not None
+        link = await _fresh_link(a)
         before = link.client.stats["out_msgs"]
         a.publish("burst", 0)
         assert link.client.stats["out_msgs"] == before + 1  # handed over already...
@@ -271,20 +283,14 @@ async def test_a_publish_goes_behind_what_nats_py_still_holds(
     """Written to the socket at once only when nats-py has nothing unsent: else it
     goes through nats-py's buffer, behind what waits there, in order."""
     a, _ = await backplanes("a")
-    watcher = await nats.connect(broker.url)
     subjects: list[str] = []
 
     async def seen(msg: Any) -> None:
         subjects.append(msg.subject)
 
-    await watcher.subscribe("test.t.>", cb=seen)
-    await eventually(lambda: watcher.pending_data_size == 0)
-    await watcher.flush()
+    watcher = await _watch(broker.url, "test.t.>", seen)
     try:
-        await eventually(lambda: a.stats()["up"] == 1)
-        await asyncio.sleep(0)  # a fresh turn of the loop
-        link = a._link
-        assert link is not None
+        link = await _fresh_link(a)
         await link.client.publish("test.t.first", b"x")  # waits in nats-py's buffer
         assert link.client.pending_data_size > 0
         a.publish("second", 1)
