@@ -157,3 +157,38 @@ async def test_a_closed_connections_subscriptions_need_no_garbage_collector(
         assert gone() is None
     finally:
         gc.enable()
+
+
+def test_the_broker_socket_is_read_in_pieces_the_heap_can_give() -> None:
+    """asyncio's plain transport allocates what it asks a read for (256 KiB: a fresh
+    mapping of memory each read, in glibc): the link asks for ``READ_SIZE``;
+    a transport that reads less already, or has no such knob, is left alone."""
+
+    class Plain:
+        max_size = 256 << 10
+
+    class Small:
+        max_size = 16 << 10
+
+    plain, small, other = Plain(), Small(), object()
+    for transport in (plain, small, other):
+        link._read_less(transport)
+    assert plain.max_size == link.READ_SIZE
+    assert small.max_size == 16 << 10
+    assert not hasattr(other, "max_size")
+
+
+async def test_a_message_larger_than_a_read_arrives_whole(backplanes: Start) -> None:
+    a, _ = await backplanes("a")
+    b, host_b = await backplanes("b")
+    assert await b.add_interest("big") is True
+    await eventually(lambda: b.stats()["up"] == 1)
+    assert b._link is not None
+    assert b._link._direct is not None
+    transport: Any = b._link._direct[0]
+    if hasattr(type(transport), "max_size"):  # asyncio's own (uvloop's has none)
+        assert transport.max_size == link.READ_SIZE
+    big = "x" * (3 * link.READ_SIZE + 1)
+    a.publish("big", big)
+    await eventually(lambda: len(host_b.deliveries) == 1)
+    assert host_b.deliveries == [("big", big, "a")]

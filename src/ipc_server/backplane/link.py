@@ -36,7 +36,9 @@ up to ``INLINE_BATCH`` a turn (then they queue as before, under the same
 bounds), and writes a publish straight to the socket when nothing is queued
 or unsent ahead of it (else nats-py's way). Both fall back to nats-py's own
 path whenever what they rely on is not as expected (another transport, a
-queue of another shape), so order and bounds never depend on them.
+queue of another shape), so order and bounds never depend on them. On
+asyncio's own loop, each read of the socket asks for less than the default
+(``_read_less``): what it asks for is allocated before the read.
 """
 
 from __future__ import annotations
@@ -223,6 +225,7 @@ class Link:
         socket = _socket_of(client)
         if socket is not None:
             link._direct = (socket, pub_cmd)
+            _read_less(socket)
         return link
 
     @property
@@ -423,6 +426,25 @@ def _socket_of(client: Client) -> Any:
     ):
         return None
     return socket
+
+
+READ_SIZE = 64 << 10
+"""The most one read of nats-py's socket asks for (asyncio's plain transports: 256 KiB)."""
+
+
+def _read_less(socket: Any) -> None:
+    """Have asyncio's plain TCP transport under nats-py read at most ``READ_SIZE``.
+
+    It allocates what it asks for before each read: 256 KiB is past glibc's
+    threshold for mapping memory of its own, so every read maps a fresh
+    region, touches it, shrinks and unmaps it (four system calls and a page
+    fault, ~12 µs a read on the machine of docs/backplane.md, for a message
+    of 300 bytes). 64 KiB comes from the heap. uvloop and TLS transports
+    read into buffers of their own and have no such attribute: left alone.
+    """
+    size = getattr(socket, "max_size", None)
+    if type(size) is int and size > READ_SIZE:
+        socket.max_size = READ_SIZE
 
 
 _PING_PATIENCE = 24 * 3600
