@@ -13,8 +13,8 @@ import nats
 import pytest
 
 from helpers import eventually
-from ipc_server.backplane import NatsBackplane, link
-from ipc_server.backplane.wire import Envelopes
+from ipc_server.backplane import NatsBackplane, inbound, link
+from ipc_server.backplane.wire import Envelopes, read_publish
 
 from .broker import Broker
 from .conftest import Start
@@ -192,3 +192,30 @@ async def test_a_message_larger_than_a_read_arrives_whole(backplanes: Start) -> 
     a.publish("big", big)
     await eventually(lambda: len(host_b.deliveries) == 1)
     assert host_b.deliveries == [("big", big, "a")]
+
+
+async def test_a_servers_own_messages_back_from_the_broker_are_not_decoded(
+    backplanes: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker hands a server its own publishes on topics it is subscribed to
+    (worker groups need that): they are known by their first bytes and dropped."""
+    taken: list[bytes] = []
+    decoded: list[bytes] = []
+    take = inbound.Inbound._take
+
+    def counted_take(self: inbound.Inbound, subject: str, data: bytes) -> int:
+        taken.append(data)
+        return take(self, subject, data)
+
+    def counted_read(data: bytes) -> Any:
+        decoded.append(data)
+        return read_publish(data)
+
+    monkeypatch.setattr(inbound.Inbound, "_take", counted_take)
+    monkeypatch.setattr(inbound, "read_publish", counted_read)
+    a, host_a = await backplanes("a")
+    assert await a.add_interest("own") is True
+    a.publish("own", 1)
+    await eventually(lambda: len(taken) == 1)  # back from the broker...
+    assert decoded == []  # ...and dropped unread
+    assert host_a.deliveries == []

@@ -55,7 +55,7 @@ class Inbound:
     def __init__(self, owner: InboundOwner, tracker: Tracker) -> None:
         self._owner = owner
         self._tracker = tracker
-        self._own = owner.envelopes.origin
+        self._own_head = owner.envelopes.head
         self._count = 0
 
     def put(self, msg: Msg, sub: Sub | None) -> bool:
@@ -72,6 +72,8 @@ class Inbound:
 
     def _take(self, subject: str, data: bytes) -> int:
         """Deliver the messages of a topic's envelope; how many it held."""
+        if data.startswith(self._own_head):
+            return 1  # this server's own, back from the broker: not even decoded
         owner = self._owner
         subjects = owner.subjects
         broadcast = subject == subjects.broadcast
@@ -82,8 +84,6 @@ class Inbound:
             owner.malformed(exc)
             return 1
         origin, messages = published.origin, published.messages
-        if origin == self._own:
-            return 1
         count = len(messages)
         missed = self._tracker.accept(
             (origin, subject), published.epoch, published.seq, published.start, count

@@ -128,8 +128,9 @@ class Envelopes:
         packer = msgpack_packer()
         self._pack: Callable[[Any], bytes] = packer.pack
         self._array: Callable[[int], bytes] = packer.pack_array_header
-        self._publish_head = _PUBLISH_HEAD + self._pack(origin)
-        self.overhead = len(self._publish_head) + 33
+        self.head = _PUBLISH_HEAD + self._pack(origin)
+        """How each publish envelope of this origin begins (its own come back by it)."""
+        self.overhead = len(self.head) + 33
         """A publish envelope's bytes beyond its bodies, at most (epoch, seq and start
         take 9 bytes each at most, the list head 5, the flag 1)."""
 
@@ -145,7 +146,7 @@ class Envelopes:
         flag = b"\xc3" if served else b"\xc2"
         return b"".join(
             (
-                self._publish_head,
+                self.head,
                 pack(epoch),
                 pack(seq),
                 self._array(len(bodies)),
