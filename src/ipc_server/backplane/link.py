@@ -437,9 +437,9 @@ def _read_less(socket: Any) -> None:
 
     It allocates what it asks for before each read: 256 KiB is past glibc's
     threshold for mapping memory of its own, so every read maps a fresh
-    region, touches it, shrinks and unmaps it (four system calls and a page
-    fault, ~12 µs a read on the machine of docs/backplane.md, for a message
-    of 300 bytes). 64 KiB comes from the heap. uvloop and TLS transports
+    region, touches it, shrinks and unmaps it (three more system calls and
+    a page fault, ~12 µs a read on the machine of docs/backplane.md, for a
+    message of 300 bytes). 64 KiB comes from the heap. uvloop and TLS transports
     read into buffers of their own and have no such attribute: left alone.
     """
     size = getattr(socket, "max_size", None)
