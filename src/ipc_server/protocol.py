@@ -52,6 +52,13 @@ _MAX_TAG_BYTES = 8  # 7 * 8 = 56 bits: far above any sane limit
 RECV_SIZE = 256 * 1024
 """Size of the receive buffer each thread shares between its connections."""
 
+FRESH_READ_SIZE = 64 * 1024
+"""The most one read asks for where each read allocates its buffer afresh.
+
+Below glibc's 128 KiB threshold for mapping memory of its own, so the buffer
+comes from the heap: a larger one maps, touches and unmaps a region per read.
+"""
+
 BIG_BODY = 64 * 1024
 """Bodies at least this long are received into a buffer of their final size."""
 

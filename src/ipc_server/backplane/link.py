@@ -51,6 +51,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from ..protocol import FRESH_READ_SIZE
+
 if TYPE_CHECKING:
     import ssl
 
@@ -428,7 +430,7 @@ def _socket_of(client: Client) -> Any:
     return socket
 
 
-READ_SIZE = 64 << 10
+READ_SIZE = FRESH_READ_SIZE
 """The most one read of nats-py's socket asks for (asyncio's plain transports: 256 KiB)."""
 
 

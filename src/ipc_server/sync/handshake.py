@@ -16,6 +16,7 @@ from ..packets import Agreement, read_answer
 from ..protocol import (
     BINARY_PREAMBLE,
     DEFAULT_MAX_HANDSHAKE_SIZE,
+    FRESH_READ_SIZE,
     Body,
     ClientPreamble,
     FrameDecoder,
@@ -24,7 +25,7 @@ from ..protocol import (
 
 __all__ = ["RECV_SIZE", "Opened", "handshake"]
 
-RECV_SIZE = 65536  # below malloc's mmap threshold: a fresh buffer per recv stays cheap
+RECV_SIZE = FRESH_READ_SIZE  # each recv allocates its buffer afresh
 
 _monotonic = time.monotonic
 
