@@ -209,8 +209,13 @@ def mypy_errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tupl
         files.append(str(path))
     # MYPYPATH first: the source in this checkout, whatever is installed.
     env = {**os.environ, "MYPYPATH": str(ROOT / "src")}
+    # A cache of this run's own: each xdist worker that runs a case of this module
+    # runs this fixture, and two mypy runs on one cache (SQLite from mypy 2) crash
+    # with "database is locked".
+    cache = folder / ".mypy_cache"
+    command = [sys.executable, "-m", "mypy", "--show-traceback", "--cache-dir", str(cache)]
     proc = subprocess.run(
-        [sys.executable, "-m", "mypy", "--config-file", str(ROOT / "pyproject.toml"), *files],
+        [*command, "--config-file", str(ROOT / "pyproject.toml"), *files],
         capture_output=True,
         text=True,
         timeout=MYPY_TIMEOUT,
