@@ -4,6 +4,7 @@
     python -m benchmarks.backplane --loop uvloop   # every process on uvloop
     python -m benchmarks.backplane --quick         # small counts: a smoke test, not a measurement
     python -m benchmarks.backplane --only rtt --src ../other/src   # another checkout's library
+    python -m benchmarks.backplane --installed /tmp/venv-compiled/bin/python   # the wheels' build
 
 Measured in one run, against the same broker:
 
@@ -67,8 +68,11 @@ from typing import Any, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 _SRC = "IPC_SERVER_BENCH_SRC"  # --src: the library of another checkout (an A/B)
-sys.path.insert(0, os.environ.get(_SRC) or str(ROOT / "src"))
+_INSTALLED = "installed"  # its value for --installed: the package as that interpreter has it
+if os.environ.get(_SRC) != _INSTALLED:
+    sys.path.insert(0, os.environ.get(_SRC) or str(ROOT / "src"))
 
+import ipc_server  # noqa: E402
 from ipc_server import IPCClient, IPCServer  # noqa: E402
 from ipc_server.backplane import NatsBackplane  # noqa: E402
 
@@ -592,7 +596,8 @@ async def main(
 
 
 def report(results: dict[str, Any]) -> str:
-    lines = []
+    build = "the compiled core" if results.get("compiled") else "pure Python"
+    lines = [f"ipc_server: {build}, from {results.get('src', '?')}"]
     if "rtt_ours" in results:
         ours, raw, local = results["rtt_ours"], results["rtt_raw"], results["rtt_local"]
         target = raw["p50_us"] + local["p50_us"] + 50
@@ -678,6 +683,12 @@ def run() -> None:
         "--src",
         help="import ipc_server from this folder instead (another checkout's src/, for an A/B)",
     )
+    parser.add_argument(
+        "--installed",
+        metavar="PYTHON",
+        help="run every process on this interpreter with ipc_server as installed there (a "
+        "virtualenv with the compiled core: IPC_SERVER_COMPILE=1 pip install '.[bench]')",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -690,6 +701,15 @@ def run() -> None:
     unknown = set(only) - set(MEASURES)
     if unknown:
         parser.error(f"unknown measures: {', '.join(sorted(unknown))}")
+    if args.installed and args.src:
+        parser.error("--installed and --src both say where ipc_server comes from: one of them")
+    if args.installed and os.environ.get(_SRC) != _INSTALLED:
+        # every process on that interpreter, its package, and this checkout's benchmarks
+        os.environ[_SRC] = _INSTALLED
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+        )
+        os.execv(args.installed, [args.installed, "-m", "benchmarks.backplane", *sys.argv[1:]])
     if args.src and os.path.abspath(args.src) != os.environ.get(_SRC):
         # the library is imported before the arguments are read: start again with it
         os.environ[_SRC] = os.path.abspath(args.src)
@@ -699,7 +719,8 @@ def run() -> None:
     results["quick"] = args.quick
     results["loop"] = args.loop
     results["python"] = sys.version.split()[0]
-    results["src"] = os.environ.get(_SRC) or str(ROOT / "src")
+    results["src"] = str(Path(ipc_server.__file__).parent.parent)
+    results["compiled"] = ipc_server.compiled
     print(report(results))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)

@@ -141,6 +141,8 @@ def test_backplane_round_trip_quick_runs() -> None:
     out = run_module("benchmarks.backplane", "--only", "rtt", "--quick", "--rounds", "3")
     for line in ("ours p50", "raw  p50", "local p50", "bare p50", "target: raw + local"):
         assert line in out
+    # which build ran, and from where: this checkout's source
+    assert f"ipc_server: pure Python, from {Path(__file__).resolve().parent.parent / 'src'}" in out
     if sys.platform == "linux":  # the CPU comes from /proc
         for name in ("ours", "raw", "local", "bare"):
             assert f"CPU per round trip, {name}" in out
