@@ -80,14 +80,18 @@ class Cluster:
             kind, server, epoch, interval, beat = items[1:6]
             if not isinstance(server, str):
                 raise ValueError("heartbeat without a server id")
+            if type(epoch) is not int or type(beat) is not int:
+                raise ValueError("heartbeat without an epoch and a count")
+            if interval.__class__ not in (int, float):
+                raise ValueError("heartbeat without an interval")
             if server == self.members.own:
                 return
             if kind == BYE:
                 self.left(server)
                 return
             now = asyncio.get_running_loop().time()
-            change = self.members.beat(server, int(epoch), float(interval), now)
-            owner.heard(server, int(beat))
+            change = self.members.beat(server, epoch, float(interval), now)
+            owner.heard(server, beat)
         except (ValueError, TypeError) as exc:
             owner.malformed(exc)
             return

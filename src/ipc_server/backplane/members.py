@@ -5,14 +5,26 @@ interval; another server counts it alive until ``EXPIRY`` intervals pass
 without one, or until it says goodbye. A survey waits for exactly the servers
 this table lists, never for a count of subscribers (which a broker reports
 per connection, and which lags behind crashes).
+
+A heartbeat is read as a peer's word, which need not be true: its interval
+must be a positive finite number (one that is not is refused, never kept:
+NaN would never expire) and is taken between 10 ms and an hour; and the
+table holds at most ``MAX_MEMBERS`` servers besides this one, so a flood of
+made-up server ids cannot grow it (past the bound, new ones are refused; the
+members already known stay).
 """
 
 from __future__ import annotations
 
-__all__ = ["EXPIRY", "Members"]
+import math
+
+__all__ = ["EXPIRY", "MAX_MEMBERS", "Members"]
 
 EXPIRY = 3.0
 """A member is gone after this many of its own heartbeat intervals without one."""
+
+MAX_MEMBERS = 1024
+"""Other servers the table holds at most."""
 
 
 class Members:
@@ -30,11 +42,20 @@ class Members:
     def beat(self, server: str, epoch: int, interval: float, now: float) -> str | None:
         """A heartbeat from ``server``: ``"new"`` for a server not seen alive,
         ``"changed"`` for one whose epoch changed (it renewed its broker
-        connection, so what it held on the old one is gone), else None."""
+        connection, so what it held on the old one is gone), else None.
+
+        Raises:
+            ValueError: ``interval`` is not a positive finite number, or the
+                table is full and ``server`` is not in it.
+        """
         if server == self.own:
             return None
-        interval = min(max(float(interval), 0.01), 3600.0)
+        if not 0.0 < interval < math.inf:  # NaN too
+            raise ValueError(f"heartbeat interval {interval!r} is not a positive number")
+        interval = min(max(interval, 0.01), 3600.0)
         known = self._epochs.get(server)
+        if known is None and len(self._expires) >= MAX_MEMBERS:
+            raise ValueError(f"{MAX_MEMBERS} other servers are members already")
         self._expires[server] = now + EXPIRY * interval
         self._epochs[server] = epoch
         if known is None:

@@ -49,8 +49,8 @@ logger = logging.getLogger("ipc_server.backplane")
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
 _COUNTER_NAMES = (
-    "published received received_group duplicates gaps missed reconnects refused heartbeats "
-    "calls_sent calls_served surveys_sent surveys_answered"
+    "published received received_group duplicates gaps missed malformed reconnects refused "
+    "heartbeats calls_sent calls_served surveys_sent surveys_answered"
 )
 _COUNTERS = _COUNTER_NAMES.split()
 
@@ -608,6 +608,7 @@ class NatsBackplane(Sender, Backplane):
             logger.exception("the server's error report failed")
 
     def _malformed(self, exc: BaseException) -> None:
+        self._counts["malformed"] += 1
         held = self._throttle.allow()
         if held is not None:
             self.report(IPCError(f"a malformed message from the broker was dropped: {exc}"))

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..packets import implied
 from .wire import Envelopes, read
 
 if TYPE_CHECKING:
@@ -61,17 +62,18 @@ class Serving:
     def _request(self, msg: Msg) -> tuple[str, Any, float | None] | None:
         try:
             items = read(msg.data, 4)
-            origin, timeout, data = items[1], items[2], items[3]
-            if not isinstance(origin, str) or not (
-                timeout is None or isinstance(timeout, (int, float))
-            ):
+            origin, data = items[1], items[3]
+            # None (no timeout) or seconds, as a request of this server's says
+            # how long it waits: NaN or infinity would reach the loop's timers.
+            valid, timeout = implied(items[2])
+            if not isinstance(origin, str) or not valid:
                 raise ValueError("malformed request envelope")
         except ValueError as exc:
             self.owner.malformed(exc)
             return None
         if not msg.reply or msg.reply in self.running:
             return None
-        return origin, data, float(timeout) if timeout else None
+        return origin, data, timeout
 
     async def on_call(self, msg: Msg) -> None:
         owner = self.owner
