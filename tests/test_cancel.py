@@ -187,3 +187,47 @@ async def test_how_long_requests_without_a_deadline_wait(sock_path: str, said: b
     finally:
         sock.close()
         await within(server.close())
+
+
+async def test_a_credit_for_a_request_that_streams_nothing_is_ignored(sock_path: str) -> None:
+    """A credit notice naming a running request whose handler has not begun a stream (a
+    plain request, or a stream request not yet answered) changes nothing: no error, the
+    plain request is answered, and the stream starts with its window, then goes on with
+    the credit given once items came."""
+    server = IPCServer(path=sock_path)
+    errors: list[BaseException] = []
+    release = asyncio.Event()
+
+    async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
+        await release.wait()
+        if respond.window:
+            await respond.stream(range(3))
+        else:
+            await respond(request)
+
+    server.on("request", handler)
+    server.on("error", lambda error, conn: errors.append(error))
+    await within(server.start())
+    sock, _ = await asyncio.to_thread(raw_client, sock_path, {"features": ["cancel", "streams"]})
+    try:
+        stream = {"t": 2, "d": "items", "n": "2", "x": "stream", "w": 2}
+        sock.sendall(raw_packet(2, "plain", "1") + frame(json.dumps(stream).encode()))
+        (conn,) = server.connections
+        await eventually(lambda: conn.stats()["handlers"] == 2, what="both running")
+        credits = [{"t": 1, "d": 5, "n": n, "x": "credit"} for n in ("1", "2")]
+        sock.sendall(b"".join(frame(json.dumps(credit).encode()) for credit in credits))
+        await eventually(lambda: conn.stats()["packets_in"] >= 5, what="the credits read")
+        release.set()
+        got = await within(asyncio.to_thread(packets_read, sock, 3, 3))
+        assert sorted((packet["n"], packet["d"]) for packet in got) == [
+            ("1", "plain"),
+            ("2", 0),
+            ("2", 1),
+        ]
+        sock.sendall(frame(json.dumps({"t": 1, "d": 2, "n": "2", "x": "credit"}).encode()))
+        rest = await within(asyncio.to_thread(packets_read, sock, 3, 2))
+        assert [(packet["d"], packet.get("x")) for packet in rest] == [(2, "item"), (None, "end")]
+        assert errors == []
+    finally:
+        sock.close()
+        await within(server.close())

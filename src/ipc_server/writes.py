@@ -587,8 +587,14 @@ class Responder(Respond):
         return task
 
     def grant(self, count: int) -> None:
-        """The requester consumed ``count`` items: the producer may send as many more."""
-        self._credit = min(self._credit + count, self.window)
+        """The requester consumed ``count`` items: the producer may send as many more.
+        A credit for a request whose stream has not begun (or that is no stream) is
+        ignored: a stream begins with its whole window."""
+        try:
+            credit = self._credit
+        except AttributeError:  # set by stream(): not on every request's hot path
+            return
+        self._credit = min(credit + count, self.window)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
