@@ -11,6 +11,7 @@ import random
 from typing import Any
 
 from ipc_server.codecs import json_dumps
+from ipc_server.packets import FEATURES
 from ipc_server.protocol import encode_tag, frame, upgrade_request
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "TOPICS",
     "connection_packet",
     "deep_value",
+    "extension_packet",
     "hostile_body",
     "mutate",
     "preamble",
@@ -29,6 +31,35 @@ CONNECTION, MESSAGE, REQUEST, RESPONSE, PING, PONG, END = range(7)
 
 TOPICS = ("alpha", "beta", "gamma", "", "δ", "x" * 200)
 """A small set of topics, so that the server's topic registry stays bounded."""
+
+PATTERNS = ("alpha.*", "a.>", "*", ">", "a..b", "a.>.b", "a.*x")
+"""Wildcard patterns, valid and not (the ``wildcards`` extension)."""
+
+CALLED = ("svc", "svc.two", "nobody", "", "a b")
+"""Services the fuzzer calls: the fuzzed server's own worker serves the first two."""
+
+SERVED = ("fz", "x" * 60, "", "a b")
+"""Services the fuzzer serves (valid and not): never called, since a fuzzing connection
+never answers a call, and a call in flight holds a slot of its caller's."""
+
+ODD_NUMBERS: tuple[Any, ...] = (
+    None,
+    -1,
+    0,
+    1,
+    3,
+    0.5,
+    2**31,
+    2**63 - 1,
+    1e300,
+    float("nan"),
+    float("inf"),
+    "1",
+    [],
+    {},
+    True,
+)
+"""Values for the extension fields that carry a number (``dl``, ``w``, a credit)."""
 
 INTERESTING: tuple[bytes, ...] = (
     b"\x00",
@@ -108,9 +139,56 @@ def deep_value(depth: int) -> Any:
     return value
 
 
+def extension_packet(rng: random.Random, n: str) -> dict[str, Any]:
+    """A packet of the extensions (SPEC 8): services, calls, streams, credits, cancel
+    notices, deadlines, wildcards and worker groups; their number fields odd at times."""
+    kind = rng.randrange(10)
+    number = rng.choice(ODD_NUMBERS) if rng.random() < 0.5 else rng.choice([1.0, 5, 30.0])
+    if kind == 0:
+        return {
+            "t": REQUEST,
+            "d": rng.choice(SERVED),
+            "n": n,
+            "x": rng.choice(["serve", "unserve"]),
+        }
+    if kind in (1, 2):
+        return {
+            "t": REQUEST,
+            "d": random_value(rng),
+            "n": n,
+            "x": "call",
+            "s": rng.choice(CALLED),
+            "dl": number,
+        }
+    if kind == 3:
+        return {"t": REQUEST, "d": {"stream": True}, "n": n, "x": "stream", "w": number}
+    if kind == 4:
+        earlier = format(max(1, int(n, 16) - rng.randrange(1, 20)), "x")
+        return {"t": MESSAGE, "d": number, "n": earlier, "x": "credit"}
+    if kind == 5:
+        earlier = format(max(1, int(n, 16) - rng.randrange(1, 20)), "x")
+        return {"t": MESSAGE, "n": rng.choice([earlier, n, None, 7]), "x": "cancel"}
+    if kind == 6:
+        return {"t": REQUEST, "d": random_value(rng), "n": n, "dl": number}
+    if kind == 7:
+        return {"t": REQUEST, "d": rng.choice([False, True, number]), "n": n, "x": "stats"}
+    what = rng.choice(["sub", "unsub"])
+    topic = rng.choice([*PATTERNS, *TOPICS])
+    d: dict[str, Any] = {what: topic}
+    if kind == 8:
+        d["group"] = rng.choice(["g", "", "g" * 300, None, 1])
+    packet: dict[str, Any] = {"t": REQUEST, "d": d, "n": n}
+    if rng.random() < 0.1:
+        packet["x"] = rng.choice([None, "other"])  # an "x" the server does not know
+    return packet
+
+
 def valid_packet(rng: random.Random, nonce: int) -> dict[str, Any]:
-    """A well-formed packet a client could send after the handshake."""
+    """A well-formed packet a client could send after the handshake (a third of them the
+    extensions', which a connection that did not announce them sees as plain packets)."""
     n = format(nonce, "x")
+    if rng.random() < 0.35:
+        return extension_packet(rng, n)
     kind = rng.randrange(10)
     if kind < 3:
         return {"t": REQUEST, "d": random_value(rng), "n": n}
@@ -217,7 +295,10 @@ def connection_packet(rng: random.Random, *, messagepack: bool, compress: bool) 
         "compress": compress,
         "messagepack": messagepack,
     }
-    if rng.random() < 0.3:
+    r = rng.random()
+    if r < 0.5:
+        d["features"] = list(FEATURES)  # every extension: what our own clients announce
+    elif r < 0.65:
         d["features"] = rng.choice([["errors"], "errors", [[]], None, ["x"] * 50])
     return json_dumps({"t": CONNECTION, "d": d})
 

@@ -6,6 +6,11 @@ throws at it, over many connections:
 - long streams after a valid handshake (JSON or msgpack): valid packets,
   mutated bodies, hostile bodies (deep nesting, odd types and nonces, big
   sizes), with valid framing so that the connection survives the bad packets;
+  half the sessions announce every extension (SPEC 8), and a third of the
+  valid packets are the extensions' (serve, unserve, calls to a worker of the
+  server's, streams, credits, cancel notices, deadlines, wildcards, worker
+  groups), their number fields odd at times (NaN, infinity, huge, negative,
+  wrong types);
 - compressed streams that end in a broken or inflating-too-far packet;
 - mutated, truncated and foreign preambles and CONNECTION packets;
 - whole-stream mutations (tags included), and silent or half-open sockets
@@ -24,7 +29,7 @@ from the event loop (``data_received`` failing, a callback raising), answers
 a probe request within 5 s every second or so, drops silent sockets at its
 handshake timeout, keeps its RSS under ``--rss-limit-mb``; at the end a
 normal ``IPCClient`` gets answers (request, ping, publish to itself), and once
-every socket is closed the server holds no connection and no topic.
+every socket is closed the server holds no connection, no topic and no service.
 
 Usage::
 
@@ -140,6 +145,13 @@ async def serve(path: str) -> int:
         counts["requests"] += 1
         if isinstance(request, dict) and request.get("slow"):
             await asyncio.sleep(0.5)  # handlers in flight: max_concurrent_requests holds the rest
+        if respond.window:  # a stream request (the streams extension): items under credit
+            counts["streams"] += 1
+            # A fuzzing peer seldom gives credit: past a tenth of a second the producer is
+            # cancelled, so that held streams free their handler slots.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(respond.stream(range(50)), 0.1)
+            return
         await respond(request)
 
     server.on("error", on_error)
@@ -148,6 +160,16 @@ async def serve(path: str) -> int:
     server.on("connect", lambda connection, payload: counts.update(("connects",)))
     server.on("disconnect", lambda connection, reason: counts.update(("disconnects",)))
     await server.start()
+    # The worker of the services the fuzzer calls (corpus.CALLED), answering at once.
+    worker = IPCClient(path=path)
+    await worker.connect()
+
+    def work(request: Any, respond: Any) -> Any:
+        counts["calls"] += 1
+        return respond(request)
+
+    for name in ("svc", "svc.two"):
+        await worker.serve(name, work)
     print("READY", flush=True)
     reader = asyncio.StreamReader()
     transport, _ = await loop.connect_read_pipe(
@@ -155,9 +177,14 @@ async def serve(path: str) -> int:
     )
     await reader.read()  # the fuzzer closes our stdin when it is done
     transport.close()
+    await worker.close()
     # Every fuzzing socket is closed by now: the registries must drain to empty.
-    await settle(lambda: not (server.connections or server.topics), 5.0)
-    leftover = {"connections": len(server.connections), "topics": sorted(server.topics)}
+    await settle(lambda: not (server.connections or server.topics or server.services), 5.0)
+    leftover = {
+        "connections": len(server.connections),
+        "topics": sorted(server.topics),
+        "services": server.services,
+    }
     await server.close()
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     stats = {
@@ -496,7 +523,7 @@ class Fuzzer:
     def claimed_ids(self) -> None:
         """Sessions claiming one id at once, or ids over 128 characters."""
         rng = self.rng
-        peers = []
+        peers: list[Peer] = []
         for _ in range(rng.randrange(2, 5)):
             peer = Peer(self.path)
             self.connections += 1
@@ -722,7 +749,7 @@ def fuzz(args: argparse.Namespace) -> dict[str, Any]:
     )
     if max(fuzzer.rss, default=0.0) > args.rss_limit_mb:
         fuzzer.failures.append(f"server RSS over {args.rss_limit_mb} MiB")
-    if stats.get("leftover") != {"connections": 0, "topics": []}:
+    if stats.get("leftover") != {"connections": 0, "topics": [], "services": {}}:
         fuzzer.failures.append(f"server kept state after everyone left: {stats.get('leftover')}")
     if stats.get("errors", {}).get("without-connection"):
         fuzzer.failures.append("an error event did not name its connection")
