@@ -403,8 +403,10 @@ class Fuzzer:
 
     @staticmethod
     def triple(packet: dict[str, Any]) -> tuple[int, Any, str | None]:
-        """``(t, d, n)`` of a packet dict."""
-        return packet["t"], packet.get("d"), packet.get("n")
+        """``(t, d, n)`` of a packet dict (an odd nonce as a string: ``encode`` takes only
+        str or None, and the compiled core checks)."""
+        n = packet.get("n")
+        return packet["t"], packet.get("d"), n if n is None or isinstance(n, str) else str(n)
 
     def bad_preamble(self) -> None:
         """A mutated, foreign or truncated opening, maybe followed by frames."""
