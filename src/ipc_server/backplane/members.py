@@ -55,7 +55,10 @@ class Members:
         interval = min(max(interval, 0.01), 3600.0)
         known = self._epochs.get(server)
         if known is None and len(self._expires) >= MAX_MEMBERS:
-            raise ValueError(f"{MAX_MEMBERS} other servers are members already")
+            raise ValueError(
+                f"the heartbeat of a new server was refused: {MAX_MEMBERS} other servers "
+                "are members already"
+            )
         self._expires[server] = now + EXPIRY * interval
         self._epochs[server] = epoch
         if known is None:
