@@ -6,12 +6,17 @@ on which requests ``"stats"``, ``"gc"`` are answered), ``options`` (keyword
 options of ``IPCServer``), ``handler`` (what ``request`` does: ``"echo"``, a
 plain function; ``"async_echo"``; ``"sleep"``, an ``async def`` that sleeps
 ``sleep`` seconds then answers; ``"never"``, one that waits forever) and
-``loop`` (``"uvloop"`` or ``"asyncio"``). It prints ``READY`` once both listen.
+``loop`` (``"uvloop"`` or ``"asyncio"``). With ``backplane`` (``url``,
+``namespace``, ``options`` of ``NatsBackplane``, and ``serve``: a service that
+a worker of its own serves and never answers), the server has a backplane.
+It prints ``READY`` once both listen.
 
 ``stats`` answers with the process's resident and peak memory, its task
 count, the server's connections, handshaking peers and topics, and the
 ``error`` events it saw (the last 100, and how many in all; ``error_connections``:
-the id of the connection each of those named, or None).
+the id of the connection each of those named, or None); with a backplane,
+also its ``stats()`` and the streams and heartbeats it keeps
+(``streams``, ``heard``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from typing import Any
 if importlib.util.find_spec("ipc_server") is None:  # not installed: this checkout's src/
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
-from ipc_server import IPCConnection, IPCServer, Respond
+from ipc_server import IPCClient, IPCConnection, IPCServer, Respond
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -49,7 +54,17 @@ def memory() -> dict[str, float]:
 
 
 async def main(config: dict[str, Any]) -> None:
-    server = IPCServer(path=config["path"], **config.get("options", {}))
+    linked = config.get("backplane")
+    backplane: Any = None
+    if linked:
+        from ipc_server.backplane import NatsBackplane
+
+        backplane = NatsBackplane(
+            servers=[linked["url"]], namespace=linked["namespace"], **linked.get("options", {})
+        )
+        server = IPCServer(path=config["path"], backplane=backplane, **config.get("options", {}))
+    else:
+        server = IPCServer(path=config["path"], **config.get("options", {}))
     errors: deque[str] = deque(maxlen=100)
     count = [0]
     error_ids: deque[str | None] = deque(maxlen=100)
@@ -84,8 +99,17 @@ async def main(config: dict[str, Any]) -> None:
             gc.collect()
             respond(True)
         elif request == "stats":
+            held: dict[str, Any] = {}
+            if backplane is not None:
+                tracker = backplane._tracker
+                held = {
+                    "backplane": server.stats()["backplane"],
+                    "streams": len(tracker),
+                    "heard": len(tracker._heard),
+                }
             respond(
                 {
+                    **held,
                     **memory(),
                     "tasks": len(asyncio.all_tasks()),
                     "connections": len(server.connections),
@@ -101,6 +125,14 @@ async def main(config: dict[str, Any]) -> None:
 
     control.on("request", on_control)
     await server.start()
+    if linked and linked.get("serve"):
+        worker = IPCClient(path=config["path"])
+        await worker.connect()
+
+        async def never(request: Any, respond: Respond) -> None:
+            await asyncio.Event().wait()
+
+        await worker.serve(linked["serve"], never)
     await control.start()
     print("READY", flush=True)
     await asyncio.Event().wait()

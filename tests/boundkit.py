@@ -46,6 +46,7 @@ class BoundServer:
         env: dict[str, str] | None = None,
         preexec: Any = None,
         stderr: Any = None,
+        backplane: dict[str, Any] | None = None,
     ) -> None:
         self.folder = tempfile.mkdtemp(prefix="ipcb", dir="/tmp")
         os.chmod(self.folder, 0o755)
@@ -58,6 +59,7 @@ class BoundServer:
             "handler": handler,
             "loop": loop,
             "sleep": sleep,
+            "backplane": backplane,
         }
         self.env = env
         self.preexec = preexec

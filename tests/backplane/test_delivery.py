@@ -3,6 +3,8 @@ messages, and the outbox's bounds."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from ipc_server.backplane.delivery import Outbox, Queued, Sequencer, Tracker, runs
@@ -233,3 +235,31 @@ def test_heartbeats_are_kept_for_a_bounded_number_of_origins(interests: Interest
         tracker.heard(origin, 2)
     assert tracker.accept(("a", "s"), 1, 4, start=2) == 0  # "a" was forgotten
     assert tracker.accept(("c", "s"), 1, 4, start=2) == 3
+
+
+class Looked(dict[tuple[str, str], list[int]]):
+    """A dict that counts how often it was gone through whole."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        Looked.walks += 1
+        return super().__iter__()
+
+
+def test_forgetting_an_origin_costs_its_own_streams(interests: Interests) -> None:
+    """An origin's goodbye (which any publisher in the namespace can say, as often as it
+    likes) forgets its streams without going through every stream kept, also after
+    streams were forgotten past the bound."""
+    tracker = Tracker(1000, interests.covered)
+    for n in range(1500):  # 500 forgotten, least recently used first
+        assert tracker.accept((f"o{n % 10}", f"s{n}"), 1, 1) == 0
+    tracker._streams = Looked(tracker._streams)
+    for n in range(100):
+        tracker.forget(f"nobody{n}")
+    tracker.forget("o3")
+    assert Looked.walks == 0
+    assert len(tracker) == 900
+    assert all(origin != "o3" for origin, _ in tracker._streams)
+    assert tracker.accept(("o3", "s3"), 1, 7) == 0  # a new stream: nothing counted
+    assert tracker.accept(("o4", "s1004"), 1, 2) == 0  # kept: the next number

@@ -106,6 +106,9 @@ class Tracker:
         # clock at the last heartbeat, and the floor: streams that began at or
         # before it may have been forgotten here, so are never counted whole.
         self._heard: dict[str, list[int]] = {}
+        # origin -> the subjects of its streams kept: forgetting an origin
+        # costs its own streams, never a look at every stream of every origin.
+        self._subjects: dict[str, set[str]] = {}
 
     def heard(self, origin: str, beat: int) -> None:
         """A heartbeat numbered ``beat`` from ``origin``."""
@@ -125,10 +128,13 @@ class Tracker:
         streams = self._streams
         stream = streams.pop(key, None)
         if stream is None or stream[0] != epoch:
-            if stream is None and len(streams) >= self.limit:
-                old_key = next(iter(streams))
-                record = self._record(old_key[0])
-                record[5] = max(record[5], streams.pop(old_key)[4])
+            if stream is None:
+                if len(streams) >= self.limit:
+                    old_key = next(iter(streams))
+                    record = self._record(old_key[0])
+                    record[5] = max(record[5], streams.pop(old_key)[4])
+                    self._unindex(old_key)
+                self._subjects.setdefault(key[0], set()).add(key[1])
             streams[key] = [epoch, seq + count - 1, self.clock, self.removals, start]
             return seq - 1 if seq > 1 and self._whole(key, start) else 0
         streams[key] = stream
@@ -167,10 +173,17 @@ class Tracker:
         heard[origin] = record
         return record
 
+    def _unindex(self, key: Key) -> None:
+        subjects = self._subjects[key[0]]
+        subjects.discard(key[1])
+        if not subjects:
+            del self._subjects[key[0]]
+
     def forget(self, origin: str) -> None:
         """Forget the streams and heartbeats of ``origin`` (it left)."""
-        for key in [key for key in self._streams if key[0] == origin]:
-            del self._streams[key]
+        streams = self._streams
+        for subject in self._subjects.pop(origin, ()):
+            del streams[origin, subject]
         self._heard.pop(origin, None)
 
     def __len__(self) -> int:

@@ -22,9 +22,18 @@ from ..errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from .members import MAX_MEMBERS
 from .wire import ACK, ANSWERS, ERR, OK
 
 __all__ = ["Call", "Pending", "Survey", "remote_error"]
+
+
+def _unindex(index: dict[str, set[int]], server: str, token: int) -> None:
+    tokens = index.get(server)
+    if tokens is not None:
+        tokens.discard(token)
+        if not tokens:
+            del index[server]
 
 
 def remote_error(type_name: str, text: str) -> BaseException:
@@ -87,6 +96,11 @@ class Pending:
         self._next = 0
         self.calls: dict[int, Call] = {}
         self.surveys: dict[int, Survey] = {}
+        # server -> the tokens of the calls it took, of the surveys that wait for it:
+        # a member's leaving (which a peer can say as often as it likes) costs
+        # what waits on that member, never a look at every wait.
+        self._taken: dict[str, set[int]] = {}
+        self._awaited: dict[str, set[int]] = {}
 
     def token(self) -> int:
         self._next += 1
@@ -98,17 +112,25 @@ class Pending:
 
     def add_survey(self, token: int, survey: Survey) -> None:
         self.surveys[token] = survey
+        for server in survey.expected:
+            self._awaited.setdefault(server, set()).add(token)
         survey.future.add_done_callback(lambda _: self._drop_survey(token))
 
     def _drop_call(self, token: int) -> None:
         call = self.calls.pop(token, None)
-        if call is not None and call.timer is not None:
-            call.timer.cancel()
+        if call is not None:
+            if call.timer is not None:
+                call.timer.cancel()
+            if call.worker is not None:
+                _unindex(self._taken, call.worker, token)
 
     def _drop_survey(self, token: int) -> None:
         survey = self.surveys.pop(token, None)
-        if survey is not None and survey.timer is not None:
-            survey.timer.cancel()
+        if survey is not None:
+            if survey.timer is not None:
+                survey.timer.cancel()
+            for server in survey.expected:
+                _unindex(self._awaited, server, token)
 
     # -- what arrives ---------------------------------------------------
 
@@ -141,7 +163,10 @@ class Pending:
             if call.future.done():
                 return
             if kind == ACK:
+                if call.worker is not None:
+                    _unindex(self._taken, call.worker, token)
                 call.worker = server
+                self._taken.setdefault(server, set()).add(token)
             elif kind == OK:
                 call.future.set_result(items[3])
             elif kind == ERR:
@@ -152,6 +177,12 @@ class Pending:
         survey = self.surveys.get(token)
         if survey is None or survey.future.done():
             return
+        if (
+            len(survey.answers) >= MAX_MEMBERS
+            and server not in survey.answers
+            and server not in survey.expected
+        ):
+            return  # as many servers as a cluster holds answered already: a made-up one
         if kind == ANSWERS:
             answers = items[3]
             if not isinstance(answers, list):
@@ -180,8 +211,10 @@ class Pending:
 
     def member_left(self, server: str) -> None:
         """``server`` left (goodbye or expired heartbeat): its calls fail, its survey slots fill."""
-        for call in list(self.calls.values()):
-            if call.worker == server and not call.future.done():
+        calls, surveys = self.calls, self.surveys
+        for token in list(self._taken.get(server, ())):
+            call = calls[token]
+            if not call.future.done():
                 call.future.set_exception(
                     ConnectionClosedError(
                         f"server {server!r} left during the call to service "
@@ -189,8 +222,9 @@ class Pending:
                         executed=None,
                     )
                 )
-        for survey in list(self.surveys.values()):
-            if server in survey.expected and server not in survey.answers:
+        for token in list(self._awaited.get(server, ())):
+            survey = surveys[token]
+            if server not in survey.answers:
                 gone = survey.missing(server)
                 gone.args = (f"server {server!r} left (its heartbeat stopped) before answering",)
                 survey.answers[server] = gone

@@ -1,0 +1,184 @@
+"""What other servers can make a server hold, crossed: the server in a process of its own.
+
+Anything that can publish in a namespace can claim to be any number of
+servers: publish from made-up origins on many topics, beat for made-up
+members, say goodbye for them, call a service and survey as often as it
+likes. Each of those tables and waits is bounded before it is spent (streams
+by ``max_streams``, members by ``MAX_MEMBERS``, calls and surveys run here by
+``max_remote_calls``), and what each message costs the server must not grow
+with what it holds. A raw nats-py connection floods a server in its own
+process (``tests/bound_server.py`` with a backplane) while an honest client
+pings it; the test watches the server's memory, tasks and tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from typing import Any
+
+import msgpack
+import nats
+import pytest
+
+from boundkit import BoundServer, Bystander
+from helpers import eventually
+from ipc_server import IPCClient
+from ipc_server.backplane.members import MAX_MEMBERS
+from ipc_server.backplane.subjects import Subjects
+from ipc_server.backplane.wire import BEAT, BYE, ERR, HELLO, Envelopes
+
+from .broker import Broker
+from .conftest import FAST
+
+pytestmark = pytest.mark.timeout(120)
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+STREAMS = 10_000
+"""``max_streams`` of the server under test."""
+CALLS = 64
+"""Its ``max_remote_calls``."""
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def taken(stats: dict[str, Any]) -> int:
+    """Broker messages the server took in on its topics: delivered, or dropped inbound."""
+    held = stats["backplane"]
+    return int(held["received"] + held["dropped_inbound"])
+
+
+async def until(
+    server: BoundServer, check: Any, what: str, timeout: float = 30.0
+) -> dict[str, Any]:
+    """The server's stats, once ``check`` holds of them (polled; fails after ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        stats = await server.astats()
+        if check(stats):
+            return stats
+        if loop.time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {what}: {stats}")
+        await asyncio.sleep(0.02)
+
+
+async def test_made_up_servers_hold_nothing_past_the_bounds(broker: Broker) -> None:
+    """Made-up origins on twice STREAMS topics, 5,000 made-up members, 30,000 goodbyes and
+    2,000 joins and leaves of one id, 2,000 surveys that wait a minute and
+    2,000 calls that never end: each table stops at its bound, refused calls are answered at
+    once, memory and tasks stay bounded, and the bystander is answered throughout."""
+    options = {**FAST, "max_streams": STREAMS, "max_remote_calls": CALLS}
+    config = {"url": broker.url, "namespace": "test", "options": options, "serve": "svc"}
+    with BoundServer(backplane=config) as server:
+        # A local subscriber to every topic the flood uses, whose survey answers never come.
+        local = IPCClient(path=server.path)
+        await local.connect()
+        delivered: Counter[str] = Counter()
+        local.on("t.*", lambda message, topic: delivered.update([message]))
+
+        async def never(data: Any, respond: Any) -> None:
+            await asyncio.Event().wait()
+
+        local.on("request", never)
+        assert await local.subscribe("t.*")
+        raw = await nats.connect(broker.url)
+        answers: Counter[int] = Counter()
+
+        async def answered(msg: Any) -> None:
+            answers[msgpack.unpackb(msg.data)[1]] += 1
+
+        await raw.subscribe("ghost.>", cb=answered)
+        subjects = Subjects("test", "unknown")
+        try:
+            async with Bystander(server.path) as bystander:
+                await eventually(lambda: bystander.count > 3, what="the bystander pings")
+                before = await server.astats()
+
+                # Streams: 200 made-up origins on twice STREAMS topics.
+                origins = [Envelopes(f"ghost{n}") for n in range(200)]
+                for n in range(2 * STREAMS):
+                    envelopes = origins[n % 200]
+                    body = [envelopes.body("x")]
+                    await raw.publish(
+                        subjects.topic(f"t.{n}"), envelopes.publish(1, 1, body, False, 0)
+                    )
+                await raw.flush()
+                streams = await until(server, lambda s: taken(s) >= 2 * STREAMS, "the publishes")
+                assert streams["streams"] == STREAMS
+                assert taken(streams) == 2 * STREAMS
+
+                # Goodbyes, and one made-up server that joins and leaves again and
+                # again: each once went through every stream kept.
+                spent = cpu_seconds(server.pid)
+                flapper = Envelopes("flapper")
+                for n in range(2000):
+                    await raw.publish(subjects.heartbeat, flapper.heartbeat(HELLO, n, 1200.0, 1))
+                    await raw.publish(subjects.heartbeat, flapper.heartbeat(BYE, n, 1200.0, 2))
+                for n in range(30_000):
+                    bye = Envelopes(f"nobody{n % 1000}").heartbeat(BYE, 1, 1.0, 2)
+                    await raw.publish(subjects.heartbeat, bye)
+                marker = Envelopes("marker")
+                await raw.publish(subjects.heartbeat, marker.heartbeat(BEAT, 1, 1200.0, 1))
+                beats = before["backplane"]["heartbeats"] + 2001
+                await until(server, lambda s: s["backplane"]["heartbeats"] >= beats, "goodbyes")
+                spent = cpu_seconds(server.pid) - spent
+                # Members: 5,000 made-up servers that would beat for an hour.
+                for n in range(5000):
+                    beat = Envelopes(f"member{n}").heartbeat(BEAT, 1, 1200.0, 1)
+                    await raw.publish(subjects.heartbeat, beat)
+                full = MAX_MEMBERS + 1  # and itself
+                await until(server, lambda s: s["backplane"]["members"] >= full, "the members")
+                # Surveys that wait a minute (the local client never answers them),
+                # then calls (which would never end): past max_remote_calls, a
+                # survey is left to time out there, a call is refused at once.
+                caller = Envelopes("caller")
+                for n in range(2000):
+                    await raw.publish(
+                        subjects.survey, caller.request(60.0, n), reply=f"ghost.s.{n}"
+                    )
+                await until(server, lambda s: s["backplane"]["serving"] >= CALLS, "surveys")
+                for n in range(2000):
+                    await raw.publish(
+                        subjects.service("svc"), caller.request(None, n), reply=f"ghost.c.{n}"
+                    )
+                end = Envelopes("the end")
+                await raw.publish(
+                    subjects.topic("t.end"), end.publish(1, 1, [end.body("end")], False, 0)
+                )
+                await raw.flush()
+                await eventually(lambda: delivered["end"], timeout=30, what="the last publish")
+                # Every call is answered at once: refused.
+                await eventually(lambda: sum(answers.values()) >= 2000, what="answers")
+                after = await server.astats()
+                worst = bystander.worst
+                assert bystander.failures == []
+        finally:
+            await raw.close()
+            local.destroy()  # its survey handlers never end
+
+    held = after["backplane"]
+    assert after["streams"] == STREAMS  # nobody's goodbye forgot a stream
+    assert held["members"] == MAX_MEMBERS + 1
+    assert held["serving"] == CALLS
+    assert held["surveys_answered"] == CALLS
+    assert held["calls_served"] == 0
+    assert answers == {ERR: 2000}
+    grown = after["rss_mib"] - before["rss_mib"]
+    tasks = after["tasks"] - before["tasks"]
+    print(
+        f"goodbyes {spent:.2f} s of CPU, rss +{grown:.1f} MiB, tasks +{tasks}, "
+        f"bystander worst {worst * 1e3:.0f} ms"
+    )
+    # 32,000 goodbyes: tens of microseconds each at most, whatever is kept.
+    assert spent < 2.0
+    assert grown < 40, after
+    assert tasks <= 3 * CALLS, after
+    assert worst < 1.0
