@@ -7,6 +7,7 @@ import contextlib
 import datetime
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -529,3 +530,17 @@ async def test_permissions_fence_a_namespace(tmp_path: Path) -> None:
         for backplane in made:
             await backplane.close()
         broker.stop()
+
+
+async def test_a_new_server_is_answered_at_once(backplanes: Start) -> None:
+    """A server that starts says hello, and the others answer with a heartbeat at once,
+    not at their next one (a minute apart here); hellos that come one after the other
+    are each answered (answers to a flood of them are spaced, never dropped)."""
+    await backplanes("a", heartbeat=60.0)
+    for name in ("b", "c", "d"):
+        new, _ = await backplanes(name, heartbeat=60.0)
+        await eventually(partial(knows, new, "a"), timeout=2, what=f"{name} knows a")
+
+
+def knows(backplane: NatsBackplane, server: str) -> bool:
+    return server in backplane.members()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import (
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["Cluster"]
 
 logger = logging.getLogger("ipc_server.backplane")
+
+ANSWER_GAP = 0.05
+"""Seconds between two heartbeats that answer hellos, at least (or a tenth of the
+interval, when that is shorter)."""
 
 
 class ClusterOwner(Owner, Protocol):
@@ -70,6 +75,8 @@ class Cluster:
         self.heartbeat = heartbeat
         self.members = Members(owner.envelopes.origin)
         self.pending = Pending()
+        self._answer: asyncio.TimerHandle | None = None
+        self._answered = -math.inf
 
     # -- membership -----------------------------------------------------------
 
@@ -99,7 +106,26 @@ class Cluster:
             # It renewed its broker connection: what it had taken went with the old one.
             self.pending.member_left(server)
         if kind == HELLO:
-            await owner.send_heartbeat(BEAT)
+            self._answer_hello()
+
+    def _answer_hello(self) -> None:
+        """Answer a new server's hello with a heartbeat, so that it knows this one now.
+
+        One heartbeat answers every hello heard before it leaves, and answers
+        leave ``ANSWER_GAP`` apart at least: a hello is a peer's word too, and
+        each answer reaches every server, so a flood of hellos would make
+        every server of the cluster send as many heartbeats, each to all.
+        """
+        if self._answer is not None:
+            return  # one is coming, and it leaves after this hello was heard
+        loop = asyncio.get_running_loop()
+        wait = self._answered + min(self.heartbeat / 10, ANSWER_GAP) - loop.time()
+        self._answer = loop.call_later(max(wait, 0.0), self._send_answer)
+
+    def _send_answer(self) -> None:
+        self._answer = None
+        self._answered = asyncio.get_running_loop().time()
+        background(self.owner.send_heartbeat(BEAT))
 
     def left(self, server: str) -> None:
         """``server`` is gone (goodbye, or its heartbeat expired)."""
@@ -140,6 +166,9 @@ class Cluster:
 
     def lost(self, reason: str) -> None:
         """The broker connection is gone (or the backplane closed): every wait ends."""
+        if self._answer is not None:
+            self._answer.cancel()
+            self._answer = None
         self.pending.lost(reason)
 
     # -- calls and surveys --------------------------------------------------------
