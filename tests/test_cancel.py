@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 from typing import Any
 
 import pytest
@@ -227,6 +228,68 @@ async def test_a_credit_for_a_request_that_streams_nothing_is_ignored(sock_path:
         sock.sendall(frame(json.dumps({"t": 1, "d": 2, "n": "2", "x": "credit"}).encode()))
         rest = await within(asyncio.to_thread(packets_read, sock, 3, 2))
         assert [(packet["d"], packet.get("x")) for packet in rest] == [(2, "item"), (None, "end")]
+        assert errors == []
+    finally:
+        sock.close()
+        await within(server.close())
+
+
+@pytest.mark.parametrize("when", ["with the request", "while streaming", "while collecting"])
+async def test_a_stream_the_requester_cancels_cancels_its_handler(
+    sock_path: str, when: str
+) -> None:
+    """A handler that awaits its stream, whose requester sends a cancel notice, is
+    cancelled as any handler is: at its await, whether the notice came in the same
+    read as the request (the stream's producer had not started), while items flow,
+    or while the items are collected for a requester that asked for one answer;
+    nothing is reported on ``error``, nothing runs after the await, and the items'
+    iterator is closed."""
+    server = IPCServer(path=sock_path)
+    errors: list[BaseException] = []
+    ended: list[str] = []
+    closed: list[bool] = []
+
+    async def items() -> Any:
+        try:
+            yield 0
+            yield 1
+            await asyncio.Event().wait()  # the requester has what it wants by now
+        finally:
+            closed.append(True)
+
+    async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
+        try:
+            await respond.stream(items())
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+        ended.append("went on")
+
+    server.on("request", handler)
+    server.on("error", lambda error, conn: errors.append(error))
+    await within(server.start())
+    sock, _ = await asyncio.to_thread(raw_client, sock_path, {"features": ["cancel", "streams"]})
+    try:
+        stream = frame(json.dumps({"t": 2, "d": "items", "n": "1", "x": "stream", "w": 2}).encode())
+        (conn,) = server.connections
+        if when == "with the request":
+            sock.sendall(stream + cancel_notice("1"))  # one write: one read on the server
+        elif when == "while streaming":
+            sock.sendall(stream)
+            await within(asyncio.to_thread(packets_read, sock, 3, 2))  # the window's items
+            sock.sendall(cancel_notice("1"))
+        else:
+            sock.sendall(raw_packet(2, "items", "1"))
+            await eventually(lambda: conn.stats()["handlers"] == 2, what="handler and producer")
+            sock.sendall(cancel_notice("1"))
+        await eventually(lambda: conn.stats()["packets_in"] >= 2, what="the notice read")
+        await eventually(lambda: conn.stats()["handlers"] == 0, what="nothing running")
+        if when == "with the request" and sys.version_info < (3, 12):
+            assert ended == []  # its task had not started: it never ran
+        else:  # 3.12+ starts a handler's task at once: it began the stream
+            assert ended == ["cancelled"]
+        # An iteration that began is closed (with the request, none began).
+        assert closed == ([] if when == "with the request" else [True])
         assert errors == []
     finally:
         sock.close()

@@ -463,6 +463,10 @@ class Writes:
 _GONE: Any = object()  # Responder._first once the requester gave up (cancel_by_peer)
 
 
+class _Lost(Exception):
+    """A stream's connection is gone: its producer stops."""
+
+
 class Responder(Respond):
     """The ``respond`` callable of the asyncio ends (see ``ipc_server.Respond``).
 
@@ -476,6 +480,7 @@ class Responder(Respond):
         "_endpoint",
         "_first",
         "_nonce",
+        "_producer",
         "_size",
         "_task",
         "_waiter",
@@ -521,9 +526,10 @@ class Responder(Respond):
     # ------------------------------------------------------------------ cancellation
 
     def _track(self, task: asyncio.Task[Any], first: Awaitable[Any] | None = None) -> None:
-        """Its handler suspended in ``task``: a cancel notice from the peer cancels it."""
+        """Its handler suspended in ``task``: a cancel notice from the peer cancels it (a
+        handler that began a stream, too: it may wait for the stream to end)."""
         endpoint = self._endpoint
-        if endpoint._cancel and not self.done:
+        if endpoint._cancel and (not self.done or getattr(self, "_producer", None) is not None):
             self._task = task
             self._first = first
             endpoint._running[self._nonce] = self
@@ -543,8 +549,11 @@ class Responder(Respond):
 
     def cancel_by_peer(self) -> None:
         """The requester gave up (a cancel notice): the handler's task is cancelled, and
-        nothing more is answered."""
+        its stream's producer, and nothing more is answered."""
         self.done = True
+        producer: asyncio.Task[None] | None = getattr(self, "_producer", None)
+        if producer is not None:
+            producer.cancel()
         try:
             task = self._task
         except AttributeError:
@@ -580,10 +589,9 @@ class Responder(Respond):
         task = endpoint.loop.create_task(self._produce(items))
         endpoint._tasks.add(task)  # a handler: counted, and cancelled with its connection
         task.add_done_callback(endpoint._tasks.discard)
-        if self.window:
-            self._task = task
-            self._first = None
-            endpoint._running[self._nonce] = self  # credit notices (and cancel) find it
+        self._producer = task
+        if self.window or endpoint._cancel:
+            endpoint._running[self._nonce] = self  # credit and cancel notices find it
         return task
 
     def grant(self, count: int) -> None:
@@ -617,11 +625,14 @@ class Responder(Respond):
                 source = iter(items)
                 for item in source:
                     await self._give(item, collected)
-        except asyncio.CancelledError:
-            return  # the requester left, or the connection is gone: nobody reads on
+        except _Lost:
+            return  # the connection is gone: nobody reads on
         except Exception as exc:
             error = exc
             endpoint._report(exc)
+        # A cancellation (the requester gave up, the connection closed, a timeout
+        # around the stream) ends the task cancelled: a handler that awaits it
+        # sees CancelledError, as it was cancelled too.
         finally:
             self._untrack()
             await _close(source)
@@ -650,7 +661,7 @@ class Responder(Respond):
             waiter = self._waiter = endpoint.loop.create_future()
             await waiter
         if endpoint._transport is None or endpoint._aborted:
-            raise asyncio.CancelledError  # lost: stop producing
+            raise _Lost
         self._credit -= 1
         endpoint._write(frame(endpoint._codec.encode_body(stream_item(self._nonce, item))))
         if endpoint._write_paused:
