@@ -25,7 +25,8 @@ throws at it, over many connections:
   one id).
 
 Checked throughout: the server process never dies, never logs an exception
-from the event loop (``data_received`` failing, a callback raising), answers
+from the event loop (``data_received`` failing, a callback raising) nor a
+warning (a handler's coroutine that was never awaited, say), answers
 a probe request within 5 s every second or so, drops silent sockets at its
 handshake timeout, keeps its RSS under ``--rss-limit-mb``; at the end a
 normal ``IPCClient`` gets answers (request, ping, publish to itself), and once
@@ -113,6 +114,7 @@ async def serve(path: str) -> int:
             loop_errors.append(f"log {record.name}: {record.getMessage()}"[:400])
 
     logging.getLogger().addHandler(Capture(logging.WARNING))
+    logging.captureWarnings(True)  # a warning is a finding too
     server = IPCServer(
         path=path,
         max_message_size=MAX_MESSAGE_SIZE,

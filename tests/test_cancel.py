@@ -7,9 +7,11 @@ test controls exactly what the server reads and when.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import sys
+import warnings
 from typing import Any
 
 import pytest
@@ -291,6 +293,55 @@ async def test_a_stream_the_requester_cancels_cancels_its_handler(
         # An iteration that began is closed (with the request, none began).
         assert closed == ([] if when == "with the request" else [True])
         assert errors == []
+    finally:
+        sock.close()
+        await within(server.close())
+
+
+@pytest.mark.parametrize("features", [[], ["cancel", "streams"]], ids=["plain", "cancel"])
+async def test_held_requests_of_a_connection_going_away_never_start(
+    sock_path: str, features: list[str]
+) -> None:
+    """Reading is held (every handler slot taken) with requests read; a slot frees and
+    the socket is lost in the same turn of the loop: the held requests are not
+    handed to listeners (before, their handlers' tasks were made and then cancelled
+    before they started, each leaving a "coroutine was never awaited" warning)."""
+    server = IPCServer(path=sock_path, max_concurrent_requests=1)
+    ran: list[Any] = []
+    release = asyncio.Event()
+
+    async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
+        ran.append(request)
+        if request == "a":
+            await release.wait()
+            # After the slot frees (the task's first done callback), in the same turn,
+            # the socket goes (as when a write finds the peer gone).
+            task = asyncio.current_task()
+            assert task is not None
+            transport = conn._transport
+            assert transport is not None
+            task.add_done_callback(lambda _: transport.abort())
+        await respond(request)
+
+    server.on("request", handler)
+    await within(server.start())
+    sock, _ = await asyncio.to_thread(raw_client, sock_path, {"features": features})
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batch = b"".join(raw_packet(2, n, n) for n in ["a", *map(str, range(20))])
+            sock.sendall(batch)
+            (conn,) = server.connections
+            await eventually(lambda: conn.reading_held == {"busy"}, what="reading held")
+            await eventually(lambda: conn.stats()["packets_in"] >= 21, what="all read")
+            release.set()
+            await eventually(lambda: not server.connections, what="the connection gone")
+            for _ in range(5):
+                await asyncio.sleep(0)
+            gc.collect()
+        never = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+        assert never == []
+        assert ran == ["a"]
     finally:
         sock.close()
         await within(server.close())

@@ -556,6 +556,11 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
         held = self._held
         if self._halted or not held:
             return
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            # The socket went since reading was released (its connection_lost comes
+            # next): a handler started now would be cancelled before it ran.
+            return
         self._held = []
         if self._cancel:
             self._drop_cancelled(held, self._scanned)
