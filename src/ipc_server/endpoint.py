@@ -553,13 +553,9 @@ class Endpoint(Writes, RequestTable, Extensions, PacketDispatcher, asyncio.Buffe
             self._held.extend(bodies)
 
     def _resume_held(self) -> None:
-        held = self._held
-        if self._halted or not held:
-            return
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            # The socket went since reading was released (its connection_lost comes
-            # next): a handler started now would be cancelled before it ran.
+        held, transport = self._held, self._transport
+        # Not once the socket went (connection_lost comes next): a handler would not run.
+        if self._halted or not held or transport is None or transport.is_closing():
             return
         self._held = []
         if self._cancel:
