@@ -244,8 +244,8 @@ async def test_a_stream_the_requester_cancels_cancels_its_handler(
     cancelled as any handler is: at its await, whether the notice came in the same
     read as the request (the stream's producer had not started), while items flow,
     or while the items are collected for a requester that asked for one answer;
-    nothing is reported on ``error``, nothing runs after the await, and the items'
-    iterator is closed."""
+    nothing is reported on ``error``, nothing runs after the await, the items'
+    iterator is closed, and the connection's next stream is answered."""
     server = IPCServer(path=sock_path)
     errors: list[BaseException] = []
     ended: list[str] = []
@@ -260,6 +260,9 @@ async def test_a_stream_the_requester_cancels_cancels_its_handler(
             closed.append(True)
 
     async def handler(request: Any, respond: Any, conn: IPCConnection) -> None:
+        if request == "after":
+            await respond.stream(range(3))
+            return
         try:
             await respond.stream(items())
         except asyncio.CancelledError:
@@ -292,6 +295,10 @@ async def test_a_stream_the_requester_cancels_cancels_its_handler(
             assert ended == ["cancelled"]
         # An iteration that began is closed (with the request, none began).
         assert closed == ([] if when == "with the request" else [True])
+        # The next stream of the connection runs as any (in the compiled core, the
+        # cancellation once came back in it).
+        sock.sendall(raw_packet(2, "after", "9"))
+        assert await within(asyncio.to_thread(answers, sock, 1)) == {"9": [0, 1, 2]}
         assert errors == []
     finally:
         sock.close()

@@ -611,6 +611,7 @@ class Responder(Respond):
         endpoint = self._endpoint
         collected: list[Any] | None = None if self.window else []
         error: BaseException | None = None
+        stop: BaseException | None = None
         source: Any = None
         try:
             if isinstance(items, AsyncIterable):
@@ -625,17 +626,22 @@ class Responder(Respond):
                 source = iter(items)
                 for item in source:
                     await self._give(item, collected)
-        except _Lost:
-            return  # the connection is gone: nobody reads on
+        except (_Lost, asyncio.CancelledError) as exc:
+            stop = exc  # the connection is gone, or the producer was cancelled
         except Exception as exc:
             error = exc
             endpoint._report(exc)
-        # A cancellation (the requester gave up, the connection closed, a timeout
-        # around the stream) ends the task cancelled: a handler that awaits it
-        # sees CancelledError, as it was cancelled too.
-        finally:
-            self._untrack()
-            await _close(source)
+        # Not in a finally: in the compiled core, awaiting there while a cancellation
+        # passed left it to be raised again in a later producer of the connection.
+        self._untrack()
+        await _close(source)
+        if stop is not None:
+            # A cancellation (the requester gave up, the connection closed, a timeout
+            # around the stream) ends the task cancelled: a handler that awaits it
+            # sees CancelledError, as it was cancelled too.
+            if isinstance(stop, asyncio.CancelledError):
+                raise stop
+            return  # lost: nobody reads on
         if endpoint._transport is None or endpoint._aborted:
             return
         if collected is not None:
