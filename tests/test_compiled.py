@@ -57,3 +57,23 @@ def test_only_the_named_modules_are_compiled() -> None:
         if path.name.endswith(tuple(EXTENSION_SUFFIXES)) and path.name.split(".")[0] not in named
     ]
     assert others == []
+
+
+def test_no_await_in_a_finally_or_except_of_a_compiled_module() -> None:
+    """In a compiled module, an ``await`` inside a ``finally`` (or an ``except``) that an
+    exception passes through leaves that exception to be raised again later in
+    another coroutine (seen: a stream's cancellation came back in the connection's
+    next stream). The compiled modules keep such awaits out of those blocks."""
+    source = SETUP.parent / "src" / "ipc_server"
+    found = []
+    for name in compiled_names():
+        tree = ast.parse((source / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Try):
+                continue
+            blocks = [node.finalbody, *(handler.body for handler in node.handlers)]
+            for statement in (s for block in blocks for s in block):
+                for inner in ast.walk(statement):
+                    if isinstance(inner, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+                        found.append(f"{name}:{inner.lineno}")
+    assert found == []
