@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from .endpoint import Endpoint
 from .errors import IPCError, NoRespondersError, RemoteError
-from .events import shorten
+from .events import Throttle, shorten
 from .options import DEFAULT_TIMEOUT, check_timeout
 from .packets import MESSAGE, delivery
 from .services import ServiceRegistry
@@ -82,6 +82,7 @@ class Clustering(Generic[C]):
     _server_id: str | None = None
     _sharing: set[asyncio.Task[None]] | None = None
     _backplane_closed = False
+    _gap_log: Throttle | None = None
 
     if TYPE_CHECKING:
 
@@ -119,12 +120,20 @@ class Clustering(Generic[C]):
     def backplane_event(self, kind: str, info: dict[str, Any]) -> None:
         """``"up"``, ``"down"`` or ``"gap"``: logged, and emitted as ``backplane(kind, info)``."""
         if kind == "gap":
-            logger.warning(
-                "backplane: %d messages from server %s lost (topic %s)",
-                info.get("missed", 0),
-                shorten(info.get("origin")),
-                shorten(info.get("topic")),
-            )
+            # Logged a few at a time (one per gap could be one per message, and any
+            # publisher in the namespace can number its messages with holes).
+            throttle = self._gap_log
+            if throttle is None:
+                throttle = self._gap_log = Throttle()
+            held = throttle.allow()
+            if held is not None:
+                logger.warning(
+                    "backplane: %d messages from server %s lost (topic %s)%s",
+                    info.get("missed", 0),
+                    shorten(info.get("origin")),
+                    shorten(info.get("topic")),
+                    f" [{held} similar lines held back]" if held else "",
+                )
         else:
             logger.info("backplane %s: %s", kind, shorten(info, 300))
         self.emit("backplane", kind, info)

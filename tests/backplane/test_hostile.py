@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import math
 import random
 from collections.abc import Callable, Iterator
@@ -236,6 +237,47 @@ async def test_hostile_messages_are_dropped_and_reported(broker: Broker, tmp_pat
         await a.close()
         loop.set_exception_handler(None)
         del loop.call_at
+
+
+async def test_gaps_are_each_counted_and_emitted_but_logged_a_few_at_a_time(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A publisher that numbers its messages with a hole before each (a real loss can
+    look the same: a slow consumer's drops): every gap is counted and emitted on the
+    ``backplane`` event, and the warning log says a few of them, then how many it
+    held back, not one line per message."""
+    caplog.set_level(logging.WARNING, logger="ipc_server")
+    server = IPCServer(
+        path=str(tmp_path / "s"), backplane=NatsBackplane(servers=[broker.url], namespace="test")
+    )
+    gaps: list[dict[str, Any]] = []
+    server.on("backplane", lambda kind, info: gaps.append(info) if kind == "gap" else None)
+    await server.start()
+    raw: Any = None
+    client = IPCClient(path=str(tmp_path / "s"))
+    try:
+        await client.connect()
+        got: list[Any] = []
+        client.on("ping", got.append)
+        assert await client.subscribe("ping")
+        raw = await nats.connect(broker.url)
+        envelopes = Envelopes("ghost")
+        subject = Subjects("test", server.server_id).topic("ping")
+        for n in range(501):  # numbers 1, 3, 5, ...: a hole of one before each but the first
+            await raw.publish(
+                subject, envelopes.publish(1, 2 * n + 1, [envelopes.body(n)], False, 0)
+            )
+        await raw.flush()
+        await eventually(lambda: len(got) == 501, timeout=10, what="every message delivered")
+        assert len(gaps) == 500
+        assert server.stats()["backplane"]["gaps"] == 500
+        lines = [r.getMessage() for r in caplog.records if "messages from server" in r.getMessage()]
+        assert 1 <= len(lines) <= 6, lines  # Throttle(): 5 at once, then one per 10 s
+    finally:
+        if raw is not None:
+            await raw.close()
+        await client.close()
+        await server.close()
 
 
 def test_the_generator_covers_every_shape() -> None:
