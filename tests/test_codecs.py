@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import string
+import sys
 import zlib
 from typing import Any
 
@@ -12,7 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ipc_server.codecs import PacketCodec, json_dumps
+from ipc_server import IPCServer
+from ipc_server.codecs import MSGPACK_KEYS_IMMORTAL, PacketCodec, json_dumps
 from ipc_server.errors import MessageTooLargeError, ProtocolError
 from ipc_server.protocol import FrameDecoder
 
@@ -269,3 +272,29 @@ def test_codec_starts_as_plain_json() -> None:
     c = PacketCodec()
     assert (c.messagepack, c.compress) == (False, False)
     assert bodies(c.encode(0, {"id": None})) == [b'{"t":0,"d":{"id":null}}']
+
+
+def test_msgpack_keys_immortal_says_what_this_python_does() -> None:
+    """The flag is true exactly where a key msgpack decodes is immortal (CPython
+    3.12.0-3.12.5: an immortal object's reference count reads 2**32 - 1)."""
+    key = "k" + "".join(random.choices(string.ascii_letters, k=16))
+    (decoded,) = msgpack.unpackb(msgpack.packb({key: 1})).keys()
+    assert (sys.getrefcount(decoded) > 2**30) == MSGPACK_KEYS_IMMORTAL
+
+
+@pytest.mark.parametrize("codec", ["msgpack", "json"])
+async def test_a_server_that_agrees_to_msgpack_warns_where_keys_are_kept(
+    sock_path: str, codec: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On such a Python, a server that agrees to msgpack says at start that peers can grow
+    its memory, and what to do; elsewhere, or declining msgpack, it says nothing."""
+    caplog.set_level(logging.WARNING, logger="ipc_server")
+    server = IPCServer(path=sock_path, codec=codec)  # type: ignore[arg-type]
+    await server.start()
+    await server.close()
+    said = [r.getMessage() for r in caplog.records if "gh-113993" in r.getMessage()]
+    if MSGPACK_KEYS_IMMORTAL and codec == "msgpack":
+        assert len(said) == 1
+        assert 'codec="json"' in said[0]
+    else:
+        assert said == []

@@ -25,7 +25,9 @@ nearly all traffic, are decoded as they are.
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 import zlib
 from typing import Any, Literal
 
@@ -39,12 +41,14 @@ __all__ = [
     "CODECS",
     "DEFAULT_MAX_PACKET_OBJECTS",
     "DEFLATE_OFF_LOOP",
+    "MSGPACK_KEYS_IMMORTAL",
     "CodecName",
     "Deflation",
     "Encoded",
     "PacketCodec",
     "json_containers",
     "json_dumps",
+    "msgpack_keys_warning",
     "msgpack_packer",
 ]
 
@@ -53,6 +57,24 @@ CODECS: tuple[CodecName, ...] = ("json", "msgpack")
 
 DEFAULT_MAX_PACKET_OBJECTS = 1_000_000
 """Default bound on the containers (dicts and lists) one packet may hold."""
+
+MSGPACK_KEYS_IMMORTAL = (3, 12, 0) <= sys.version_info[:3] < (3, 12, 6)
+"""Whether this Python keeps every str map key msgpack decodes, for ever: msgpack interns
+them, and CPython 3.12.0 to 3.12.5 made interned strings immortal (CPython gh-113993,
+mortal again in 3.12.6; msgpack-python#612). There, a peer that speaks msgpack grows
+the process's memory by every new key it sends, without bound."""
+
+
+def msgpack_keys_warning(codec: str) -> str | None:
+    """What a server that agrees to ``codec`` should log at start on such a Python."""
+    if codec != "msgpack" or not MSGPACK_KEYS_IMMORTAL:
+        return None
+    return (
+        f"Python {platform.python_version()} keeps every map key a msgpack peer sends, for "
+        "ever (CPython gh-113993, fixed in 3.12.6): a peer can grow this server's memory "
+        'without bound; use Python 3.12.6 or later, or codec="json"'
+    )
+
 
 DEFLATE_OFF_LOOP = 64 * 1024
 """Bodies at least this long are compressed by a ``Deflation`` (off the loop thread)."""

@@ -26,6 +26,7 @@ from .admission import (
     uid_refusal,
 )
 from .clustering import Clustering
+from .codecs import msgpack_keys_warning
 from .endpoint import Endpoint, Responder
 from .errors import HandshakeError, ProtocolError
 from .events import EventEmitter, Throttle, shorten, start_task
@@ -497,6 +498,8 @@ class IPCServer(  # type: ignore[misc]
             self._tick_handle = asyncio.get_running_loop().call_later(period, self._tick, period)
         _SERVING[self.address] = asyncio.get_running_loop()
         logger.info("listening on %s", self.bound_address)
+        if (immortal := msgpack_keys_warning(self.codec)) is not None:
+            logger.warning(immortal)
         self.emit("ready", self.bound_address)
         return self
 
