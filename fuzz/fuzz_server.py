@@ -68,7 +68,7 @@ from corpus import (
 )
 
 from ipc_server import IPCClient, IPCConnection, IPCServer
-from ipc_server.codecs import PacketCodec, json_dumps
+from ipc_server.codecs import PacketCodec, json_dumps, msgpack_keys_warning
 from ipc_server.protocol import FrameDecoder, encode_tag, frame, upgrade_request
 
 MAX_MESSAGE_SIZE = 1 << 20
@@ -109,9 +109,14 @@ async def serve(path: str) -> int:
 
     loop.set_exception_handler(on_loop_error)
 
+    # Said at start on CPython 3.12.0-3.12.5, where msgpack's map keys are kept for ever:
+    # not a finding of this run (its RSS bound is what such a leak crosses).
+    known = msgpack_keys_warning("msgpack")
+
     class Capture(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            loop_errors.append(f"log {record.name}: {record.getMessage()}"[:400])
+            if record.getMessage() != known:
+                loop_errors.append(f"log {record.name}: {record.getMessage()}"[:400])
 
     logging.getLogger().addHandler(Capture(logging.WARNING))
     logging.captureWarnings(True)  # a warning is a finding too

@@ -12,6 +12,7 @@ import pytest
 from boundkit import raw_peer
 from helpers import POSIX_ONLY, wait_until
 from ipc_server import IPCClient, IPCServer, RemoteError
+from ipc_server.codecs import msgpack_keys_warning
 from ipc_server.protocol import frame
 
 pytestmark = POSIX_ONLY
@@ -28,7 +29,11 @@ async def test_connects_and_disconnects_are_logged_at_info_with_the_peer(
         await client.close()
         await wait_until(lambda: not server.connections, "the disconnect")
     await server.close()
-    server_lines = [r for r in caplog.records if r.name == "ipc_server.server"]
+    # (On CPython 3.12.0-3.12.5 the server also warns at start about msgpack's map keys.)
+    known = msgpack_keys_warning(server.codec)
+    server_lines = [
+        r for r in caplog.records if r.name == "ipc_server.server" and r.getMessage() != known
+    ]
     client_lines = [r for r in caplog.records if r.name == "ipc_server.client"]
     assert any("admitted" in r.getMessage() and "uid" in r.getMessage() for r in server_lines)
     assert any("gone" in r.getMessage() for r in server_lines)
