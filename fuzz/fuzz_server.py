@@ -210,7 +210,10 @@ async def serve(path: str) -> int:
 
 
 def rss_mb(pid: int) -> float:
-    """Resident set size of process ``pid`` in MiB (Linux /proc)."""
+    """Resident set size of process ``pid`` in MiB (Linux /proc; elsewhere ``ps``)."""
+    if not os.path.exists(f"/proc/{pid}/status"):
+        shown = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True)
+        return int(shown.stdout.split()[0]) / 1024 if shown.stdout.split() else 0.0
     with open(f"/proc/{pid}/status") as status:
         for line in status:
             if line.startswith("VmRSS:"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -55,3 +56,13 @@ async def within(awaitable: Awaitable[T], timeout: float = 10.0) -> T:
 async def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> None:
     """Poll ``predicate`` until true; fail after ``timeout`` seconds, naming ``what``."""
     await eventually(predicate, timeout, what)
+
+
+def rss_mib_of(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB: ``/proc`` on Linux, else ``ps`` (macOS)."""
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except FileNotFoundError:
+        shown = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True)
+        return int(shown.stdout.split()[0]) / 1024  # KiB

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from boundkit import BoundServer, Bystander, raw_packet, raw_peer
-from helpers import short_socket_path, wait_until, within
+from helpers import rss_mib_of, short_socket_path, wait_until, within
 from ipc_server import IPCClient, IPCServer
 from ipc_server.codecs import DEFLATE_OFF_LOOP, Deflation, PacketCodec
 from ipc_server.protocol import FrameDecoder
@@ -272,12 +272,6 @@ async def test_close_sends_end_after_a_big_backlog() -> None:
             await within(server.close())
 
 
-def rss_mib() -> float:
-    """This process's resident memory in MiB."""
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
-
-
 async def test_a_big_broadcast_right_after_a_small_one_is_not_copied_per_peer() -> None:
     """A big packet written behind a small one in the same loop iteration is shared, not joined."""
     size, count = 16 * MIB, 10
@@ -288,10 +282,10 @@ async def test_a_big_broadcast_right_after_a_small_one_is_not_copied_per_peer() 
             for i in range(count):
                 sockets.enter_context(await asyncio.to_thread(raw_peer, path, client_id=f"p{i}"))
             big = "b" * size
-            before = rss_mib()
+            before = rss_mib_of(os.getpid())
             assert await server.broadcast("small") == count
             assert await server.broadcast(big) == count  # no await in between: one iteration
-            grown = rss_mib() - before
+            grown = rss_mib_of(os.getpid()) - before
             assert grown < 3 * size / MIB, grown  # the packet once, not once per peer
             assert all(c.queued > size // 2 for c in server.connections)
         finally:

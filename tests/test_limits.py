@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import msgpack
 import pytest
 
-from helpers import wait_until, within
+from helpers import rss_mib_of, wait_until, within
 from ipc_server import (
     ConnectionClosedError,
     IPCClient,
@@ -283,15 +283,6 @@ async def test_raw_zip_bomb_tag_under_limit() -> None:
         await raw.close()
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of process ``pid`` in MiB (Linux /proc)."""
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 async def test_announced_size_is_not_allocated_before_it_arrives() -> None:
     """Tags announcing 32 MiB bodies that never come cost the server only what really arrived."""
     folder = tempfile.mkdtemp(prefix="ipc", dir="/tmp")
@@ -310,7 +301,7 @@ async def test_announced_size_is_not_allocated_before_it_arrives() -> None:
         assert proc.stdout is not None
         assert (await within(proc.stdout.readline())).strip() == b"READY"
         await within(client.connect())
-        before = rss_mb(proc.pid)
+        before = rss_mib_of(proc.pid)
         for i in range(16):  # 16 x 32 MiB = 512 MiB if allocated on the tag
             peer = await RawPeer.open(path)
             if i % 2:
@@ -321,7 +312,7 @@ async def test_announced_size_is_not_allocated_before_it_arrives() -> None:
             peers.append(peer)
         for _ in range(3):  # round trips: the server has read everything sent before them
             assert await within(client.request("sync")) is None
-        grown = rss_mb(proc.pid) - before
+        grown = rss_mib_of(proc.pid) - before
         assert grown < 64, f"the server grew by {grown:.0f} MiB for 16 KB received"
     finally:
         for peer in peers:
