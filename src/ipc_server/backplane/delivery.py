@@ -34,12 +34,23 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
-__all__ = ["Outbox", "Queued", "Sequencer", "Tracker", "runs"]
+__all__ = ["Outbox", "Queued", "Sequencer", "Tracker", "runs", "unindex"]
 
 Key = tuple[str, str]
 """A stream: (origin, subject)."""
+
+T = TypeVar("T")
+
+
+def unindex(index: dict[str, set[T]], name: str, member: T) -> None:
+    """Take ``member`` out of ``index[name]``, and ``name`` out once it holds nothing."""
+    members = index.get(name)
+    if members is not None:
+        members.discard(member)
+        if not members:
+            del index[name]
 
 
 class Sequencer:
@@ -133,7 +144,7 @@ class Tracker:
                     old_key = next(iter(streams))
                     record = self._record(old_key[0])
                     record[5] = max(record[5], streams.pop(old_key)[4])
-                    self._unindex(old_key)
+                    unindex(self._subjects, *old_key)
                 self._subjects.setdefault(key[0], set()).add(key[1])
             streams[key] = [epoch, seq + count - 1, self.clock, self.removals, start]
             return seq - 1 if seq > 1 and self._whole(key, start) else 0
@@ -172,12 +183,6 @@ class Tracker:
             record = [-1, 0, -1, 0, 0, -1]
         heard[origin] = record
         return record
-
-    def _unindex(self, key: Key) -> None:
-        subjects = self._subjects[key[0]]
-        subjects.discard(key[1])
-        if not subjects:
-            del self._subjects[key[0]]
 
     def forget(self, origin: str) -> None:
         """Forget the streams and heartbeats of ``origin`` (it left)."""

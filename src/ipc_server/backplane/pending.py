@@ -22,18 +22,11 @@ from ..errors import (
     RemoteError,
     RequestTimeoutError,
 )
+from .delivery import unindex
 from .members import MAX_MEMBERS
 from .wire import ACK, ANSWERS, ERR, OK
 
 __all__ = ["Call", "Pending", "Survey", "remote_error"]
-
-
-def _unindex(index: dict[str, set[int]], server: str, token: int) -> None:
-    tokens = index.get(server)
-    if tokens is not None:
-        tokens.discard(token)
-        if not tokens:
-            del index[server]
 
 
 def remote_error(type_name: str, text: str) -> BaseException:
@@ -122,7 +115,7 @@ class Pending:
             if call.timer is not None:
                 call.timer.cancel()
             if call.worker is not None:
-                _unindex(self._taken, call.worker, token)
+                unindex(self._taken, call.worker, token)
 
     def _drop_survey(self, token: int) -> None:
         survey = self.surveys.pop(token, None)
@@ -130,7 +123,7 @@ class Pending:
             if survey.timer is not None:
                 survey.timer.cancel()
             for server in survey.expected:
-                _unindex(self._awaited, server, token)
+                unindex(self._awaited, server, token)
 
     # -- what arrives ---------------------------------------------------
 
@@ -164,7 +157,7 @@ class Pending:
                 return
             if kind == ACK:
                 if call.worker is not None:
-                    _unindex(self._taken, call.worker, token)
+                    unindex(self._taken, call.worker, token)
                 call.worker = server
                 self._taken.setdefault(server, set()).add(token)
             elif kind == OK:
