@@ -16,7 +16,10 @@ count, the server's connections, handshaking peers and topics, and the
 ``error`` events it saw (the last 100, and how many in all; ``error_connections``:
 the id of the connection each of those named, or None); with a backplane,
 also its ``stats()`` and the streams and heartbeats it keeps
-(``streams``, ``heard``).
+(``streams``, ``heard``) and the most its subscriptions' inbound queues held
+at once since it started, sampled every 5 ms (``queued_peak`` broker
+messages, ``queued_bytes_peak``), and the most members it knew at once
+(``members_most``) and the fewest since then (``members_fewest``).
 """
 
 from __future__ import annotations
@@ -106,6 +109,10 @@ async def main(config: dict[str, Any]) -> None:
                     "backplane": server.stats()["backplane"],
                     "streams": len(tracker),
                     "heard": len(tracker._heard),
+                    "queued_peak": queued[0],
+                    "queued_bytes_peak": queued[1],
+                    "members_most": queued[2],
+                    "members_fewest": queued[3],
                 }
             respond(
                 {
@@ -125,6 +132,8 @@ async def main(config: dict[str, Any]) -> None:
 
     control.on("request", on_control)
     await server.start()
+    queued = [0, 0, 0, 0]
+    sampler = None if backplane is None else asyncio.ensure_future(sample_queues(backplane, queued))
     if linked and linked.get("serve"):
         worker = IPCClient(path=config["path"])
         await worker.connect()
@@ -136,6 +145,27 @@ async def main(config: dict[str, Any]) -> None:
     await control.start()
     print("READY", flush=True)
     await asyncio.Event().wait()
+    del sampler  # held until here: the loop keeps tasks only weakly
+
+
+async def sample_queues(backplane: Any, peak: list[int]) -> None:
+    """Keep in ``peak`` the most broker messages and bytes its subscriptions'
+    inbound queues (nats-py's) held together, the most members it knew, and
+    the fewest since it knew that many, looking every 5 ms."""
+    while True:
+        await asyncio.sleep(0.005)
+        count = size = 0
+        for sub in list(backplane._subs._subs.values()):
+            nats_sub = sub.sub
+            if nats_sub is not None:
+                count += nats_sub._pending_queue.qsize()
+                size += nats_sub._pending_size
+        peak[0] = max(peak[0], count)
+        peak[1] = max(peak[1], size)
+        members = len(backplane.members())
+        if members > peak[2]:
+            peak[2] = peak[3] = members
+        peak[3] = min(peak[3], members)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -30,7 +32,7 @@ from ipc_server.backplane.subjects import Subjects
 from ipc_server.backplane.wire import BEAT, BYE, ERR, HELLO, Envelopes
 
 from .broker import Broker
-from .conftest import FAST
+from .conftest import FAST, Spawn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,6 +70,21 @@ async def until(
         if loop.time() > deadline:
             raise AssertionError(f"not true within {timeout} s: {what}: {stats}")
         await asyncio.sleep(0.02)
+
+
+async def settled(server: BoundServer, count: int, quiet: float = 5.0) -> dict[str, Any]:
+    """The server's stats once it took in ``count`` broker messages on its topics, or
+    once it took in none for ``quiet`` seconds (a loaded machine only slows it down)."""
+    loop = asyncio.get_running_loop()
+    last, since = -1, loop.time()
+    while True:
+        stats = await server.astats()
+        now, seen = loop.time(), taken(stats)
+        if seen >= count or now - since > quiet:
+            return stats
+        if seen != last:
+            last, since = seen, now
+        await asyncio.sleep(0.1)
 
 
 async def test_made_up_servers_hold_nothing_past_the_bounds(broker: Broker) -> None:
@@ -190,4 +207,87 @@ async def test_made_up_servers_hold_nothing_past_the_bounds(broker: Broker) -> N
     assert beaten < 100
     assert grown < 40, after
     assert tasks <= 3 * CALLS, after
+    assert worst < 1.0
+
+
+TOPICS = 2000
+"""Topics (each a subscription of its own on the broker) the flood below spreads over."""
+FLOOD = 300_000
+"""Its broker messages: bursts of ``BURST`` to one topic, then the next."""
+BURST = 3000
+FLOODER = Path(__file__).with_name("flood.py")
+
+
+async def test_a_flood_over_many_topics_is_taken_whole_and_queues_little(
+    broker: Broker, peers: Spawn
+) -> None:
+    """Each topic a local client subscribes to is a broker subscription with
+    nats-py's queue behind it, each bounded by ``inbound_limit`` (10,000 broker
+    messages): 2,000 topics could hold 20 million. What they hold together
+    stays small whatever the number of topics, because each read of the socket
+    adds at most one read's worth of messages and each subscription's task takes
+    up to 256 of them a turn (docs/reliability.md, "Across hosts"). A made-up
+    server floods 2,000 topics in bursts as fast as nats-py can send, from a
+    process of its own; the server's queues are sampled every 5 ms. The server
+    falls seconds behind: the answers to its liveness PINGs wait behind the
+    flood, and it must not take that for a dead connection (dropping it lost
+    most of the flood); nor take the heartbeats of another server still
+    waiting in the flood for missing ones (with 0.2 s heartbeats, that server
+    went from the members table and came back several times)."""
+    config = {"url": broker.url, "namespace": "test", "options": FAST}
+    # The local client, in this process, may fall behind on a loaded machine: that is
+    # the output's business (tests/test_bounds_output.py), not this test's.
+    with BoundServer({"write_deadline": 120.0}, backplane=config) as server:
+        local = IPCClient(path=server.path)
+        await local.connect()
+        delivered = [0]
+        topics = [f"t.{n}" for n in range(TOPICS)]
+
+        def count(message: Any) -> None:
+            delivered[0] += 1
+
+        for topic in topics:
+            local.on(topic, count)
+        for start in range(0, TOPICS, 1000):
+            assert await local.subscribe(topics[start : start + 1000])
+        await peers("member")  # beats every 0.2 s, from a process of its own
+        await until(server, lambda s: s["members_most"] == 2, "the member known")
+        try:
+            async with Bystander(server.path) as bystander:
+                await eventually(lambda: bystander.count > 3, what="the bystander pings")
+                before = await server.astats()
+                flooder = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    str(FLOODER),
+                    broker.url,
+                    "test",
+                    *map(str, (TOPICS, FLOOD, BURST)),
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                assert flooder.stdout is not None
+                done = await asyncio.wait_for(flooder.stdout.readline(), 60)
+                assert done == b"done\n", done
+                await flooder.wait()
+                after = await settled(server, FLOOD)
+                held = after["backplane"]
+                assert (held["received"], held["reconnects"], held["gaps"]) == (FLOOD, 0, 0), after
+                await eventually(lambda: delivered[0] >= FLOOD, timeout=60, what="deliveries")
+                worst = bystander.worst
+                assert bystander.failures == []
+        finally:
+            local.destroy()
+
+    grown = after["peak_mib"] - before["rss_mib"]
+    tasks = after["tasks"] - before["tasks"]
+    print(
+        f"{delivered[0]} of {FLOOD} delivered, queues held at most {after['queued_peak']} broker"
+        f" messages ({after['queued_bytes_peak'] / 2**20:.2f} MiB), peak rss +{grown:.1f} MiB,"
+        f" tasks +{tasks}, bystander worst {worst * 1e3:.0f} ms"
+    )
+    assert delivered[0] == FLOOD
+    assert after["members_fewest"] == 2, after  # the member never went
+    assert after["queued_peak"] > 2 * 256  # messages did queue past the reader's budget
+    assert after["queued_peak"] < 100_000, after
+    assert grown < 40, after
+    assert tasks < 10, after
     assert worst < 1.0

@@ -27,7 +27,7 @@ import pytest
 from helpers import eventually
 from ipc_server import IPCClient, IPCError, IPCServer
 from ipc_server.backplane import NatsBackplane
-from ipc_server.backplane.members import EXPIRY, MAX_MEMBERS, Members
+from ipc_server.backplane.members import EXPIRY, MAX_MEMBERS, Members, ReadClock
 from ipc_server.backplane.subjects import Subjects
 from ipc_server.backplane.wire import ACK, ANSWERS, BEAT, ERR, HELLO, OK, Envelopes
 
@@ -326,3 +326,29 @@ def test_the_members_table_is_bounded() -> None:
     assert members.leave("s1")
     assert members.beat("one more", 1, 1.0, 1.0) == "new"
     assert len(members.others()) == MAX_MEMBERS
+
+
+def test_silence_is_measured_on_the_clock_of_what_was_read() -> None:
+    """A member is silent only while this server reads: while its own heartbeats come
+    back late (a burst ahead of them), the clock of membership waits for them."""
+    clock = ReadClock(100.0, 1.0)
+    members = Members("me")
+    members.beat("m", 1, 1.0, clock.at(100.0))
+    for beat in range(1, 4):  # on time: the clock is the wall's
+        clock.sent(beat, 100.0 + beat)
+        clock.came_back(beat)
+    assert clock.at(103.5) == 103.5
+    assert members.expire(clock.at(103.5)) == ["m"]  # three intervals without one
+    members.beat("m", 1, 1.0, clock.at(104.0))
+    for beat in range(4, 10):  # sent, not back yet: this server is behind
+        clock.sent(beat, 100.0 + beat)
+    assert clock.at(110.0) == 105.0  # two intervals past the last that came back (at 103)
+    assert members.expire(clock.at(110.0)) == []
+    clock.came_back(6)  # read up to what the broker had at 106 (4 and 5 are not coming)
+    assert clock.at(110.0) == 108.0
+    clock.came_back(5)  # too late to count: forgotten
+    assert clock.at(110.0) == 108.0
+    assert members.expire(clock.at(110.0)) == ["m"]  # silent 104 to 108 in what was read
+    clock.restart(200.0)
+    assert clock.at(201.5) == 201.5
+    assert clock.at(203.0) == 202.0

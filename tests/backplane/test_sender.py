@@ -223,6 +223,51 @@ async def test_a_late_pong_leaves_the_connection_listening(
     assert b.stats()["reconnects"] == 0
 
 
+class _Behind:
+    """A stand-in for nats-py's client whose PING is never answered; while
+    ``hearing``, a message arrives each 10 ms (nats-py's ``stats``)."""
+
+    is_connected = True
+
+    def __init__(self, hearing: bool) -> None:
+        self.stats = {"in_msgs": 0}
+        self._pings_outstanding = 2
+        self.hearing = hearing
+
+    async def flush(self, timeout: float) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            if self.hearing:
+                self.stats["in_msgs"] += 1
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("hearing", [False, True])
+async def test_a_probe_waits_longer_only_while_messages_come(hearing: bool) -> None:
+    """An unanswered probe fails after its timeout when nothing arrives; while
+    messages keep arriving (its answer is behind them) it waits up to ``behind``,
+    and nats-py's own count of unanswered PINGs starts over meanwhile."""
+    client = _Behind(hearing)
+    link = Link(client, "nats://test", asyncio.Event())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await link.probe(0.2, behind=1.0) is False
+    waited = loop.time() - began
+    if hearing:
+        assert 1.0 <= waited < 1.5
+        assert client._pings_outstanding == 0
+    else:
+        assert 0.2 <= waited < 0.5
+        assert client._pings_outstanding == 2
+    client.hearing = True
+    began = loop.time()
+    assert await link.probe(0.2) is False  # no patience asked for: the timeout alone
+    assert loop.time() - began < 0.5
+    await link.close(timeout=0.1)
+
+
 async def test_a_connection_that_stops_reading_is_dropped(backplanes: Start) -> None:
     """A connection whose reader is gone has its PINGs "answered" by nats-py's
     flush (it returns at once then); nats-py's own PINGs every ``ping_interval``

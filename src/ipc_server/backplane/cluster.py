@@ -20,7 +20,7 @@ from ..errors import (
     RequestTimeoutError,
 )
 from .link import Link, background
-from .members import EXPIRY, Members
+from .members import EXPIRY, Members, ReadClock
 from .pending import Call, Pending, Survey
 from .serving import Owner, Serving
 from .subjects import escape_token
@@ -77,6 +77,15 @@ class Cluster:
         self.pending = Pending()
         self._answer: asyncio.TimerHandle | None = None
         self._answered = -math.inf
+        self.reading = ReadClock(asyncio.get_running_loop().time(), heartbeat)
+
+    def clock(self) -> float:
+        """The time by which membership is judged (``members.ReadClock``)."""
+        return self.reading.at(asyncio.get_running_loop().time())
+
+    def beat_sent(self, beat: int) -> None:
+        """This server sent its heartbeat number ``beat``; it comes back to it too."""
+        self.reading.sent(beat, asyncio.get_running_loop().time())
 
     # -- membership -----------------------------------------------------------
 
@@ -92,12 +101,12 @@ class Cluster:
             if interval.__class__ not in (int, float):
                 raise ValueError("heartbeat without an interval")
             if server == self.members.own:
+                self.reading.came_back(beat)
                 return
             if kind == BYE:
                 self.left(server)
                 return
-            now = asyncio.get_running_loop().time()
-            change = self.members.beat(server, epoch, float(interval), now)
+            change = self.members.beat(server, epoch, float(interval), self.clock())
             owner.heard(server, beat)
         except (ValueError, TypeError) as exc:
             owner.malformed(exc)
@@ -137,7 +146,7 @@ class Cluster:
         """Forget the members whose heartbeat is overdue."""
         # Its streams are kept (and forgotten as the least recently used): a
         # member that is only cut off for a while still has its gaps counted.
-        for server in self.members.expire(asyncio.get_running_loop().time()):
+        for server in self.members.expire(self.clock()):
             logger.info("server %r left the cluster (no heartbeat)", server)
             self.pending.member_left(server)
 
@@ -162,6 +171,7 @@ class Cluster:
     def restored(self) -> None:
         """The broker connection is back: members get a few heartbeats to be heard again."""
         now = asyncio.get_running_loop().time()
+        self.reading.restart(now)
         self.members.grace(now + EXPIRY * self.heartbeat)
 
     def lost(self, reason: str) -> None:

@@ -137,6 +137,7 @@ class Link:
         self.lost = lost
         self.reason = "the broker connection was lost"
         self._pings: set[asyncio.Task[Any]] = set()
+        self._heard = 0  # nats-py's count of messages read, at the probe's last look
         self._turn = _Turn(asyncio.get_running_loop())
         # Once connected: the socket's asyncio transport (``_socket_of``) and
         # nats-py's PUB command builder, to write a publish straight to it.
@@ -328,15 +329,47 @@ class Link:
             await asyncio.sleep(0 if spins < 64 else 0.001)
         return await self.probe(max(deadline - loop.time(), 0.001))
 
-    async def probe(self, timeout: float) -> bool:
+    async def probe(self, timeout: float, behind: float = 0.0) -> bool:
         """One round trip to the broker (a PING); False if it is not answered in time
-        (the PING is still answered later, harmlessly: see the module's notes)."""
-        ping = asyncio.ensure_future(self.client.flush(timeout=_PING_PATIENCE))
+        (the PING is still answered later, harmlessly: see the module's notes).
+
+        With ``behind``, an answer not in within ``timeout`` is waited for up to
+        ``behind`` in all for as long as messages keep coming (one in each half
+        of ``timeout`` at least): its PONG is queued behind them, and a server
+        catching up on a burst is not deaf. While they come, nats-py's own
+        count of unanswered PINGs starts over, for the same reason (looked at
+        as the probe begins and each quarter of ``timeout``, more often than
+        nats-py's PINGs go out)."""
+        client = self.client
+        ping = asyncio.ensure_future(client.flush(timeout=_PING_PATIENCE))
         self._pings.add(ping)
         ping.add_done_callback(_settled)
         ping.add_done_callback(self._pings.discard)
-        done, _ = await asyncio.wait((ping,), timeout=timeout)
-        return bool(done) and not ping.cancelled() and ping.exception() is None
+        loop = asyncio.get_running_loop()
+        began = heard = loop.time()  # heard: when a message last came
+        hearing = behind > 0 and self._hearing()
+        while True:
+            if hearing and isinstance(getattr(client, "_pings_outstanding", None), int):
+                client._pings_outstanding = 0
+            done, _ = await asyncio.wait((ping,), timeout=timeout / 4)
+            if done:
+                return not ping.cancelled() and ping.exception() is None
+            now = loop.time()
+            hearing = behind > 0 and self._hearing()
+            if hearing:
+                heard = now
+            waited = now - began
+            if waited >= timeout and (
+                now - heard >= timeout / 2 or waited >= behind or not self.connected
+            ):
+                return False
+
+    def _hearing(self) -> bool:
+        """Whether nats-py has read a message since the last look."""
+        stats = getattr(self.client, "stats", None)
+        count = stats.get("in_msgs", 0) if isinstance(stats, dict) else 0
+        before, self._heard = self._heard, count
+        return isinstance(count, int) and count != before
 
     async def close(self, timeout: float = 2.0) -> None:
         """Close the client, waiting at most ``timeout`` (a dead peer can stall a drain)."""

@@ -12,19 +12,31 @@ NaN would never expire) and is taken between 10 ms and an hour; and the
 table holds at most ``MAX_MEMBERS`` servers besides this one, so a flood of
 made-up server ids cannot grow it (past the bound, new ones are refused; the
 members already known stay).
+
+Silence is measured on the clock of what this server has read
+(``ReadClock``), not the wall's: a server that falls behind the broker (a
+burst it is still reading) has the heartbeats of the others still ahead of
+it in that burst, and must not count them missing.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["EXPIRY", "MAX_MEMBERS", "Members"]
+__all__ = ["BEHIND_AFTER", "EXPIRY", "MAX_MEMBERS", "Members", "ReadClock"]
 
 EXPIRY = 3.0
 """A member is gone after this many of its own heartbeat intervals without one."""
 
 MAX_MEMBERS = 1024
 """Other servers the table holds at most."""
+
+BEHIND_AFTER = 2.0
+"""Heartbeat intervals after the last of its own heartbeats that came back by
+which a server counts itself behind the broker: one more than they are apart."""
+
+ON_THE_WAY = 16
+"""Own heartbeats whose sending time is kept until they come back."""
 
 
 class Members:
@@ -94,3 +106,48 @@ class Members:
 
     def __contains__(self, server: object) -> bool:
         return server == self.own or server in self._expires
+
+
+class ReadClock:
+    """The time up to which this server has read what the broker had for it.
+
+    A server's own heartbeats come back to it (it listens on their subject):
+    one sent at ``t`` that comes back says everything the broker had for this
+    server before ``t`` has been read. ``at(now)`` is ``now`` while they come
+    back in time, and stops at ``BEHIND_AFTER`` intervals past the last one
+    that did while they are late.
+
+    Args:
+        now: The time it starts from (nothing is behind yet).
+        interval: This server's heartbeat interval.
+    """
+
+    def __init__(self, now: float, interval: float) -> None:
+        self.interval = interval
+        self._read = now
+        self._sent: dict[int, float] = {}  # own heartbeats on their way: number -> when sent
+
+    def sent(self, beat: int, now: float) -> None:
+        """Own heartbeat number ``beat`` left at ``now``."""
+        sent = self._sent
+        sent[beat] = now
+        if len(sent) > ON_THE_WAY:
+            del sent[next(iter(sent))]
+
+    def came_back(self, beat: int) -> None:
+        """Own heartbeat number ``beat`` came back."""
+        sent = self._sent
+        at = sent.pop(beat, None)
+        if at is not None:
+            self._read = max(self._read, at)
+            for older in [n for n in sent if n < beat]:  # lost on the way: never coming
+                del sent[older]
+
+    def restart(self, now: float) -> None:
+        """A new broker connection: nothing is behind; what was on the way is gone."""
+        self._read = now
+        self._sent.clear()
+
+    def at(self, now: float) -> float:
+        """The time by which silence is judged: ``now``, unless behind."""
+        return min(now, self._read + BEHIND_AFTER * self.interval)

@@ -48,6 +48,11 @@ logger = logging.getLogger("ipc_server.backplane")
 
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
+BEHIND = 10.0
+"""How long an unanswered probe is waited for while messages keep arriving (its
+PONG is behind them): a server catching up on a burst is not dropped; one that
+hears but cannot be heard is, after this long. The broker's own
+``write_deadline`` drops a server that stops reading after 10 s by default."""
 _COUNTER_NAMES = (
     "published received received_group duplicates gaps missed malformed reconnects refused "
     "heartbeats calls_sent calls_served surveys_sent surveys_answered"
@@ -383,7 +388,7 @@ class NatsBackplane(Sender, Backplane):
             if not link.connected:
                 link.drop(link.reason)
                 return
-            if not await link.probe(2 * self._ping_interval):
+            if not await link.probe(2 * self._ping_interval, BEHIND):
                 link.drop(
                     f"the broker did not answer for {2 * self._ping_interval:g} s "
                     "(a dead or deaf connection)"
@@ -440,6 +445,7 @@ class NatsBackplane(Sender, Backplane):
         self._sequencer.beats += 1
         beat = self._sequencer.beats
         payload = self._envelopes.heartbeat(kind, self._session_epoch, self._heartbeat, beat)
+        self._cluster.beat_sent(beat)
         try:
             await link.publish(self._subjects.heartbeat, payload)
         except Exception as exc:
