@@ -191,9 +191,7 @@ class Clustering(Generic[C]):
             backplane = self.backplane
             if backplane is not None:
                 # At once: one confirmation from the broker covers them all.
-                added = await asyncio.gather(
-                    *(backplane.add_interest(p, group) for p in patterns), return_exceptions=True
-                )
+                added = await backplane.add_interests(patterns, group)
                 for result in added:
                     if isinstance(result, ValueError):  # too long a subject: local only
                         self._report_error(IPCError(f"not shared across hosts: {result}"), None)
@@ -212,9 +210,9 @@ class Clustering(Generic[C]):
         if backplane is None:
             return
         holds = self._registry.holds
-        for pattern in patterns:
-            if not holds(pattern, group):
-                self._spawn(self._quietly(backplane.remove_interest(pattern, group)))
+        gone = [pattern for pattern in patterns if not holds(pattern, group)]
+        if gone:
+            self._spawn(self._quietly(backplane.remove_interests(gone, group)))
 
     def _serve_clustered(self, name: str, done: Callable[[], object]) -> None:
         """A worker of ``name`` joined: the first one here makes this server a worker too;

@@ -291,3 +291,48 @@ async def test_a_flood_over_many_topics_is_taken_whole_and_queues_little(
     assert grown < 40, after
     assert tasks < 10, after
     assert worst < 1.0
+
+
+CHURN = 10_000
+"""Topics one client subscribes to and unsubscribes from at once, round after round."""
+
+
+async def test_subscribing_many_topics_again_and_again_keeps_everyone_answered(
+    broker: Broker,
+) -> None:
+    """A client subscribes to 10,000 topics in one request and unsubscribes from them
+    in the next, five times: each is a subscription made and removed on the
+    broker. Each request is answered, the broker connection stays up, the
+    bystander is answered throughout, and nothing is left once they are gone.
+    Before, the 10,000 were subscribed at once, each in a task of its own: the
+    loop was held for half a second or more, the liveness probe took that
+    for a dead broker, and the subscribes caught in nats-py's full queue of
+    flush requests as it dropped the connection waited for ever (the
+    request timed out)."""
+    config = {"url": broker.url, "namespace": "test", "options": FAST}
+    with BoundServer(backplane=config) as server:
+        client = IPCClient(path=server.path)
+        await client.connect()
+        topics = [f"c.{n}" for n in range(CHURN)]
+        try:
+            async with Bystander(server.path) as bystander:
+                await eventually(lambda: bystander.count > 3, what="the bystander pings")
+                before = await server.astats()
+                for _ in range(5):
+                    assert await client.subscribe(topics, timeout=15) is True
+                    assert await client.unsubscribe(topics, timeout=15) is True
+                after = await until(
+                    server,
+                    lambda s: s["backplane"]["interests"] == 0 and s["tasks"] <= before["tasks"],
+                    "every interest gone, and its tasks",
+                )
+                worst = bystander.worst
+                assert bystander.failures == []
+        finally:
+            client.destroy()
+    print(
+        f"5 rounds of {CHURN} topics: tasks {before['tasks']} -> {after['tasks']},"
+        f" bystander worst {worst * 1e3:.0f} ms"
+    )
+    assert after["backplane"]["reconnects"] == 0, after
+    assert worst < 0.5

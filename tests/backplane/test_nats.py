@@ -271,6 +271,26 @@ async def test_unsubscribed_topic_is_not_a_gap(backplanes: Start) -> None:
     assert b.stats()["gaps"] == 0
 
 
+async def test_topics_subscribed_again_while_leaving_stay(backplanes: Start) -> None:
+    """Many topics leave the broker a batch at a time; subscribed again meanwhile,
+    each is a new interest that stays (what leaves is the old one), and an
+    oversize pattern among them is skipped, as it was never shared."""
+    a, _ = await backplanes("a")
+    b, host = await backplanes("b")
+    topics = [f"again.{i}" for i in range(500)]
+    assert await b.add_interests(topics) == [True] * 500
+    leaving = asyncio.ensure_future(b.remove_interests([*topics, "x" * MAX_SUBJECT_BYTES]))
+    await asyncio.sleep(0)  # it has begun, and yields every 64
+    assert not leaving.done()
+    assert await b.add_interests(topics) == [True] * 500
+    await leaving
+    assert b.stats()["interests"] == 500
+    for i, topic in enumerate(topics):
+        a.publish(topic, i)
+    await eventually(lambda: len(host.deliveries) == 500, timeout=10)
+    assert sorted(m for _, m, _ in host.deliveries) == list(range(500))
+
+
 async def test_start_without_broker_then_up(tmp_path: Path) -> None:
     """No broker: start() returns after connect_timeout, down; all works once the broker comes."""
     broker = Broker(tmp_path)

@@ -11,6 +11,7 @@ implementation; another broker can follow behind the same interface.
 from __future__ import annotations
 
 import abc
+import asyncio
 from typing import Any, Protocol
 
 __all__ = ["Backplane", "BackplaneHost"]
@@ -95,9 +96,21 @@ class Backplane(abc.ABC):
         ``group``, if given); True once the broker has the interest (at once
         while the broker is down)."""
 
+    async def add_interests(self, patterns: list[str], group: str | None = None) -> list[Any]:
+        """``add_interest`` for each of ``patterns``: for each, its result or the
+        exception it raised (``ValueError`` for a pattern that cannot be shared)."""
+        return await asyncio.gather(
+            *(self.add_interest(p, group) for p in patterns), return_exceptions=True
+        )
+
     @abc.abstractmethod
     async def remove_interest(self, pattern: str, group: str | None = None) -> None:
         """This server no longer has local subscribers for ``pattern`` (in ``group``)."""
+
+    async def remove_interests(self, patterns: list[str], group: str | None = None) -> None:
+        """``remove_interest`` for each of ``patterns``."""
+        for pattern in patterns:
+            await self.remove_interest(pattern, group)
 
     @abc.abstractmethod
     async def add_service(self, name: str) -> None:

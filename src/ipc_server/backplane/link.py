@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["Credentials", "Link", "background", "cancel_all", "nats_available"]
+__all__ = ["Credentials", "Link", "background", "cancel_all", "nats_available", "room_to_flush"]
 
 logger = logging.getLogger("ipc_server.backplane")
 
@@ -256,6 +256,9 @@ class Link:
         """Subscribe ``handler`` (nats-py's way: a task calls it for each message);
         with ``inline``, what arrives while nothing waits is handed to that instead,
         in nats-py's reader (see the module's notes)."""
+        await room_to_flush(self.client)
+        if not self.connected:
+            raise ConnectionError(self.reason)
         sub = await self.client.subscribe(
             subject,
             queue=queue,
@@ -339,28 +342,35 @@ class Link:
         catching up on a burst is not deaf. While they come, nats-py's own
         count of unanswered PINGs starts over, for the same reason (looked at
         as the probe begins and each quarter of ``timeout``, more often than
-        nats-py's PINGs go out)."""
+        nats-py's PINGs go out). Time this loop was held up (a quarter of
+        ``timeout`` that took more than twice as long) counts as no more
+        than twice its quarter: the answer may be read but not yet handled."""
         client = self.client
         ping = asyncio.ensure_future(client.flush(timeout=_PING_PATIENCE))
         self._pings.add(ping)
         ping.add_done_callback(_settled)
         ping.add_done_callback(self._pings.discard)
         loop = asyncio.get_running_loop()
-        began = heard = loop.time()  # heard: when a message last came
+        step = timeout / 4
+        began = loop.time()
+        listened = heard = 0.0  # time this loop could have heard an answer; at the last message
         hearing = behind > 0 and self._hearing()
         while True:
             if hearing and isinstance(getattr(client, "_pings_outstanding", None), int):
                 client._pings_outstanding = 0
-            done, _ = await asyncio.wait((ping,), timeout=timeout / 4)
+            then = loop.time()
+            done, _ = await asyncio.wait((ping,), timeout=step)
             if done:
                 return not ping.cancelled() and ping.exception() is None
             now = loop.time()
+            # A step that took far longer than asked was this loop held up (by
+            # other work, or the process stopped): not listening, not silence.
+            listened += min(now - then, 2 * step)
             hearing = behind > 0 and self._hearing()
             if hearing:
-                heard = now
-            waited = now - began
-            if waited >= timeout and (
-                now - heard >= timeout / 2 or waited >= behind or not self.connected
+                heard = listened
+            if listened >= timeout and (
+                listened - heard >= timeout / 2 or now - began >= behind or not self.connected
             ):
                 return False
 
@@ -440,6 +450,25 @@ class _Handover(asyncio.Queue[Any]):
             self._inline(item)
         else:
             super().put_nowait(item)
+
+
+async def room_to_flush(client: Client) -> None:
+    """Wait until nats-py's queue of flush requests is at most half full, or
+    ``client`` is no longer connected.
+
+    Each subscribe and unsubscribe puts a request in it for nats-py's writer
+    task, and a put into a full queue waits for that task; when the
+    connection closes meanwhile nats-py stops the task and leaves those
+    waiting for ever (10,000 topics subscribed at once as the link was
+    dropped: the subscribe was never answered). So nothing is left to wait in
+    nats-py: a full queue is waited out here a turn of the loop at a time
+    (the writer empties it in one).
+    """
+    queue = getattr(client, "_flush_queue", None)
+    if not isinstance(queue, asyncio.Queue) or queue.maxsize <= 0:
+        return
+    while queue.qsize() >= queue.maxsize // 2 and client.is_connected:  # noqa: ASYNC110 (no event for it)
+        await asyncio.sleep(0)
 
 
 def _room_of(client: Client) -> int | None:

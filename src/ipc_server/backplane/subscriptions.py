@@ -20,7 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..topics import matches
-from .link import Link, background
+from .link import Link, background, room_to_flush
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -136,17 +136,23 @@ class Subscriptions:
 
     async def remove(self, subject: str, kind: str, queue: str = "") -> None:
         """Forget the ``Sub`` of ``kind`` for ``subject`` (in ``queue``) and unsubscribe it."""
+        nats_sub = self.detach(subject, kind, queue)
+        if nats_sub is not None:
+            await unsubscribe(nats_sub)
+
+    def detach(self, subject: str, kind: str, queue: str = "") -> Subscription | None:
+        """Forget the ``Sub`` of ``kind`` for ``subject`` (in ``queue``); the broker
+        subscription it had, for the caller to unsubscribe."""
         key = key_of(subject, queue)
         sub = self._subs.get(key)
         if sub is None or sub.kind != kind:
-            return
+            return None
         del self._subs[key]
         self._wildcards.pop(key, None)
         if kind == "topic":
             self.removals += 1
-        if sub.sub is not None:
-            nats_sub, sub.sub, sub.gen = sub.sub, None, 0
-            await unsubscribe(nats_sub)
+        nats_sub, sub.sub, sub.gen = sub.sub, None, 0
+        return nats_sub
 
     def covered(self, subject: str, since: int) -> bool:
         """Whether an interest matching ``subject`` has existed since clock ``since``."""
@@ -252,6 +258,9 @@ def _bound(handler: GroupHandler | None, sub: Sub) -> Handler:
 async def unsubscribe(sub: Subscription) -> None:
     """Unsubscribe, ignoring a connection that is already gone."""
     try:
+        client = getattr(sub, "_conn", None)
+        if client is not None:
+            await room_to_flush(client)
         await sub.unsubscribe()
     except Exception as exc:
         logger.debug("unsubscribe: %s", type(exc).__name__)
