@@ -189,14 +189,17 @@ class Clustering(Generic[C]):
 
         async def share() -> None:
             backplane = self.backplane
-            if backplane is not None:
-                # At once: one confirmation from the broker covers them all.
-                added = await backplane.add_interests(patterns, group)
-                for result in added:
-                    if isinstance(result, ValueError):  # too long a subject: local only
-                        self._report_error(IPCError(f"not shared across hosts: {result}"), None)
-                    elif isinstance(result, BaseException):
-                        self._report_error(result, None)
+            try:
+                if backplane is not None:
+                    # At once: one confirmation from the broker covers them all.
+                    added = await backplane.add_interests(patterns, group)
+                    for result in added:
+                        if isinstance(result, ValueError):  # too long a subject: local only
+                            self._report_error(IPCError(f"not shared across hosts: {result}"), None)
+                        elif isinstance(result, BaseException):
+                            self._report_error(result, None)
+            except Exception as exc:  # the subscribe is answered all the same
+                self._report_error(exc, None)
             done()
 
         if self._backplane_closed:
