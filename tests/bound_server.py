@@ -11,6 +11,9 @@ plain function; ``"async_echo"``; ``"sleep"``, an ``async def`` that sleeps
 a worker of its own serves and never answers), the server has a backplane.
 It prints ``READY`` once both listen.
 
+``{"survey": seconds}`` makes the server survey the cluster for that long and
+answers with the number of slots it returned.
+
 ``stats`` answers with the process's resident and peak memory, its task
 count, the server's connections, handshaking peers and topics, and the
 ``error`` events it saw (the last 100, and how many in all; ``error_connections``:
@@ -97,7 +100,7 @@ async def main(config: dict[str, Any]) -> None:
         server.on("request", sleeper)
     control = IPCServer(path=config["control"])
 
-    def on_control(request: Any, respond: Respond, connection: IPCConnection) -> None:
+    async def on_control(request: Any, respond: Respond, connection: IPCConnection) -> None:
         if request == "gc":
             gc.collect()
             respond(True)
@@ -127,6 +130,9 @@ async def main(config: dict[str, Any]) -> None:
                     "error_connections": list(error_ids),
                 }
             )
+        elif isinstance(request, dict) and "survey" in request:
+            slots = await server.survey("q", float(request["survey"]), scope="cluster")
+            respond(len(slots))
         else:
             respond(None)
 

@@ -336,3 +336,52 @@ async def test_subscribing_many_topics_again_and_again_keeps_everyone_answered(
     )
     assert after["backplane"]["reconnects"] == 0, after
     assert worst < 0.5
+
+
+async def test_a_survey_keeps_no_more_answers_than_a_cluster_has_servers(broker: Broker) -> None:
+    """Anything that can publish in the namespace can answer a survey it hears, as
+    any number of made-up servers: a survey keeps the answers of at most
+    ``MAX_MEMBERS`` servers (those it expects always), so 20,000 made-up ones
+    leave it, and the server's memory, as they were; the survey returns at its
+    timeout, naming the member that never answered."""
+    config = {"url": broker.url, "namespace": "test", "options": FAST}
+    with BoundServer(backplane=config) as server:
+        raw = await nats.connect(broker.url, no_echo=True)
+        subjects = Subjects("test", "unknown")
+        replies: asyncio.Queue[str] = asyncio.Queue()
+
+        async def heard(msg: Any) -> None:
+            replies.put_nowait(msg.reply)
+
+        await raw.subscribe(subjects.survey, cb=heard)
+        await raw.flush()
+        # A member that beats for an hour and never answers: the survey waits for it.
+        silent = Envelopes("silent")
+        await raw.publish(subjects.heartbeat, silent.heartbeat(BEAT, 1, 1200.0, 1))
+        await until(server, lambda s: s["backplane"]["members"] == 2, "the member known")
+        try:
+            async with Bystander(server.path) as bystander:
+                await eventually(lambda: bystander.count > 3, what="the bystander pings")
+                before = await server.astats()
+                asked = asyncio.ensure_future(IPCClient(path=server.control).connect())
+                control = await asked
+                slots = asyncio.ensure_future(control.request({"survey": 5.0}, timeout=30))
+                reply = await asyncio.wait_for(replies.get(), 10)
+                for n in range(20_000):
+                    answer = Envelopes(f"ghost{n}").answers([f"from ghost {n}", "x" * 100])
+                    await raw.publish(reply, answer)
+                await raw.flush()
+                during = await server.astats()
+                got = await slots
+                worst = bystander.worst
+                assert bystander.failures == []
+                await control.close()
+        finally:
+            await raw.close()
+    grown = during["rss_mib"] - before["rss_mib"]
+    print(f"survey slots {got}, rss +{grown:.1f} MiB, bystander worst {worst * 1e3:.0f} ms")
+    # The bystander's slot (the one connection surveyed here), the silent member's (its
+    # timeout), and the two of each made-up server kept: 40,002 without the bound.
+    assert got == 2 + 2 * MAX_MEMBERS
+    assert grown < 20, during
+    assert worst < 1.0
