@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+import ipc_server
 from backplane.broker import nats_server_binary
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,10 +107,18 @@ def run_module(module: str, *args: str) -> str:
     ).stdout
 
 
+NOT_OURS = pytest.mark.skipif(
+    ipc_server.compiled,
+    reason="the baselines do not use this library: run once, in the pure build's pass",
+)
+
+
+@NOT_OURS
 def test_quick_baselines(tmp_path: Path) -> None:
     check_every_cell(run_quick(BASELINES, tmp_path), BASELINES)
 
 
+@NOT_OURS
 @pytest.mark.skipif(not _node_ready(), reason="node or node_modules/net-ipc missing (npm ci)")
 def test_quick_netipc(tmp_path: Path) -> None:
     systems = ["netipc-json", "netipc-msgpack"]
