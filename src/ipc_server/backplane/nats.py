@@ -36,7 +36,7 @@ from .link import Credentials, Link, background, cancel_all, nats_available
 from .sender import Sender
 from .serving import Serving
 from .subjects import Subjects, escape_token, redact_url
-from .subscriptions import Sub, Subscriptions, unsubscribe
+from .subscriptions import Sub, Subscriptions, paced, unsubscribe
 from .wire import BEAT, BYE, HELLO, Envelopes
 
 if TYPE_CHECKING:
@@ -48,8 +48,6 @@ logger = logging.getLogger("ipc_server.backplane")
 
 _DENIED = re.compile(r'permissions violation for subscription to "([^"]+)"')
 _DEFAULT_MAX_PAYLOAD = 1 << 20  # the broker's default, until it says otherwise
-INTEREST_BATCH = 64
-"""Interests subscribed on the broker between two turns of the loop."""
 BEHIND = 10.0
 """How long an unanswered probe is waited for while messages keep arriving (its
 PONG is behind them): a server catching up on a burst is not dropped; one that
@@ -462,8 +460,7 @@ class NatsBackplane(Sender, Backplane):
         return bool(result)
 
     async def add_interests(self, patterns: list[str], group: str | None = None) -> list[Any]:
-        # One after the other, yielding to the loop every INTEREST_BATCH (10,000
-        # topics at once held it for half a second), then one confirmation for all.
+        # One after the other, paced, then one confirmation for all.
         results: list[Any] = []
         subs: list[Sub] = []
         for pattern in patterns:
@@ -479,14 +476,12 @@ class NatsBackplane(Sender, Backplane):
                 sub = self._subs.add("group", pattern, subject, escape_token(group), group)
             subs.append(sub)
             results.append(True)
-        for n, sub in enumerate(subs, 1):
+        async for sub in paced(subs):
             link = self._link
             if link is None or self._state != "up":
                 return results  # applied when the connection is restored
             if sub.gen != self._gen:
                 await self._subs.subscribe(sub, link, self._gen)
-            if n % INTEREST_BATCH == 0:
-                await asyncio.sleep(0)
         if subs and self._state == "up":
             confirmed = await self._confirmed()
             results = [r if isinstance(r, BaseException) else confirmed for r in results]
@@ -497,7 +492,7 @@ class NatsBackplane(Sender, Backplane):
 
     async def remove_interests(self, patterns: list[str], group: str | None = None) -> None:
         # Each forgotten at once (an interest added again meanwhile is a new one),
-        # then unsubscribed on the broker, yielding to the loop every INTEREST_BATCH.
+        # then unsubscribed on the broker, paced.
         subs = self._subs
         detached = []
         for pattern in patterns:
@@ -510,10 +505,8 @@ class NatsBackplane(Sender, Backplane):
             else:
                 detached.append(subs.detach(subject, "group", escape_token(group)))
         self._tracker.removals = subs.removals
-        for n, nats_sub in enumerate(filter(None, detached), 1):
+        async for nats_sub in paced(filter(None, detached)):
             await unsubscribe(nats_sub)
-            if n % INTEREST_BATCH == 0:
-                await asyncio.sleep(0)
 
     async def _confirmed(self) -> bool:
         """True once the broker has what this server subscribed to so far."""

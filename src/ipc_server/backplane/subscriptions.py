@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from ..topics import matches
 from .link import Link, background, room_to_flush
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
-__all__ = ["Sub", "Subscriptions"]
+__all__ = ["BATCH", "Sub", "Subscriptions", "paced"]
 
 logger = logging.getLogger("ipc_server.backplane")
 
@@ -35,6 +35,21 @@ GroupHandler = Callable[["Msg", "Sub"], Awaitable[None]]
 Inline = Callable[["Sub | None", "Msg"], None]
 """Delivers a topic's, a broadcast's (no ``Sub``) or a worker group's message at
 once, in nats-py's reader (``Link.subscribe``): must not raise, nor wait."""
+
+
+T = TypeVar("T")
+
+BATCH = 64
+"""Subscriptions made or removed on the broker between two turns of the loop."""
+
+
+async def paced(items: Iterable[T]) -> AsyncIterator[T]:
+    """``items``, with a turn of the loop for the others every ``BATCH`` (10,000
+    subscriptions made in one turn held it for half a second)."""
+    for n, item in enumerate(items, 1):
+        yield item
+        if n % BATCH == 0:
+            await asyncio.sleep(0)
 
 
 def key_of(subject: str, queue: str) -> str:
