@@ -1,6 +1,6 @@
 """How a message arrives: handed on in nats-py's reader while nothing of its
-subscription waits, else through that subscription's queue and task; in order
-and whole either way (``Link.subscribe``, ``link._Handover``)."""
+subscription waits, else just behind it, by the connection's one drain; in
+order and whole either way (``Link.subscribe``, ``handover``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import nats
 import pytest
 
 from helpers import eventually
-from ipc_server.backplane import NatsBackplane, inbound, link
+from ipc_server.backplane import NatsBackplane, handover, inbound, link
 from ipc_server.backplane.wire import Envelopes, read_publish
 
 from .broker import Broker
@@ -22,20 +22,21 @@ from .conftest import Start
 
 @pytest.fixture
 def paths(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """How many topic messages each way delivered: in the reader, by the task."""
-    counts = {"inline": 0, "task": 0}
-    now, on_topic = NatsBackplane._now, NatsBackplane._on_topic
+    """How many topic messages each way delivered: in the reader, by the drain."""
+    counts = {"inline": 0, "drain": 0}
+    now, taken = NatsBackplane._now, handover.Lane.taken
 
     def counted_now(self: NatsBackplane, sub: Any, msg: Any) -> None:
         counts["inline"] += 1
         now(self, sub, msg)
 
-    async def counted_on_topic(self: NatsBackplane, msg: Any) -> None:
-        counts["task"] += 1
-        await on_topic(self, msg)
+    def counted_taken(self: handover.Lane, msg: Any) -> None:
+        counts["drain"] += 1
+        counts["inline"] -= 1  # delivered by the same call
+        taken(self, msg)
 
     monkeypatch.setattr(NatsBackplane, "_now", counted_now)
-    monkeypatch.setattr(NatsBackplane, "_on_topic", counted_on_topic)
+    monkeypatch.setattr(handover.Lane, "taken", counted_taken)
     return counts
 
 
@@ -61,7 +62,7 @@ async def test_a_lone_message_is_handed_on_in_the_reader(
     a.publish("lone", "hello")
     await eventually(lambda: len(host_b.deliveries) == 1)
     assert host_b.deliveries == [("lone", "hello", "a")]
-    assert paths == {"inline": 1, "task": 0}
+    assert paths == {"inline": 1, "drain": 0}
 
 
 async def test_a_flood_past_the_turns_budget_queues_in_order(
@@ -69,7 +70,7 @@ async def test_a_flood_past_the_turns_budget_queues_in_order(
 ) -> None:
     """Past ``INLINE_BATCH`` in a turn messages queue; the next turn's wait behind
     them: every one delivered, once, in order, none counted missing."""
-    monkeypatch.setattr(link, "INLINE_BATCH", 8)
+    monkeypatch.setattr(handover, "INLINE_BATCH", 8)
     b, host_b = await backplanes("b")
     assert await b.add_interest("flood") is True
     await _flood(broker.url, "test.t.flood", 2_000)
@@ -79,8 +80,8 @@ async def test_a_flood_past_the_turns_budget_queues_in_order(
     assert b.stats()["gaps"] == 0
     assert b.stats()["duplicates"] == 0
     assert paths["inline"] > 0  # both ways were taken
-    assert paths["task"] > 0
-    assert paths["inline"] + paths["task"] == 2_000
+    assert paths["drain"] > 0
+    assert paths["inline"] + paths["drain"] == 2_000
 
 
 async def test_a_failure_in_the_reader_is_reported_and_the_reader_goes_on(
@@ -109,7 +110,8 @@ async def test_a_failure_in_the_reader_is_reported_and_the_reader_goes_on(
 
 async def test_a_queue_of_another_shape_is_left_alone(broker: Broker) -> None:
     """If nats-py's subscription queue is not the plain asyncio.Queue the link
-    expects, it is kept, and messages reach the handler by nats-py's task."""
+    expects, it is kept, and messages reach the handler through nats-py's
+    public iterator, in a task."""
     client = await nats.connect(broker.url)
     try:
         wire = link.Link(client, broker.url, asyncio.Event())
@@ -147,7 +149,7 @@ async def test_a_closed_connections_subscriptions_need_no_garbage_collector(
         pass
 
     sub = await wire.subscribe("gone", "", handler, (100, 1 << 20), lambda msg: None)
-    assert type(sub._pending_queue).__name__ == "_Handover"
+    assert type(sub._pending_queue) is handover.Lane
     gone = weakref.ref(sub)
     await client.close()
     gc.collect()
@@ -219,3 +221,104 @@ async def test_a_servers_own_messages_back_from_the_broker_are_not_decoded(
     await eventually(lambda: len(taken) == 1)  # back from the broker...
     assert decoded == []  # ...and dropped unread
     assert host_a.deliveries == []
+
+
+class _Sub:
+    """What a lane asks of nats-py's ``Subscription``."""
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._pending_size = 0
+
+
+class _Msg:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+def _lane(
+    monkeypatch: pytest.MonkeyPatch, budget: int, limit: int = 100
+) -> tuple[_Sub, handover.Lane, handover.Drain, list[bytes]]:
+    monkeypatch.setattr(handover, "INLINE_BATCH", budget)
+    sub, drain, got = _Sub(), handover.Drain(), []
+    turn = handover.Turn(asyncio.get_running_loop())
+    lane = handover.Lane(sub, lambda msg: got.append(msg.data), turn, drain, limit)  # type: ignore[arg-type]
+    return sub, lane, drain, got
+
+
+def _arrive(sub: _Sub, lane: handover.Lane, data: bytes) -> None:
+    """What nats-py's reader does with a message (``Client._process_msg``)."""
+    sub._pending_size += len(data)
+    lane.put_nowait(_Msg(data))  # type: ignore[arg-type]
+
+
+async def test_a_lane_hands_on_then_queues_in_order_and_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two handed on in the reader (the turn's budget), the rest queued behind them
+    up to the lane's limit, past which nats-py is told the queue is full; the
+    drain delivers them at the next turn, in order; then the budget is back."""
+    sub, lane, drain, got = _lane(monkeypatch, budget=2, limit=3)
+    for n in range(5):
+        _arrive(sub, lane, b"%d" % n)
+    assert got == [b"0", b"1"]
+    assert (lane.qsize(), len(drain)) == (3, 3)
+    with pytest.raises(asyncio.QueueFull):
+        lane.put_nowait(_Msg(b"x"))  # type: ignore[arg-type]
+    await eventually(lambda: lane.empty())
+    assert got == [b"0", b"1", b"2", b"3", b"4"]
+    assert sub._pending_size == 0
+    _arrive(sub, lane, b"5")
+    assert got[-1] == b"5"  # nothing waits: handed on at once again
+
+
+async def test_a_message_never_overtakes_its_subscriptions_queued_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With budget left in a turn, a message still queues while others of its
+    subscription wait; another subscription's is handed on meanwhile."""
+    sub, lane, drain, got = _lane(monkeypatch, budget=1)
+    other_got: list[bytes] = []
+    other_sub = _Sub()
+    turn = handover.Turn(asyncio.get_running_loop())
+    other = handover.Lane(other_sub, lambda m: other_got.append(m.data), turn, drain, 100)  # type: ignore[arg-type]
+    _arrive(sub, lane, b"a")
+    _arrive(sub, lane, b"b")  # past the budget: queued
+    monkeypatch.setattr(handover, "INLINE_BATCH", 10)
+    _arrive(sub, lane, b"c")  # budget again, but "b" waits: behind it
+    _arrive(other_sub, other, b"x")
+    assert got == [b"a"]
+    assert other_got == [b"x"]
+    await eventually(lambda: got == [b"a", b"b", b"c"])
+
+
+async def test_what_waits_for_an_ended_subscription_or_connection_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """nats-py's task for a subscription goes with it, and its queue with the task:
+    a lane's queued messages are dropped once it is unsubscribed, and the drain's
+    once its connection is closed."""
+    sub, lane, _drain, got = _lane(monkeypatch, budget=0)
+    _arrive(sub, lane, b"1")
+    sub._closed = True
+    await eventually(lambda: lane.empty())
+    assert got == []
+    sub2, lane2, drain2, got2 = _lane(monkeypatch, budget=0)
+    _arrive(sub2, lane2, b"2")
+    drain2.stop()
+    assert len(drain2) == 0
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert got2 == []
+    assert not [t for t in asyncio.all_tasks() if "Drain" in repr(t)]
+
+
+async def test_topics_followed_cost_no_task(backplanes: Start) -> None:
+    """A topic's or a worker group's broker subscription has no task of its own
+    (nats-py makes one per subscription with a callback)."""
+    b, _ = await backplanes("b")
+    before = len(asyncio.all_tasks())
+    topics = [f"many.{n}" for n in range(500)]
+    assert await b.add_interests(topics) == [True] * 500
+    assert await b.add_interests(topics[:100], group="g") == [True] * 100
+    assert len(asyncio.all_tasks()) <= before + 2

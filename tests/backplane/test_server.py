@@ -20,7 +20,7 @@ import trustme
 
 from helpers import eventually
 from ipc_server import IPCClient, IPCServer, NoRespondersError
-from ipc_server.backplane import NatsBackplane, link
+from ipc_server.backplane import NatsBackplane, handover
 from node_peer import NodePeers, require_node
 
 from .broker import Broker
@@ -119,7 +119,7 @@ async def test_stats_and_the_gap_event(
     broker: Broker, folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """stats()["backplane"] has the counters; a server's lost messages are a "gap" event."""
-    monkeypatch.setattr(link, "INLINE_BATCH", 0)  # all through the queue, which holds one
+    monkeypatch.setattr(handover, "INLINE_BATCH", 0)  # all through the queue, which holds one
     events: list[tuple[str, dict[str, Any]]] = []
     async with (
         server(folder, "a", broker.url) as a,

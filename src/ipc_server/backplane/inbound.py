@@ -1,17 +1,19 @@
 """What arrives from the broker, on its way to this server's connections.
 
 nats-py's reader hands each broker message (an envelope of one or more of a
-server's messages) to the pending queue of its subscription. While that
-queue is empty, the queue hands it on here at once, in the reader, up to
-``link.INLINE_BATCH`` a turn of the loop (``link._Handover``): delivery only
-buffers (a slow client is the output layer's business), so that never stalls
-the reader. Past that, or behind what queued, messages wait in the queue,
-bounded by ``inbound_limit`` broker messages and ``inbound_bytes`` bytes
-(past them nats-py drops and reports a slow consumer, counted by the
-backplane; this server sees the hole as a gap), and each subscription's task
-calls its handler, which delivers here; every ``BATCH`` messages it yields
-to the loop, so a burst from the broker cannot keep the local clients
-waiting."""
+server's messages) to the queue of its subscription, which for topics,
+broadcasts and worker groups is a lane (``handover``): while nothing of that
+subscription waits, it hands the message on here at once, in the reader, up
+to ``handover.INLINE_BATCH`` a turn of the loop; delivery only buffers (a
+slow client is the output layer's business), so that never stalls the
+reader. Past that, or behind what queued, messages wait, bounded by
+``inbound_limit`` broker messages and ``inbound_bytes`` bytes a
+subscription (past them nats-py drops and reports a slow consumer, counted
+by the backplane; this server sees the hole as a gap), and the connection's
+drain delivers here, at the next turn, all that queued. The handlers of a
+subscription's own task (nats-py's way, kept for when a lane cannot be put
+in place) yield to the loop every ``BATCH`` messages, so a burst from the
+broker cannot keep the local clients waiting."""
 
 from __future__ import annotations
 

@@ -30,14 +30,14 @@ subscription's queue, and a task per subscription calls its handler at the
 next turn of the loop; each publish queues its bytes for a writer task that
 writes them at the next turn. A message crossing hosts would wait for two of
 those turns on the way out and in of each server it passes. So, for the
-messages that matter (topics, broadcasts, worker groups), the link hands a
-message on in the reader itself while that subscription's queue is empty,
-up to ``INLINE_BATCH`` a turn (then they queue as before, under the same
-bounds), and writes a publish straight to the socket when nothing is queued
-or unsent ahead of it (else nats-py's way). Both fall back to nats-py's own
-path whenever what they rely on is not as expected (another transport, a
-queue of another shape), so order and bounds never depend on them. On
-asyncio's own loop, each read of the socket asks for less than the default
+messages that matter (topics, broadcasts, worker groups), the subscription
+has no task and its queue is a lane that hands a message on in the reader
+itself while nothing of that subscription waits (``handover``), and a
+publish is written straight to the socket when nothing is queued or unsent
+ahead of it (else nats-py's way). Both fall back to nats-py's own path
+whenever what they rely on is not as expected (another transport, a queue of
+another shape), so order and bounds never depend on them. On asyncio's own
+loop, each read of the socket asks for less than the default
 (``_read_less``): what it asks for is allocated before the read.
 """
 
@@ -47,29 +47,22 @@ import asyncio
 import contextlib
 import logging
 import os
-import weakref
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ..protocol import FRESH_READ_SIZE
+from . import handover
+from .handover import InlineHandler, MessageHandler
 
 if TYPE_CHECKING:
     import ssl
 
     from nats.aio.client import Client
-    from nats.aio.msg import Msg
     from nats.aio.subscription import Subscription
 
 __all__ = ["Credentials", "Link", "background", "cancel_all", "nats_available", "room_to_flush"]
 
 logger = logging.getLogger("ipc_server.backplane")
-
-MessageHandler = Callable[["Msg"], Awaitable[None]]
-InlineHandler = Callable[["Msg"], None]
-"""Hands a message on in nats-py's reader: must not raise, nor wait."""
-
-INLINE_BATCH = 256
-"""Messages handed on in nats-py's reader in one turn of the loop; the rest queue."""
 
 
 _BACKGROUND: set[asyncio.Task[Any]] = set()
@@ -138,7 +131,8 @@ class Link:
         self.reason = "the broker connection was lost"
         self._pings: set[asyncio.Task[Any]] = set()
         self._heard = 0  # nats-py's count of messages read, at the probe's last look
-        self._turn = _Turn(asyncio.get_running_loop())
+        self._turn = handover.Turn(asyncio.get_running_loop())
+        self._drain = handover.Drain()  # what queued behind the reader, for every lane
         # Once connected: the socket's asyncio transport (``_socket_of``) and
         # nats-py's PUB command builder, to write a publish straight to it.
         self._direct: tuple[Any, Callable[[str, str, bytes], bytes]] | None = None
@@ -254,23 +248,25 @@ class Link:
         inline: InlineHandler | None = None,
     ) -> Subscription:
         """Subscribe ``handler`` (nats-py's way: a task calls it for each message);
-        with ``inline``, what arrives while nothing waits is handed to that instead,
-        in nats-py's reader (see the module's notes)."""
+        with ``inline``, no task: each message is handed to ``inline``, in
+        nats-py's reader or just behind it (``handover``), in order."""
         await room_to_flush(self.client)
         if not self.connected:
             raise ConnectionError(self.reason)
+        if inline is None:
+            return await self.client.subscribe(
+                subject,
+                queue=queue,
+                cb=handler,
+                pending_msgs_limit=limit[0],
+                pending_bytes_limit=limit[1],
+            )
         sub = await self.client.subscribe(
-            subject,
-            queue=queue,
-            cb=handler,
-            pending_msgs_limit=limit[0],
-            pending_bytes_limit=limit[1],
+            subject, queue=queue, pending_msgs_limit=limit[0], pending_bytes_limit=limit[1]
         )
-        if inline is not None:
-            # Swapped before the subscription's task first runs (no await since).
-            queue_now = getattr(sub, "_pending_queue", None)
-            if type(queue_now) is _PLAIN_QUEUE and queue_now.empty():
-                _Handover.adopt(queue_now, sub, inline, self._turn)
+        # Before any message can arrive: nothing awaited since it was made.
+        if not handover.adopt(sub, inline, self._turn, self._drain, limit[0]):
+            background(handover.read_all(sub, handler))
         return sub
 
     def publish(self, subject: str, payload: bytes, reply: str = "") -> Awaitable[None]:
@@ -384,72 +380,13 @@ class Link:
     async def close(self, timeout: float = 2.0) -> None:
         """Close the client, waiting at most ``timeout`` (a dead peer can stall a drain)."""
         self.lost.set()
+        self._drain.stop()
         for ping in list(self._pings):  # no PONG comes on a closed connection
             ping.cancel()
         try:
             await asyncio.wait_for(self.client.close(), timeout=timeout)
         except Exception as exc:  # the socket goes with the client; nothing else to do
             logger.debug("closing the broker connection: %s", type(exc).__name__)
-
-
-_PLAIN_QUEUE = asyncio.Queue
-"""The queue nats-py gives a subscription (the only one ``_Handover`` stands in for)."""
-
-
-class _Turn:
-    """How many messages were handed on in nats-py's reader this turn of the loop."""
-
-    __slots__ = ("_count", "_loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._count = 0
-
-    def take(self) -> bool:
-        """Whether one more may be handed on now."""
-        count = self._count
-        if count >= INLINE_BATCH:
-            return False
-        if not count:
-            self._loop.call_soon(self._reset)
-        self._count = count + 1
-        return True
-
-    def _reset(self) -> None:
-        self._count = 0
-
-
-class _Handover(asyncio.Queue[Any]):
-    """A subscription's pending queue that hands a message on at once when it is
-    empty (nothing of that subscription waits ahead of it) and the turn allows;
-    else it queues it, under the same bound, for the subscription's task."""
-
-    _sub: weakref.ReferenceType[Any]
-    _inline: InlineHandler
-    _turn: _Turn
-
-    @classmethod
-    def adopt(cls, queue: asyncio.Queue[Any], sub: Any, inline: InlineHandler, turn: _Turn) -> None:
-        """Make nats-py's own queue of ``sub`` one of these, in place (not one
-        queue more for each subscription: a reconnect resubscribes thousands)."""
-        queue.__class__ = cls
-        handover = cast(_Handover, queue)
-        # Not the subscription itself: it holds this queue, and the cycle would
-        # leave the subscriptions of a closed connection to the garbage collector
-        # (with 10,000 topics that made the next connection's resubscribing
-        # take twice as long).
-        handover._sub = weakref.ref(sub)
-        handover._inline = inline
-        handover._turn = turn
-
-    def put_nowait(self, item: Msg) -> None:
-        if not self.qsize() and self._turn.take():
-            sub = self._sub()
-            if sub is not None:
-                sub._pending_size -= len(item.data)  # nats-py counted it as pending
-            self._inline(item)
-        else:
-            super().put_nowait(item)
 
 
 async def room_to_flush(client: Client) -> None:
