@@ -274,7 +274,8 @@ async def test_a_flood_over_many_topics_is_taken_whole_and_queues_little(
                 await flooder.wait()
                 after = await settled(server, FLOOD)
                 held = after["backplane"]
-                assert (held["received"], held["reconnects"], held["gaps"]) == (FLOOD, 0, 0), after
+                got = (held["received"], held["reconnects"], held["gaps"])
+                assert got == (FLOOD, 0, 0), f"{held} {after['errors']}"
                 await eventually(lambda: delivered[0] >= FLOOD, timeout=60, what="deliveries")
                 worst = bystander.worst
                 assert bystander.failures == []
