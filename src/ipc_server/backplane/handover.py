@@ -122,7 +122,8 @@ class Drain:
 class Lane:
     """Stands in for nats-py's queue of one subscription (see the module's notes):
     ``put_nowait`` is what nats-py's reader calls; ``qsize`` and ``empty`` what
-    it and its ``Subscription`` ask."""
+    it and its ``Subscription`` ask. (nats-py's ``drain()`` and ``next_msg()``
+    would take from the queue too; the link uses neither.)"""
 
     __slots__ = ("_deliver", "_drain", "_limit", "_queued", "_sub", "_turn")
 
